@@ -1,0 +1,34 @@
+# Set-up and the two entry points: `make demo` and `make test`. Both create .venv when it is
+# missing, install into it (re-running is cheap: the install step is skipped when nothing changed).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+
+.PHONY: demo test install clean bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]'
+	# The reference evaluator for tests: its metadata pins numpy<2 but its evaluation module needs
+	# only numpy and Pillow, so it is installed without dependencies.
+	$(BIN)/pip install -q --no-deps panopticapi-lite==0.2.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/panoptix demo --out $(DEMO_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/pq_speed.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,5 @@
+"""The one error type the data layer raises for malformed datasets and predictions."""
+
+
+class PanopticFormatError(ValueError):
+    """A dataset or prediction file is malformed; the message names the file and the segment."""
