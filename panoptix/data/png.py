@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
+import pyspng
 from PIL import Image, UnidentifiedImageError
 
 from panoptix.data.errors import PanopticFormatError
 
 # Modes whose pixels are (or decode losslessly to) RGB colours.
 _RGB_MODES = {"RGB", "RGBA", "RGBX", "P", "PA"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def rgb2id(rgb: np.ndarray) -> np.ndarray:
@@ -40,23 +43,40 @@ def read_id_png(path: str | Path) -> np.ndarray:
 
     Palette and RGBA PNGs are decoded to RGB first (alpha is dropped). Files that are not
     RGB-encodable images raise `PanopticFormatError` naming the file.
+
+    8-bit RGB, RGBA and palette PNGs (every COCO panoptic file) are decoded by libspng (pyspng),
+    about twice as fast as Pillow; anything else goes through Pillow, which decodes or refuses it.
     """
     try:
-        with Image.open(path) as img:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as err:
+        raise PanopticFormatError(f"{path}: panoptic PNG not found") from err
+    except OSError as err:
+        raise PanopticFormatError(f"{path}: cannot read panoptic PNG ({err})") from err
+    if data[:8] == _PNG_SIGNATURE and len(data) > 26 and data[24] == 8 and data[25] in (2, 3, 6):
+        try:
+            rgba = pyspng.load(data, format="RGBA")
+        except Exception as err:  # libspng reports corrupt files with plain exceptions
+            raise PanopticFormatError(f"{path}: cannot decode panoptic PNG ({err})") from err
+        ids = rgba.view("<u4")[..., 0]
+        ids &= 0xFFFFFF                        # drop alpha: what is left is R + 256 G + 256^2 B
+        return ids.view(np.int32)
+    return _read_id_png_pillow(path, data)
+
+
+def _read_id_png_pillow(path: str | Path, data: bytes) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
             if img.mode not in _RGB_MODES:
                 raise PanopticFormatError(
                     f"{path}: panoptic PNG has mode {img.mode!r}; expected RGB (or palette/RGBA) "
                     "with id = R + 256*G + 256^2*B")
-            if img.mode in ("P", "PA"):
-                img = img.convert("RGB")
-            # RGBA with alpha 0 viewed as one little-endian uint32 is exactly R + 256 G + 256^2 B.
-            img.putalpha(0)
-            rgba = np.asarray(img)
-    except FileNotFoundError as err:
-        raise PanopticFormatError(f"{path}: panoptic PNG not found") from err
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            rgb = np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, PanopticFormatError):
+            raise
         raise PanopticFormatError(f"{path}: cannot decode panoptic PNG ({err})") from err
-    return rgba.view("<u4")[..., 0].view(np.int32)
+    return rgb2id(rgb)
 
 
 def write_id_png(path: str | Path, ids: np.ndarray) -> None:

@@ -55,7 +55,8 @@ def synthetic_meta() -> DatasetMeta:
 
 @dataclass(frozen=True)
 class SynthConfig:
-    size: int = 128
+    size: int = 128                    # image height (and width unless ``width`` is given)
+    width: Optional[int] = None
     occlusion: str = "normal"          # "normal" or "heavy"
     min_things: int = 2
     max_things: int = 8
@@ -67,29 +68,34 @@ class SynthConfig:
     def __post_init__(self) -> None:
         if self.occlusion not in ("normal", "heavy"):
             raise ValueError(f"occlusion must be 'normal' or 'heavy', got {self.occlusion!r}")
-        if self.size < 32:
-            raise ValueError(f"size must be at least 32 px, got {self.size}")
+        if min(self.size, self.width or self.size) < 32:
+            raise ValueError(f"image sides must be at least 32 px, got {self.size}x{self.width}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.size, self.width or self.size
 
 
 # --------------------------------------------------------------------------- noise and textures
-def _smooth_noise(rng: np.random.Generator, size: int, grid: int) -> np.ndarray:
-    """(size, size) float32 noise with about ``grid`` blobs per side, roughly unit variance."""
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], grid: int) -> np.ndarray:
+    """(H, W) float32 noise with about ``grid`` blobs per side, roughly unit variance."""
     g = rng.standard_normal((grid, grid)).astype(np.float32)
-    return np.asarray(Image.fromarray(g, mode="F").resize((size, size), Image.BICUBIC))
+    return np.asarray(Image.fromarray(g, mode="F").resize((shape[1], shape[0]), Image.BICUBIC))
 
 
 def _random_color(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(20, 235, size=3)
 
 
-def _stuff_texture(rng: np.random.Generator, kind: int, s: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """(s, s, 3) float texture of stuff class ``kind`` with a per-image colour jitter."""
+def _stuff_texture(rng: np.random.Generator, kind: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float texture of stuff class ``kind`` with a per-image colour jitter."""
     jitter = rng.uniform(-25, 25, size=3)
+    shape = yy.shape
     if kind == 0:    # sky: vertical gradient with soft clouds
         top, bottom = np.array([70, 130, 220]) + jitter, np.array([170, 210, 245]) + jitter
-        t = (yy / s)[..., None]
+        t = (yy / shape[0])[..., None]
         img = top * (1 - t) + bottom * t
-        clouds = np.clip(_smooth_noise(rng, s, 5), 0, None)[..., None]
+        clouds = np.clip(_smooth_noise(rng, shape, 5), 0, None)[..., None]
         return img + 60 * clouds
     if kind == 1:    # wall: bricks with mortar lines
         base = np.array([150, 85, 70]) * rng.uniform(0.7, 1.2) + jitter
@@ -97,7 +103,7 @@ def _stuff_texture(rng: np.random.Generator, kind: int, s: int, yy: np.ndarray, 
         bw = 2 * bh
         row = yy // bh
         mortar = (yy % bh == 0) | (((xx + (row % 2) * (bw // 2)) % bw) == 0)
-        shade = rng.uniform(-20, 20, size=(s // bh + 2, s // bw + 3))[row, (xx + (row % 2) * (bw // 2)) // bw]
+        shade = rng.uniform(-20, 20, size=(shape[0] // bh + 2, shape[1] // bw + 3))[row, (xx + (row % 2) * (bw // 2)) // bw]
         img = base + shade[..., None]
         return np.where(mortar[..., None], np.array([200, 200, 190]), img)
     if kind == 2:    # water: wavy stripes
@@ -107,8 +113,8 @@ def _stuff_texture(rng: np.random.Generator, kind: int, s: int, yy: np.ndarray, 
         return base + 35 * waves[..., None]
     # ground: speckled earth or grass
     base = np.array([120, 95, 60]) if rng.random() < 0.5 else np.array([80, 130, 50])
-    speckle = rng.normal(0, 18, size=(s, s, 1))
-    return base + jitter + speckle + 25 * _smooth_noise(rng, s, 8)[..., None]
+    speckle = rng.normal(0, 18, size=(*shape, 1))
+    return base + jitter + speckle + 25 * _smooth_noise(rng, shape, 8)[..., None]
 
 
 def _thing_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -162,11 +168,11 @@ class _Obj:
     aspect: float
 
 
-def _draw(obj: _Obj, s: int) -> tuple[tuple[slice, slice], np.ndarray]:
-    """Window (slices) and boolean mask of one object clipped to the (s, s) image."""
+def _draw(obj: _Obj, shape: tuple[int, int]) -> tuple[tuple[slice, slice], np.ndarray]:
+    """Window (slices) and boolean mask of one object clipped to the (H, W) image."""
     r = obj.radius * max(obj.aspect, 1.0) + 1
-    y0, y1 = max(int(obj.cy - r), 0), min(int(obj.cy + r) + 2, s)
-    x0, x1 = max(int(obj.cx - r), 0), min(int(obj.cx + r) + 2, s)
+    y0, y1 = max(int(obj.cy - r), 0), min(int(obj.cy + r) + 2, shape[0])
+    x0, x1 = max(int(obj.cx - r), 0), min(int(obj.cx + r) + 2, shape[1])
     if y1 <= y0 or x1 <= x0:
         return (slice(0, 0), slice(0, 0)), np.zeros((0, 0), bool)
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
@@ -176,13 +182,13 @@ def _draw(obj: _Obj, s: int) -> tuple[tuple[slice, slice], np.ndarray]:
     return (slice(y0, y1), slice(x0, x1)), _shape_mask(obj.kind, u, v)
 
 
-def _random_obj(rng: np.random.Generator, s: int, cfg: SynthConfig, kind: Optional[int] = None,
+def _random_obj(rng: np.random.Generator, shape: tuple[int, int], cfg: SynthConfig, kind: Optional[int] = None,
                 extent: Optional[float] = None) -> _Obj:
     if kind is None:
         kind = int(rng.choice(len(THING_CLASSES), p=THING_FREQUENCY))
     if extent is None:
-        extent = float(np.exp(rng.uniform(np.log(cfg.min_thing_px), np.log(s / 2))))
-    return _Obj(kind, rng.uniform(0, s), rng.uniform(0, s), extent / 2, rng.uniform(0, 2 * np.pi),
+        extent = float(np.exp(rng.uniform(np.log(cfg.min_thing_px), np.log(min(shape) / 2))))
+    return _Obj(kind, rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), extent / 2, rng.uniform(0, 2 * np.pi),
                 rng.uniform(0.75, 1.25) if kind in (0, 1) else 1.0)
 
 
@@ -191,59 +197,61 @@ def render_scene(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray
     """Render one scene.
 
     Returns:
-        image (S, S, 3) uint8, ids (S, S) int32 (0 = VOID), segments_info (COCO dicts with
+        image (H, W, 3) uint8, ids (H, W) int32 (0 = VOID), segments_info (COCO dicts with
         id, category_id, iscrowd, bbox, area).
     """
-    s = cfg.size
+    shape = cfg.shape
+    h, w = shape
+    s = min(shape)
     meta = synthetic_meta()
-    yy, xx = np.mgrid[0:s, 0:s]
+    yy, xx = np.mgrid[0:h, 0:w]
 
     # Stuff layout: argmax of smooth random fields plus a vertical prior per class.
     kinds = np.sort(rng.choice(len(STUFF_CLASSES), size=int(rng.integers(2, 5)), replace=False))
-    height = 1.0 - 2.0 * (yy + 0.5) / s
-    fields = np.stack([STUFF_PRIOR[k] * height + 0.8 * _smooth_noise(rng, s, 3) + 0.25 * _smooth_noise(rng, s, 9)
+    height = 1.0 - 2.0 * (yy + 0.5) / h
+    fields = np.stack([STUFF_PRIOR[k] * height + 0.8 * _smooth_noise(rng, shape, 3) + 0.25 * _smooth_noise(rng, shape, 9)
                        for k in kinds])
     stuff_label = kinds[np.argmax(fields, axis=0)]
-    image = np.zeros((s, s, 3), np.float64)
+    image = np.zeros((h, w, 3), np.float64)
     for k in kinds:
         sel = stuff_label == k
         if sel.any():
-            image[sel] = _stuff_texture(rng, int(k), s, yy, xx)[sel]
+            image[sel] = _stuff_texture(rng, int(k), yy, xx)[sel]
     # owner: -1 stuff, -2 VOID, >= 0 index into `owners` (thing instances and the crowd)
-    owner = np.full((s, s), -1, np.int64)
+    owner = np.full((h, w), -1, np.int64)
 
     if rng.random() < cfg.void_prob:                           # VOID clutter blobs
         for _ in range(int(rng.integers(1, 4))):
-            cy, cx, r = rng.uniform(0, s), rng.uniform(0, s), rng.uniform(3, max(4, s / 12))
-            blob = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (_smooth_noise(rng, s, 12) > -0.3)
+            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(3, max(4, s / 12))
+            blob = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (_smooth_noise(rng, shape, 12) > -0.3)
             owner[blob] = -2
             image[blob] = rng.uniform(60, 200) + rng.normal(0, 30, size=(int(blob.sum()), 3))
 
     owners: list[tuple[int, bool]] = []                       # (category_id, iscrowd)
     if rng.random() < cfg.crowd_prob:                          # crowd: a cluster of small objects
         kind = int(rng.integers(0, len(THING_CLASSES)))
-        cy, cx, spread = rng.uniform(0.2 * s, 0.8 * s), rng.uniform(0.2 * s, 0.8 * s), rng.uniform(s / 12, s / 6)
+        cy, cx, spread = rng.uniform(0.2 * h, 0.8 * h), rng.uniform(0.2 * w, 0.8 * w), rng.uniform(s / 12, s / 6)
         owners.append((meta.thing_ids[kind], True))
         for _ in range(int(rng.integers(6, 13))):
             obj = _Obj(kind, cy + rng.normal(0, spread), cx + rng.normal(0, spread), rng.uniform(3, 6),
                        rng.uniform(0, 2 * np.pi), 1.0)
-            win, m = _draw(obj, s)
+            win, m = _draw(obj, shape)
             if m.size:
                 owner[win][m] = 0
                 image[win][m] = _thing_texture(rng, *m.shape)[m]
 
-    objs = [_random_obj(rng, s, cfg) for _ in range(int(rng.integers(cfg.min_things, cfg.max_things + 1)))]
+    objs = [_random_obj(rng, shape, cfg) for _ in range(int(rng.integers(cfg.min_things, cfg.max_things + 1)))]
     if cfg.occlusion == "heavy":
         for _ in range(int(rng.integers(1, 3)) if rng.random() < 0.7 else 0):
-            big = _random_obj(rng, s, cfg, kind=int(rng.integers(0, 2)), extent=rng.uniform(0.3, 0.5) * s)
-            small = _random_obj(rng, s, cfg, kind=int(rng.integers(4, 6)), extent=rng.uniform(0.1, 0.2) * s)
+            big = _random_obj(rng, shape, cfg, kind=int(rng.integers(0, 2)), extent=rng.uniform(0.3, 0.5) * s)
+            small = _random_obj(rng, shape, cfg, kind=int(rng.integers(4, 6)), extent=rng.uniform(0.1, 0.2) * s)
             small.cy = big.cy + rng.uniform(-0.3, 0.3) * big.radius
             small.cx = big.cx + rng.uniform(-0.3, 0.3) * big.radius
             objs += [big, small]
 
-    drawn = [(obj, *_draw(obj, s)) for obj in objs]
+    drawn = [(obj, *_draw(obj, shape)) for obj in objs]
     # Paint indices first to find what stays visible; drop objects that are mostly hidden.
-    paint = np.full((s, s), -1, np.int64)
+    paint = np.full((h, w), -1, np.int64)
     for i, (_, win, m) in enumerate(drawn):
         paint[win][m] = i
     visible = np.bincount(paint[paint >= 0], minlength=len(drawn))
@@ -256,7 +264,7 @@ def render_scene(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray
         image[win][m] = _thing_texture(rng, *m.shape)[m]
 
     # Segment ids: things and the crowd by owner index, stuff by class; remove fully hidden ones.
-    ids = np.zeros((s, s), np.int32)
+    ids = np.zeros((h, w), np.int32)
     segments: list[dict[str, Any]] = []
     for i, (cat, crowd) in enumerate(owners):
         _add_segment(ids, owner == i, cat, crowd, segments)
@@ -286,7 +294,7 @@ def _write_one(args: tuple) -> dict[str, Any]:
     name = f"{index + 1:06d}"
     Image.fromarray(image).save(out / split / f"{name}.jpg", quality=92)
     write_id_png(out / "annotations" / f"panoptic_{split}" / f"{name}.png", ids)
-    return {"image": {"id": index + 1, "file_name": f"{name}.jpg", "height": cfg.size, "width": cfg.size},
+    return {"image": {"id": index + 1, "file_name": f"{name}.jpg", "height": cfg.shape[0], "width": cfg.shape[1]},
             "annotation": {"image_id": index + 1, "file_name": f"{name}.png", "segments_info": segments}}
 
 
@@ -308,7 +316,7 @@ def write_synthetic(out: str | Path, splits: dict[str, int], seed: int = 0, cfg:
     out.mkdir(parents=True, exist_ok=True)
     (out / "categories.json").write_text(json.dumps(meta.to_json(), indent=1))
     workers = workers or os.cpu_count() or 1
-    summary: dict[str, Any] = {"root": str(out), "seed": seed, "size": cfg.size, "occlusion": cfg.occlusion, "splits": {}}
+    summary: dict[str, Any] = {"root": str(out), "seed": seed, "height": cfg.shape[0], "width": cfg.shape[1], "occlusion": cfg.occlusion, "splits": {}}
     for split, n in splits.items():
         (out / split).mkdir(exist_ok=True)
         (out / "annotations" / f"panoptic_{split}").mkdir(parents=True, exist_ok=True)

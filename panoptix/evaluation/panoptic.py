@@ -23,7 +23,7 @@ from panoptix.data.meta import DatasetMeta
 from panoptix.data.png import read_id_png
 from panoptix.data.sample import PanopticSample
 from panoptix.data.validation import check_json_segments, resolve_inside
-from panoptix.evaluation.pq_core import SegmentIndexer, SegmentTable, image_pq_stats
+from panoptix.evaluation.pq_core import SegmentTable, image_pq_stats
 from panoptix.structures import PanopticResult
 
 GROUPS = (("All", None), ("Things", True), ("Stuff", False))
@@ -96,12 +96,9 @@ class PanopticEvaluator:
     def __init__(self, meta: DatasetMeta) -> None:
         self.meta = meta
         self.stat = PQStat(meta)
-        self._indexer: Optional[SegmentIndexer] = None
         self.num_images = 0
 
     def add(self, gt: PanopticSample, pred: PanopticResult) -> None:
-        if self._indexer is None:
-            self._indexer = SegmentIndexer()
         where = f"image {gt.image_id!r}"
         pred_map = pred.ids_numpy()
         if pred_map.size and (pred_map.min() < 0 or pred_map.max() >= 1 << 24):
@@ -109,8 +106,7 @@ class PanopticEvaluator:
         gt_table = _gt_table(gt.segments, self.meta, where)
         pred_table = _pred_table([{"id": s.id, "category_id": s.category_id} for s in pred.segments],
                                  self.meta, where)
-        self.stat += image_pq_stats(gt.ids, gt_table, pred_map, pred_table, self.meta.num_classes,
-                                    self._indexer, where)
+        self.stat += image_pq_stats(gt.ids, gt_table, pred_map, pred_table, self.meta.num_classes, where)
         self.num_images += 1
 
     def all_reduce(self) -> "PanopticEvaluator":
@@ -138,19 +134,7 @@ def _pred_table(segments_info: Sequence[dict], meta: DatasetMeta, where: str) ->
 # --------------------------------------------------------------------------- files on disk
 def _image_task(task: tuple) -> np.ndarray:
     gt_png, gt_table, pred_png, pred_table, num_categories, where = task
-    indexer = _worker_indexer()
-    return image_pq_stats(read_id_png(gt_png), gt_table, read_id_png(pred_png), pred_table,
-                          num_categories, indexer, where)
-
-
-_INDEXER: dict[str, SegmentIndexer] = {}
-
-
-def _worker_indexer() -> SegmentIndexer:
-    """One lookup table per process (worker processes live for one evaluation)."""
-    if "indexer" not in _INDEXER:
-        _INDEXER["indexer"] = SegmentIndexer()
-    return _INDEXER["indexer"]
+    return image_pq_stats(read_id_png(gt_png), gt_table, read_id_png(pred_png), pred_table, num_categories, where)
 
 
 def _tasks(gt_json: Path, gt_dir: Optional[Path], pred_json: Path, pred_dir: Optional[Path]

@@ -1,8 +1,9 @@
 """Panoptic Quality of one image, exactly as COCO's panopticapi ``pq_compute`` defines it.
 
-The whole image is reduced to one small (gt segments x pred segments) intersection matrix by a
-single `np.bincount` over compact per-pixel indices; matching, crowd and VOID handling then work
-on that matrix. No Python loop touches pixels.
+The whole image is reduced to one small (gt segments x pred segments) intersection matrix: one
+vectorised pass run-length encodes the (gt id, pred id) pixel pairs, and a `np.bincount` over
+the runs sums their lengths. Matching, crowd and VOID handling then work on that matrix. No
+Python loop touches pixels.
 
 COCO rules implemented (panopticapi, evaluation.py):
 - a (gt, pred) pair of the same category, gt not crowd, matches when IoU > 0.5, where the union
@@ -21,9 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from panoptix.data.errors import PanopticFormatError
-
-_SENTINEL = np.iinfo(np.uint16).max
-
 
 @dataclass
 class SegmentTable:
@@ -46,33 +44,39 @@ class SegmentTable:
                    np.zeros(n, np.int64) if area is None else np.asarray(area, dtype=np.int64))
 
 
-class SegmentIndexer:
-    """Maps segment-id maps to compact indices through one reusable 2^24-entry lookup table.
+def pair_runs(gt_map: np.ndarray, pred_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run-length encode the pixel sequence of (gt id, pred id) pairs in raster order.
 
-    ``index(ids, seg_ids)`` gives 0 for VOID, 1..n for ``seg_ids`` in order and n+1 for any other
-    id, in one gather per pixel. The table (32 MiB) is allocated once per process and reset after
-    each call, so reuse one indexer for a whole evaluation.
+    Returns (R,) gt ids, (R,) pred ids and (R,) run lengths. Panoptic maps are piecewise constant,
+    so R is a few thousand where the image has hundreds of thousands of pixels, and everything
+    after this one pass works on runs.
     """
+    g, p = gt_map.reshape(-1), pred_map.reshape(-1)
+    n = g.size
+    change = np.empty(n, dtype=bool)
+    change[:1] = True
+    np.not_equal(g[1:], g[:-1], out=change[1:])
+    change[1:] |= p[1:] != p[:-1]
+    starts = np.flatnonzero(change)
+    lengths = np.diff(starts, append=n)
+    return g[starts], p[starts], lengths
 
-    def __init__(self) -> None:
-        self._lut = np.full(1 << 24, _SENTINEL, dtype=np.uint16)
-        self._lut[0] = 0
 
-    def index(self, id_map: np.ndarray, seg_ids: np.ndarray) -> np.ndarray:
-        n = len(seg_ids)
-        if n >= _SENTINEL - 1:
-            raise PanopticFormatError(f"{n} segments in one image; at most {_SENTINEL - 2} are supported")
-        valid = (seg_ids > 0) & (seg_ids < (1 << 24))
-        self._lut[seg_ids[valid]] = np.arange(1, n + 1, dtype=np.uint16)[valid]
-        try:
-            out = self._lut[id_map]
-        finally:
-            self._lut[seg_ids[valid]] = _SENTINEL
-        return np.minimum(out, np.uint16(n + 1), out=out)
+def index_of(values: np.ndarray, seg_ids: np.ndarray) -> np.ndarray:
+    """0 for VOID, 1..n for ``seg_ids`` (in order), n+1 for any other value."""
+    n = len(seg_ids)
+    out = np.full(values.shape, n + 1, dtype=np.int64)
+    out[values == 0] = 0
+    if n:
+        order = np.argsort(seg_ids, kind="stable")
+        pos = np.searchsorted(seg_ids[order], values).clip(max=n - 1)
+        hit = seg_ids[order][pos] == values
+        out[hit] = order[pos[hit]] + 1
+    return out
 
 
 def image_pq_stats(gt_map: np.ndarray, gt: SegmentTable, pred_map: np.ndarray, pred: SegmentTable,
-                   num_categories: int, indexer: SegmentIndexer, where: str = "") -> np.ndarray:
+                   num_categories: int, where: str = "") -> np.ndarray:
     """PQ statistics of one image.
 
     Args:
@@ -88,14 +92,13 @@ def image_pq_stats(gt_map: np.ndarray, gt: SegmentTable, pred_map: np.ndarray, p
         raise PanopticFormatError(f"{where}: prediction is {pred_map.shape[1]}x{pred_map.shape[0]} (WxH), "
                                   f"ground truth {gt_map.shape[1]}x{gt_map.shape[0]}")
     G, P = len(gt.ids), len(pred.ids)
-    gi = indexer.index(gt_map, gt.ids).astype(np.int64)
-    pi = indexer.index(pred_map, pred.ids)
-    gi *= P + 2
-    gi += pi
-    M = np.bincount(gi.ravel(), minlength=(G + 2) * (P + 2)).reshape(G + 2, P + 2)
+    run_gt, run_pred, run_len = pair_runs(gt_map, pred_map)
+    gi, pi = index_of(run_gt, gt.ids), index_of(run_pred, pred.ids)
+    M = np.bincount(gi * (P + 2) + pi, weights=run_len, minlength=(G + 2) * (P + 2))
+    M = M.astype(np.int64).reshape(G + 2, P + 2)
 
     if M[:, P + 1].any():
-        stray = np.unique(pred_map[pi == P + 1])
+        stray = np.unique(run_pred[pi == P + 1])
         raise PanopticFormatError(f"{where}: segment id(s) {stray[:10].tolist()} are in the prediction PNG "
                                   "but not in its JSON")
     pred_area = M[:, 1:P + 1].sum(axis=0)

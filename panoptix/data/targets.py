@@ -1,0 +1,68 @@
+"""Training targets from a `PanopticSample`.
+
+Semantic variants (``semantic=``):
+- ``"stuff_things"`` (Panoptic FPN): 0 = any thing, 1..S = stuff in contiguous stuff order.
+- ``"all"`` (OANet's object context, seed 004 Table 2): every category by its contiguous id.
+VOID pixels and crowd segments are ``IGNORE_INDEX`` (255) in both.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from torchvision.ops import masks_to_boxes
+
+from panoptix.data.meta import IGNORE_INDEX, DatasetMeta
+from panoptix.data.sample import PanopticSample, map_ids
+
+SemanticVariant = Literal["stuff_things", "all"]
+
+
+def semantic_lut(meta: DatasetMeta, variant: SemanticVariant) -> dict[int, int]:
+    """Category id -> semantic training index for a variant."""
+    if variant == "all":
+        return dict(meta.contiguous_id)
+    if variant == "stuff_things":
+        return {**{c: 0 for c in meta.thing_ids}, **{c: i + 1 for c, i in meta.stuff_contiguous_id.items()}}
+    raise ValueError(f"unknown semantic variant {variant!r}; expected 'stuff_things' or 'all'")
+
+
+def num_semantic_classes(meta: DatasetMeta, variant: SemanticVariant) -> int:
+    return meta.num_classes if variant == "all" else meta.num_stuff + 1
+
+
+def build_targets(sample: PanopticSample, meta: DatasetMeta, semantic: SemanticVariant = "stuff_things"
+                  ) -> dict[str, torch.Tensor]:
+    """Targets of one image.
+
+    Returns a dict of tensors:
+        ``semantic`` (H, W) int64; ``boxes`` (N, 4) float32 xyxy (pixel edges, x1 = last column + 1);
+        ``labels`` (N,) int64 contiguous thing ids; ``masks`` (N, H, W) uint8; ``segment_ids`` (N,);
+        ``crowd_boxes`` (M, 4), ``crowd_labels`` (M,), ``crowd_masks`` (M, H, W) for crowd things;
+        ``panoptic`` (H, W) int32 segment-id map.
+    """
+    ids = np.asarray(sample.ids)
+    segs = sample.segments
+    unknown = [s.category_id for s in segs if s.category_id not in meta]
+    if unknown:
+        raise ValueError(f"image {sample.image_id!r}: category id(s) {unknown} are not in {meta.name}")
+    lut = semantic_lut(meta, semantic)
+    seg_ids = np.array([s.id for s in segs], dtype=np.int64)
+    sem_vals = np.array([IGNORE_INDEX if s.iscrowd else lut[s.category_id] for s in segs], dtype=np.int64)
+    semantic_map = map_ids(ids, seg_ids, sem_vals, IGNORE_INDEX)
+
+    out = {"semantic": torch.from_numpy(semantic_map), "panoptic": torch.from_numpy(ids.astype(np.int32))}
+    for prefix, crowd in (("", False), ("crowd_", True)):
+        things = [s for s in segs if meta.isthing(s.category_id) and s.iscrowd == crowd]
+        tid = torch.tensor([s.id for s in things], dtype=torch.int64)
+        masks = (torch.from_numpy(ids.astype(np.int64))[None] == tid[:, None, None]).to(torch.uint8)
+        boxes = masks_to_boxes(masks).float() if len(things) else torch.zeros((0, 4))
+        boxes[:, 2:] += 1
+        out[prefix + "boxes"] = boxes
+        out[prefix + "labels"] = torch.tensor([meta.thing_contiguous_id[s.category_id] for s in things], dtype=torch.int64)
+        out[prefix + "masks"] = masks
+        if not crowd:
+            out["segment_ids"] = tid
+    return out

@@ -1,0 +1,82 @@
+"""Semantic segmentation metrics from one confusion matrix: IoU per class, mIoU, pixel accuracy,
+mean class accuracy and the ADE20K challenge score (pixel accuracy + mIoU) / 2 (seed 003).
+
+Classes that never occur in ground truth or prediction (union 0) have IoU NaN and are left out
+of the means, as mmsegmentation and detectron2 do.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from panoptix.data.meta import IGNORE_INDEX
+
+
+def confusion_matrix(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray, num_classes: int,
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """(K, K) int64 confusion matrix, rows = ground truth, columns = prediction, by one bincount.
+
+    Pixels whose ground truth is ``ignore_index`` are skipped; any other ground-truth or predicted
+    value outside 0..K-1 is an error.
+    """
+    pred = torch.as_tensor(pred).reshape(-1).long()
+    gt = torch.as_tensor(gt).reshape(-1).long().to(pred.device)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction has {pred.numel()} pixels, ground truth {gt.numel()}")
+    keep = gt != ignore_index
+    pred, gt = pred[keep], gt[keep]
+    if gt.numel() and (gt.min() < 0 or gt.max() >= num_classes):
+        raise ValueError(f"ground-truth labels must lie in 0..{num_classes - 1} or be {ignore_index}")
+    if pred.numel() and (pred.min() < 0 or pred.max() >= num_classes):
+        raise ValueError(f"predicted labels must lie in 0..{num_classes - 1}")
+    return torch.bincount(gt * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def metrics_from_confusion(conf: torch.Tensor | np.ndarray, class_names: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """mIoU, per-class IoU, pixel accuracy, mean accuracy and ADE score of a confusion matrix."""
+    conf = torch.as_tensor(conf).double().cpu()
+    tp = conf.diag()
+    gt_total, pred_total = conf.sum(1), conf.sum(0)
+    union = gt_total + pred_total - tp
+    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
+    acc = torch.where(gt_total > 0, tp / gt_total.clamp(min=1), torch.full_like(tp, math.nan))
+    total = conf.sum()
+    pixel_acc = float(tp.sum() / total) if total > 0 else math.nan
+    miou = float(iou.nanmean()) if (union > 0).any() else math.nan
+    names = list(class_names) if class_names is not None else [str(i) for i in range(len(tp))]
+    return {"mIoU": miou, "pixel_accuracy": pixel_acc,
+            "mean_accuracy": float(acc.nanmean()) if (gt_total > 0).any() else math.nan,
+            "ade_score": (pixel_acc + miou) / 2,
+            "per_class_iou": {n: float(v) for n, v in zip(names, iou.tolist())}}
+
+
+class SemanticEvaluator:
+    """Accumulates a confusion matrix over images (on the predictions' device)."""
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX,
+                 class_names: Optional[Sequence[str]] = None) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.class_names = class_names
+        self.conf: Optional[torch.Tensor] = None
+
+    def update(self, pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray) -> None:
+        c = confusion_matrix(pred, gt, self.num_classes, self.ignore_index)
+        self.conf = c if self.conf is None else self.conf + c.to(self.conf.device)
+
+    def all_reduce(self) -> "SemanticEvaluator":
+        import torch.distributed as dist
+
+        if self.conf is None:
+            self.conf = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(self.conf)
+        return self
+
+    def compute(self) -> dict[str, Any]:
+        conf = self.conf if self.conf is not None else torch.zeros(self.num_classes, self.num_classes)
+        return metrics_from_confusion(conf, self.class_names)

@@ -1,0 +1,49 @@
+"""Shared fixtures: small synthetic datasets written once per session, the shared COCO sample."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from panoptix.data.perturb import write_perturbed
+from panoptix.data.synthetic import SynthConfig, synthetic_paths, write_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PANOPTIX_SHARED", REPO.parent / "shared"))
+COCO_SAMPLE = SHARED / "data" / "coco_panoptic_val2017_sample"
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic(root, {"train": 6, "val": 24}, seed=7, cfg=SynthConfig(size=96), workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_val(synth_root) -> dict[str, Path]:
+    return synthetic_paths(synth_root, "val")
+
+
+@pytest.fixture(scope="session")
+def heavy_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("heavy")
+    write_synthetic(root, {"val": 24}, seed=3, cfg=SynthConfig(size=96, occlusion="heavy"), workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def coco_sample() -> dict[str, Path]:
+    d = COCO_SAMPLE / "sample_data"
+    if not d.is_dir():
+        pytest.fail(f"shared COCO sample not found at {COCO_SAMPLE}; set PANOPTIX_SHARED")
+    return {"gt_json": d / "panoptic_examples.json", "gt_dir": d / "panoptic_examples",
+            "categories": COCO_SAMPLE / "panoptic_coco_categories.json"}
+
+
+def perturbed(tmp_path: Path, gt_json: Path, gt_dir: Path, seed: int, strength: float = 1.0) -> tuple[Path, Path]:
+    pj, pd = tmp_path / f"pred_{seed}.json", tmp_path / f"pred_{seed}"
+    write_perturbed(gt_json, gt_dir, pj, pd, seed=seed, strength=strength)
+    return pj, pd
