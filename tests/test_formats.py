@@ -1,5 +1,4 @@
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -7,7 +6,7 @@ from PIL import Image
 
 from panoptix.data import DatasetMeta, PanopticFormatError
 from panoptix.data.datasets import PanopticDataset
-from panoptix.data.formats import (load_ade20k, load_cityscapes_panoptic, load_coco_panoptic, read_sample,
+from panoptix.data.formats import (load_ade20k, load_coco_panoptic, read_sample,
                                    write_coco_panoptic)
 from panoptix.data.png import write_id_png
 

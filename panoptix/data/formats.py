@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from panoptix.data.errors import PanopticFormatError
 from panoptix.data.meta import Category, DatasetMeta
@@ -231,8 +232,6 @@ def _ade_color(class_id: int) -> tuple[int, int, int]:
 
 
 def _read_label_png(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "P", "I", "I;16"):

@@ -14,7 +14,7 @@ import numpy as np
 
 from panoptix.data.formats import load_coco_panoptic, read_sample, write_coco_panoptic
 from panoptix.data.meta import DatasetMeta
-from panoptix.data.sample import PanopticSample, bbox_of_mask
+from panoptix.data.sample import PanopticSample, bbox_of_mask, map_ids
 
 
 def perturb_sample(sample: PanopticSample, meta: DatasetMeta, rng: np.random.Generator,
@@ -63,9 +63,7 @@ def perturb_sample(sample: PanopticSample, meta: DatasetMeta, rng: np.random.Gen
     present = present[present != 0]
     new_ids = rng.permutation(np.arange(1, len(present) + 1)) * 97 + 1000
     remap = dict(zip(present.tolist(), new_ids.tolist()))
-    lut_keys = np.concatenate([[0], present])
-    lut_vals = np.concatenate([[0], new_ids])
-    out = lut_vals[np.searchsorted(lut_keys, pred)].astype(np.int32)
+    out = map_ids(pred, present, new_ids, fill=0).astype(np.int32)
     segments = []
     for old, new in remap.items():
         m = out == new

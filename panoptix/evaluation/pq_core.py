@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from panoptix.data.errors import PanopticFormatError
+from panoptix.data.sample import map_ids
 
 @dataclass
 class SegmentTable:
@@ -65,13 +66,8 @@ def pair_runs(gt_map: np.ndarray, pred_map: np.ndarray) -> tuple[np.ndarray, np.
 def index_of(values: np.ndarray, seg_ids: np.ndarray) -> np.ndarray:
     """0 for VOID, 1..n for ``seg_ids`` (in order), n+1 for any other value."""
     n = len(seg_ids)
-    out = np.full(values.shape, n + 1, dtype=np.int64)
+    out = map_ids(values, seg_ids, np.arange(1, n + 1), fill=n + 1)
     out[values == 0] = 0
-    if n:
-        order = np.argsort(seg_ids, kind="stable")
-        pos = np.searchsorted(seg_ids[order], values).clip(max=n - 1)
-        hit = seg_ids[order][pos] == values
-        out[hit] = order[pos[hit]] + 1
     return out
 
 
