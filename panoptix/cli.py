@@ -117,8 +117,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     val = synthetic_paths(data, "val")
     if not val["gt_json"].is_file():
         print(f"[1/4] generating the synthetic dataset in {data}")
-        cmd_synth(argparse.Namespace(out=str(data), train=args.train, val=args.val, size=args.size,
-                                     width=None, seed=args.seed, occlusion="normal", workers=None))
+        cmd_synth(build_parser().parse_args(["synth", "--out", str(data), "--train", str(args.train), "--val",
+                                             str(args.val), "--size", str(args.size), "--seed", str(args.seed)]))
     else:
         print(f"[1/4] synthetic dataset present: {data}")
     pred_json, pred_dir = out / "predictions" / "panoptic_val.json", out / "predictions" / "panoptic_val"
@@ -128,9 +128,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     results = evaluate_coco_panoptic(val["gt_json"], pred_json, val["gt_dir"], pred_dir, workers=2, progress=True)
     _write_json(out / "pq_results.json", results)
     print("[4/4] writing overlays")
-    cmd_viz(argparse.Namespace(gt_json=val["gt_json"], gt_dir=val["gt_dir"], images=val["image_dir"],
-                               pred_json=pred_json, pred_dir=pred_dir, out=str(out / "overlays"), labels=False,
-                               limit=args.overlays))
+    cmd_viz(build_parser().parse_args(["viz", "--gt-json", str(val["gt_json"]), "--images", str(val["image_dir"]),
+                                       "--pred-json", str(pred_json), "--pred-dir", str(pred_dir),
+                                       "--out", str(out / "overlays"), "--limit", str(args.overlays)]))
     print()
     print(format_table(results))
     print(f"PQ results: {out / 'pq_results.json'}; overlays: {out / 'overlays'}")

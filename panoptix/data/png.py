@@ -67,15 +67,13 @@ def read_id_png(path: str | Path) -> np.ndarray:
 def _read_id_png_pillow(path: str | Path, data: bytes) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
-            if img.mode not in _RGB_MODES:
-                raise PanopticFormatError(
-                    f"{path}: panoptic PNG has mode {img.mode!r}; expected RGB (or palette/RGBA) "
-                    "with id = R + 256*G + 256^2*B")
-            rgb = np.asarray(img.convert("RGB"))
+            mode = img.mode
+            rgb = np.asarray(img.convert("RGB")) if mode in _RGB_MODES else None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        if isinstance(err, PanopticFormatError):
-            raise
         raise PanopticFormatError(f"{path}: cannot decode panoptic PNG ({err})") from err
+    if rgb is None:
+        raise PanopticFormatError(f"{path}: panoptic PNG has mode {mode!r}; expected RGB (or palette/RGBA) "
+                                  "with id = R + 256*G + 256^2*B")
     return rgb2id(rgb)
 
 

@@ -54,10 +54,11 @@ def build_targets(sample: PanopticSample, meta: DatasetMeta, semantic: SemanticV
     semantic_map = map_ids(ids, seg_ids, sem_vals, IGNORE_INDEX)
 
     out = {"semantic": torch.from_numpy(semantic_map), "panoptic": torch.from_numpy(ids.astype(np.int32))}
+    id_map = out["panoptic"].long()
     for prefix, crowd in (("", False), ("crowd_", True)):
         things = [s for s in segs if meta.isthing(s.category_id) and s.iscrowd == crowd]
         tid = torch.tensor([s.id for s in things], dtype=torch.int64)
-        masks = (torch.from_numpy(ids.astype(np.int64))[None] == tid[:, None, None]).to(torch.uint8)
+        masks = (id_map[None] == tid[:, None, None]).to(torch.uint8)
         boxes = masks_to_boxes(masks).float() if len(things) else torch.zeros((0, 4))
         boxes[:, 2:] += 1
         out[prefix + "boxes"] = boxes

@@ -24,6 +24,7 @@ import numpy as np
 from panoptix.data.errors import PanopticFormatError
 from panoptix.data.sample import map_ids
 
+
 @dataclass
 class SegmentTable:
     """Segments of one image as arrays (n segments).
