@@ -1,4 +1,4 @@
-"""The ``panoptix`` command: synth, perturb, evaluate, viz, demo.
+"""The ``panoptix`` command: synth, perturb, evaluate, viz, train, predict, demo.
 
 Every command shows progress on long work, ends with a readable summary and writes its
 machine-readable results as JSON.
@@ -7,28 +7,20 @@ machine-readable results as JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from panoptix.config import ConfigError
 from panoptix.data.errors import PanopticFormatError
+from panoptix.engine.checkpoint import CheckpointError
+from panoptix.engine.trainer import TrainingDiverged
+from panoptix.models.backbones import BackboneWeightsError
+from panoptix.jsonio import write_json
 
 
-def _write_json(path: Path, data: Any) -> None:
-    def clean(v):
-        if isinstance(v, float) and math.isnan(v):
-            return None
-        if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean(data), indent=1))
+_write_json = write_json
 
 
 # --------------------------------------------------------------------------- synth
@@ -105,10 +97,93 @@ def cmd_viz(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- train
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from panoptix.config import build_dataset, build_model, build_trainer, load_config
+    from panoptix.engine import distributed as dist
+    from panoptix.evaluation.panoptic import format_table
+
+    cfg = load_config(args.config, args.overrides)
+    train_set = build_dataset(cfg["data"]["train"])
+    if train_set is None:
+        raise ConfigError("data.train names no dataset (set data.train.json, or data.train.root for "
+                          "synthetic/cityscapes/ade20k)")
+    val_set = build_dataset(cfg["data"]["val"])
+    if val_set is not None and val_set.meta.to_json() != train_set.meta.to_json():
+        raise ConfigError("data.val has different categories from data.train")
+    torch.manual_seed(cfg["engine"]["seed"])
+    model = build_model(cfg, train_set.meta)
+    trainer = build_trainer(cfg, model, train_set, val_set)
+    try:
+        summary = trainer.train()
+    finally:
+        dist.cleanup()
+    if trainer.rank == 0:
+        print(f"trained {summary['iterations']} iterations ({summary['started_at']} resumed) in "
+              f"{summary['seconds']} s, {summary['images_per_second']} images/s on {summary['device']} "
+              f"x{summary['world_size']}")
+        if summary["final_eval"]:
+            print(format_table(summary["final_eval"]))
+        print(f"checkpoint: {summary['checkpoint']}; curves: {summary.get('curves')}; "
+              f"summary: {Path(cfg['engine']['output_dir']) / 'train_summary.json'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- predict
+def load_predictor(config: Optional[str], weights: str, overrides: Sequence[str] = (), batch_size: int = 4,
+                   device: str = "auto"):
+    """Model + predictor from a checkpoint; the config and categories stored in it are used unless given."""
+    from panoptix.config import build_model, load_config
+    from panoptix.data.meta import DatasetMeta
+    from panoptix.engine.checkpoint import load_model_weights, safe_torch_load
+    from panoptix.engine.predictor import Predictor
+    from panoptix.engine.trainer import pick_device
+
+    ckpt = safe_torch_load(weights)
+    if config is not None:
+        cfg = load_config(config, overrides)
+    elif isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
+        cfg = load_config(None, overrides)
+        cfg["model"] = ckpt["config"]["model"]
+    else:
+        raise ConfigError(f"{weights} stores no config; pass --config")
+    if isinstance(ckpt, dict) and ckpt.get("meta"):
+        meta = DatasetMeta.from_categories(ckpt["meta"])
+    else:
+        from panoptix.config import build_dataset
+
+        ds = build_dataset(cfg["data"]["train"], load_images=False)
+        if ds is None:
+            raise ConfigError(f"{weights} stores no categories and the config names no training data")
+        meta = ds.meta
+    cfg["model"]["backbone"]["weights"] = None  # the checkpoint holds them
+    model = build_model(cfg, meta)
+    load_model_weights(model, weights)
+    dev = pick_device(device)
+    return Predictor(model.to(dev), dev, batch_size=batch_size, amp=cfg["solver"]["amp"]), meta
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from panoptix.engine.predictor import image_ids_from_gt, list_images, predict_files
+
+    t0 = time.time()
+    predictor, meta = load_predictor(args.config, args.weights, args.overrides, args.batch_size, args.device)
+    files = list_images(args.input)
+    ids = image_ids_from_gt(args.gt_json) if args.gt_json else None
+    json_path = predict_files(predictor, meta, files, args.output, image_ids=ids, overlays=not args.no_overlays)
+    seconds = time.time() - t0
+    write_json(Path(args.output) / "predict_summary.json",
+               {"images": len(files), "seconds": seconds, "weights": str(args.weights), "predictions": str(json_path)})
+    print(f"predicted {len(files)} image(s) in {seconds:.1f} s: {json_path} (+ PNGs in {json_path.with_suffix('')}"
+          f"{'' if args.no_overlays else ', overlays in ' + str(Path(args.output) / 'overlays')})")
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Synthetic set (if absent) -> perturbed predictions -> PQ -> overlays."""
-    from panoptix.data.perturb import write_perturbed
+    """Synthetic set (if absent) -> train the tiny system -> predict val -> PQ -> overlays and curves."""
     from panoptix.data.synthetic import synthetic_paths
     from panoptix.evaluation.panoptic import evaluate_coco_panoptic, format_table
 
@@ -116,24 +191,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data = out / "synthetic"
     val = synthetic_paths(data, "val")
     if not val["gt_json"].is_file():
-        print(f"[1/4] generating the synthetic dataset in {data}")
+        print(f"[1/5] generating the synthetic dataset in {data}")
         cmd_synth(build_parser().parse_args(["synth", "--out", str(data), "--train", str(args.train), "--val",
                                              str(args.val), "--size", str(args.size), "--seed", str(args.seed)]))
     else:
-        print(f"[1/4] synthetic dataset present: {data}")
-    pred_json, pred_dir = out / "predictions" / "panoptic_val.json", out / "predictions" / "panoptic_val"
-    print("[2/4] writing a perturbed copy of the val ground truth as predictions")
-    write_perturbed(val["gt_json"], val["gt_dir"], pred_json, pred_dir, seed=args.seed)
-    print("[3/4] evaluating PQ")
-    results = evaluate_coco_panoptic(val["gt_json"], pred_json, val["gt_dir"], pred_dir, workers=2, progress=True)
-    _write_json(out / "pq_results.json", results)
-    print("[4/4] writing overlays")
+        print(f"[1/5] synthetic dataset present: {data}")
+    train_dir = out / "train"
+    print(f"[2/5] training {args.config} on CPU-sized settings (resumes if interrupted): {train_dir}")
+    overrides = [f"data.train.root={data}", f"data.val.root={data}", f"engine.output_dir={train_dir}",
+                 *args.overrides]
+    cmd_train(build_parser().parse_args(["train", "--config", args.config, *overrides]))
+    from panoptix.engine.checkpoint import last_checkpoint
+
+    pred_dir = out / "predictions"
+    print("[3/5] predicting the val split")
+    cmd_predict(build_parser().parse_args(["predict", "--weights", str(last_checkpoint(train_dir)), "--input",
+                                           str(val["image_dir"]), "--output", str(pred_dir), "--gt-json",
+                                           str(val["gt_json"]), "--no-overlays"]))
+    pred_json = pred_dir / "panoptic_pred.json"
+    print("[4/5] evaluating PQ")
+    results = evaluate_coco_panoptic(val["gt_json"], pred_json, val["gt_dir"], workers=2, progress=True)
+    write_json(out / "pq_results.json", results)
+    print("[5/5] writing overlays (ground truth | prediction)")
     cmd_viz(build_parser().parse_args(["viz", "--gt-json", str(val["gt_json"]), "--images", str(val["image_dir"]),
-                                       "--pred-json", str(pred_json), "--pred-dir", str(pred_dir),
-                                       "--out", str(out / "overlays"), "--limit", str(args.overlays)]))
+                                       "--pred-json", str(pred_json), "--out", str(out / "overlays"),
+                                       "--limit", str(args.overlays)]))
     print()
     print(format_table(results))
-    print(f"PQ results: {out / 'pq_results.json'}; overlays: {out / 'overlays'}")
+    print(f"PQ results: {out / 'pq_results.json'}; overlays: {out / 'overlays'}; "
+          f"training curve: {train_dir / 'curves.png'}")
     return 0
 
 
@@ -182,8 +268,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None)
     s.set_defaults(func=cmd_viz)
 
-    s = sub.add_parser("demo", help="synthetic data -> predictions -> PQ -> overlays")
+    s = sub.add_parser("train", help="train a system from a YAML config (torchrun for several processes)")
+    s.add_argument("--config", required=True, help="YAML file, or the name of one in configs/")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. solver.max_iter=100")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("predict", help="panoptic predictions (COCO JSON + PNGs + overlays) for images")
+    s.add_argument("--config", default=None, help="default: the config stored in --weights")
+    s.add_argument("--weights", required=True, help="a checkpoint written by panoptix train")
+    s.add_argument("--input", required=True, help="an image or a folder of images")
+    s.add_argument("--output", required=True)
+    s.add_argument("--gt-json", default=None, help="take image ids from this COCO panoptic JSON (by file name)")
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-overlays", action="store_true")
+    s.add_argument("overrides", nargs="*", help="key=value config overrides")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("demo", help="synthetic data -> train the tiny system -> predict -> PQ -> overlays")
     s.add_argument("--out", default="runs/demo")
+    s.add_argument("--config", default="panoptic_fpn_tiny")
+    s.add_argument("overrides", nargs="*", help="key=value overrides of the training config")
     s.add_argument("--train", type=int, default=1000)
     s.add_argument("--val", type=int, default=200)
     s.add_argument("--size", type=int, default=128)
@@ -197,7 +302,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except PanopticFormatError as err:
+    except (PanopticFormatError, ConfigError, CheckpointError, BackboneWeightsError, TrainingDiverged,
+            FileNotFoundError) as err:
         print(f"panoptix {args.command}: error: {err}", file=sys.stderr)
         return 2
 

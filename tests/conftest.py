@@ -47,3 +47,22 @@ def perturbed(tmp_path: Path, gt_json: Path, gt_dir: Path, seed: int, strength: 
     pj, pd = tmp_path / f"pred_{seed}.json", tmp_path / f"pred_{seed}"
     write_perturbed(gt_json, gt_dir, pj, pd, seed=seed, strength=strength)
     return pj, pd
+
+
+def tiny_overrides(synth_root: Path, out: Path, **extra) -> list[str]:
+    """``key=value`` overrides that make the tiny config train in seconds on the 96 px fixture set."""
+    values = {"data.train.root": synth_root, "data.val.root": synth_root, "engine.output_dir": out,
+              "data.min_size_train": "[64]", "data.max_size_train": 128, "data.num_workers": 0,
+              "solver.batch_size": 2, "solver.max_iter": 4, "solver.warmup_iters": 2, "solver.steps": "[100]",
+              "engine.eval_period": 0, "engine.log_period": 1, "engine.checkpoint_period": 0, **extra}
+    return [f"{k.replace('__', '.')}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(synth_root, tmp_path_factory) -> Path:
+    """Output folder of a 4-iteration tiny training run (checkpoint, logs, curves)."""
+    from panoptix.cli import main
+
+    out = tmp_path_factory.mktemp("trained")
+    assert main(["train", "--config", "panoptic_fpn_tiny", *tiny_overrides(synth_root, out)]) == 0
+    return out

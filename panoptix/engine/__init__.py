@@ -1,0 +1,1 @@
+"""Training and inference engine: trainer, checkpoints, distributed helpers, predictor."""

@@ -1,0 +1,78 @@
+"""``torch.distributed`` helpers. Launch with ``torchrun``; NCCL on GPUs, gloo on CPU."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Returns:
+        (rank, world_size, local_rank); (0, 1, 0) without ``torchrun``.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_mean(values: dict[str, float], device: Optional[torch.device] = None) -> dict[str, float]:
+    """Average scalar logs over ranks (a no-op on one process)."""
+    if get_world_size() == 1 or not values:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(values, (t / get_world_size()).tolist()))
+
+
+def any_rank(flag: bool, device: Optional[torch.device] = None) -> bool:
+    """True when ``flag`` is true on any rank."""
+    if get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def replicas_in_sync(model: torch.nn.Module, device: Optional[torch.device] = None) -> bool:
+    """Whether every rank holds the same parameters (max - min of a checksum over ranks is 0)."""
+    if get_world_size() == 1:
+        return True
+    s = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1).to(device)
+    hi, lo = s.clone(), s.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    return bool((hi - lo).abs().item() == 0)
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

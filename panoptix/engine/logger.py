@@ -1,0 +1,98 @@
+"""Training logs: CSV files, TensorBoard scalars and a loss / PQ curve PNG (rank 0 only)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Optional
+
+
+class MetricsLogger:
+    """Appends rows to ``train_log.csv`` / ``eval_log.csv`` and mirrors them to TensorBoard.
+
+    Args:
+        output_dir: where the files go (TensorBoard events under ``tb/``).
+        tensorboard: write TensorBoard events too.
+    """
+
+    def __init__(self, output_dir: str | Path, tensorboard: bool = True) -> None:
+        self.dir = Path(output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.writer: Optional[Any] = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.dir / "tb"))
+
+    def _append(self, name: str, row: dict[str, Any]) -> None:
+        path = self.dir / name
+        fields = list(row)
+        if path.is_file():
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), None)
+            if header:
+                fields = header + [k for k in row if k not in header]
+                if fields != header:  # a new column: rewrite with the wider header
+                    rows = list(csv.DictReader(open(path, newline="")))
+                    with open(path, "w", newline="") as f:
+                        w = csv.DictWriter(f, fields)
+                        w.writeheader()
+                        w.writerows(rows)
+        new = not path.is_file()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fields)
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def log_train(self, iteration: int, values: dict[str, float]) -> None:
+        self._append("train_log.csv", {"iteration": iteration, **values})
+        if self.writer:
+            for k, v in values.items():
+                self.writer.add_scalar(f"train/{k}", v, iteration)
+
+    def log_eval(self, iteration: int, values: dict[str, float]) -> None:
+        self._append("eval_log.csv", {"iteration": iteration, **values})
+        if self.writer:
+            for k, v in values.items():
+                self.writer.add_scalar(f"eval/{k}", v, iteration)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(open(path, newline=""))) if path.is_file() else []
+
+
+def plot_curves(output_dir: str | Path, out_png: str | Path | None = None) -> Path:
+    """Total loss (and each loss) against iteration, and PQ against iteration, from the CSV logs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = Path(output_dir)
+    out = Path(out_png) if out_png else d / "curves.png"
+    train, evals = _read(d / "train_log.csv"), _read(d / "eval_log.csv")
+    fig, (ax_loss, ax_pq) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        it = [int(r["iteration"]) for r in train]
+        for key in [k for k in train[0] if k.startswith("loss")]:
+            ax_loss.plot(it, [float(r[key]) for r in train], label=key, lw=2.0 if key == "loss" else 0.8)
+        ax_loss.set_yscale("log")
+        ax_loss.legend(fontsize=7)
+    ax_loss.set(xlabel="iteration", ylabel="loss", title="training loss")
+    if evals:
+        it = [int(r["iteration"]) for r in evals]
+        for key in ("PQ", "PQ_th", "PQ_st"):
+            if key in evals[0]:
+                ax_pq.plot(it, [float(r[key]) if r[key] not in ("", "None") else float("nan") for r in evals],
+                           marker="o", label=key)
+        ax_pq.legend(fontsize=8)
+    ax_pq.set(xlabel="iteration", ylabel="PQ (%)", title="validation PQ")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,244 @@
+"""The training loop: SGD with warm-up + multistep decay, AMP on CUDA, gradient clipping, a NaN/inf
+guard, periodic in-memory PQ, atomic checkpoints with exact resume, and DDP under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from panoptix.data.datasets import PanopticDataset
+from panoptix.data.transforms import TrainTransform
+from panoptix.engine import distributed as dist
+from panoptix.engine.checkpoint import (LAST, atomic_save, atomic_write_text, capture_rng, last_checkpoint,
+                                        load_model_weights, restore_rng)
+from panoptix.engine.logger import MetricsLogger, plot_curves
+from panoptix.engine.predictor import Predictor, evaluate_dataset
+from panoptix.engine.sampler import TrainingStream, stream_loader
+from panoptix.jsonio import write_json
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class SolverSettings:
+    """Optimisation settings (detectron2's defaults for a 16-image batch)."""
+
+    batch_size: int = 16
+    base_lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_iter: int = 90000
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    steps: Sequence[int] = (60000, 80000)
+    gamma: float = 0.1
+    clip_grad: float = 0.0
+    amp: bool = True
+
+
+@dataclass
+class EngineSettings:
+    """Where and how often the trainer writes, evaluates and checkpoints."""
+
+    output_dir: str = "runs/train"
+    seed: int = 0
+    eval_period: int = 0
+    eval_images: int = 0
+    checkpoint_period: int = 5000
+    log_period: int = 20
+    resume: bool = True
+    device: str = "auto"
+    num_workers: int = 2
+    tensorboard: bool = True
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def lr_factor(iteration: int, warmup_iters: int, warmup_factor: float, steps: Sequence[int], gamma: float) -> float:
+    """Linear warm-up from ``warmup_factor`` to 1 over ``warmup_iters``, times ``gamma`` per passed step."""
+    decay = gamma ** sum(iteration >= s for s in steps)
+    if iteration >= warmup_iters:
+        return decay
+    alpha = iteration / max(1, warmup_iters)
+    return decay * (warmup_factor * (1 - alpha) + alpha)
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """Trains a panoptic system on a `PanopticDataset`.
+
+    Args:
+        model: follows the detection contract (returns a dict of losses in training mode).
+        train_set: training split (images are needed).
+        transform: multi-scale jitter and flip.
+        semantic_variant: target variant the model's semantic head expects.
+        solver, engine: settings.
+        val_set: evaluated every ``engine.eval_period`` iterations and at the end (PQ).
+        config: stored in the output folder for ``panoptix predict``.
+    """
+
+    def __init__(self, model: nn.Module, train_set: PanopticDataset, transform: TrainTransform,
+                 semantic_variant: str, solver: SolverSettings, engine: EngineSettings,
+                 val_set: Optional[PanopticDataset] = None, config: Optional[dict[str, Any]] = None) -> None:
+        self.rank, self.world, local_rank = dist.init_distributed()
+        self.device = pick_device(engine.device, local_rank)
+        self.solver, self.engine, self.config = solver, engine, config
+        if solver.batch_size % self.world:
+            raise ValueError(f"solver.batch_size {solver.batch_size} is not divisible by {self.world} processes")
+        self.batch_per_rank = solver.batch_size // self.world
+        self.model = model.to(self.device)
+        self.stream = TrainingStream(train_set, transform, semantic_variant, engine.seed)
+        self.val_set = val_set
+        self.out = Path(engine.output_dir)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=solver.base_lr, momentum=solver.momentum,
+                                         weight_decay=solver.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: lr_factor(it, solver.warmup_iters, solver.warmup_factor, solver.steps,
+                                                 solver.gamma))
+        self.amp = bool(solver.amp) and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.ddp: nn.Module = self.model
+        if self.world > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.iteration = 0
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "meta": self.stream.dataset.meta.to_json(), "config": self.config,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": capture_rng(), "iteration": self.iteration}
+
+    def save(self) -> Optional[Path]:
+        """Atomic checkpoint of everything needed to resume exactly (rank 0 writes)."""
+        path = None
+        if dist.is_main():
+            path = atomic_save(self.state_dict(), self.out / f"model_{self.iteration:07d}.pth")
+            atomic_write_text(path.name, self.out / LAST)
+        dist.barrier()
+        return path
+
+    def resume(self, path: Optional[str | Path] = None) -> bool:
+        """Restore the latest checkpoint of the output folder (or ``path``). False when there is none."""
+        path = Path(path) if path else last_checkpoint(self.out)
+        if path is None:
+            return False
+        ckpt = load_model_weights(self.model, path)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        restore_rng(ckpt["rng"])
+        self.iteration = int(ckpt["iteration"])
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> dict[str, Any]:
+        s, e = self.solver, self.engine
+        main = dist.is_main()
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.config is not None:
+                write_json(self.out / "config.json", self.config)
+        if not (e.resume and self.resume()):
+            torch.manual_seed(e.seed + self.rank)
+        logger = MetricsLogger(self.out, e.tensorboard) if main else None
+        start = self.iteration
+        loader = stream_loader(self.stream, self.batch_per_rank, start, s.max_iter, self.rank, self.world,
+                               e.num_workers, e.seed, pin_memory=self.device.type == "cuda")
+        bar = tqdm(total=s.max_iter, initial=start, desc="train", unit="it", disable=not (main and e.progress))
+        self.ddp.train()
+        t0, window = time.time(), []
+        for images, targets in loader:
+            losses = self.step(images, targets)
+            self.iteration += 1
+            window.append(losses)
+            bar.update()
+            if self.iteration % e.log_period == 0 or self.iteration == s.max_iter:
+                row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                row = dist.all_reduce_mean(row, self.device if self.device.type == "cuda" else None)
+                row["lr"] = self.optimizer.param_groups[0]["lr"]
+                window = []
+                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2g}")
+                if logger:
+                    logger.log_train(self.iteration, row)
+            if e.checkpoint_period and self.iteration % e.checkpoint_period == 0 and self.iteration < s.max_iter:
+                self.save()
+            if e.eval_period and self.iteration % e.eval_period == 0 and self.iteration < s.max_iter:
+                self._evaluate(logger, e.eval_images)
+        bar.close()
+        seconds = time.time() - t0
+        if self.iteration > start or last_checkpoint(self.out) is None:
+            self.save()
+        in_sync = dist.replicas_in_sync(self.model, self.device if self.device.type == "cuda" else None)
+        final = self._evaluate(logger, 0) if self.val_set is not None else None
+        summary = {"iterations": self.iteration, "started_at": start, "seconds": round(seconds, 1),
+                   "images_per_second": round((self.iteration - start) * s.batch_size / max(seconds, 1e-9), 2),
+                   "world_size": self.world, "device": str(self.device), "replicas_in_sync": in_sync,
+                   "checkpoint": str(last_checkpoint(self.out)), "final_eval": final, "history": self.history,
+                   "solver": asdict(s)}
+        if main:
+            logger.close()
+            summary["curves"] = str(plot_curves(self.out))
+            write_json(self.out / "train_summary.json", summary)
+        return summary
+
+    def step(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """One SGD step on a batch; returns the (detached) losses and their sum as ``loss``."""
+        images = [im.to(self.device, non_blocking=True).float().div_(255.0) for im in images]
+        targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            losses = self.ddp(images, targets)
+        total = sum(losses.values())
+        bad = not bool(torch.isfinite(total.detach()))
+        if dist.any_rank(bad, self.device if self.device.type == "cuda" else None):
+            values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            last = last_checkpoint(self.out)
+            raise TrainingDiverged(
+                f"loss is not finite at iteration {self.iteration + 1} ({values}) on at least one process; "
+                f"stopped without saving. Last good checkpoint: {last or 'none yet'}. Try a lower solver.base_lr, "
+                f"a longer solver.warmup_iters or solver.clip_grad.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.solver.clip_grad > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.solver.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out["loss"] = float(total.detach())
+        return out
+
+    def _evaluate(self, logger: Optional[MetricsLogger], limit: int) -> Optional[dict[str, Any]]:
+        if self.val_set is None:
+            return None
+        n = len(self.val_set) if not limit else min(limit, len(self.val_set))
+        predictor = Predictor(self.model, self.device, batch_size=max(1, self.batch_per_rank), amp=self.amp)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            result = evaluate_dataset(predictor, self.val_set, range(n), progress=False)
+        self.ddp.train()
+        row = {"PQ": 100 * result["All"]["pq"], "SQ": 100 * result["All"]["sq"], "RQ": 100 * result["All"]["rq"],
+               "PQ_th": 100 * result["Things"]["pq"], "PQ_st": 100 * result["Stuff"]["pq"], "images": n}
+        self.history.append({"iteration": self.iteration, **row})
+        if logger:
+            logger.log_eval(self.iteration, row)
+            tqdm.write(f"[iter {self.iteration}] PQ {row['PQ']:.1f} (things {row['PQ_th']:.1f}, "
+                       f"stuff {row['PQ_st']:.1f}) on {n} val images")
+        return result

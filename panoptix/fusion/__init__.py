@@ -1,0 +1,1 @@
+"""Fusion methods: pure functions from instances + semantic logits to a `PanopticResult`."""

@@ -1,0 +1,1 @@
+"""Models: backbones, necks, heads and the systems composed from them."""

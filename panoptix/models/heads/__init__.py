@@ -1,0 +1,1 @@
+"""Task heads that sit on the shared FPN."""

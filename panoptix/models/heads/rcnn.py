@@ -1,0 +1,81 @@
+"""Mask R-CNN instance branch on a shared FPN, assembled from torchvision's RPN, RoIHeads and
+MultiScaleRoIAlign (not re-implemented). Thing classes come from `DatasetMeta` (contiguous thing
+index ``k`` is torchvision label ``k + 1``; 0 is background).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from panoptix.structures import Instances
+
+_POOLED_LEVELS = ["p2", "p3", "p4", "p5"]
+
+
+class MaskRCNNBranch(nn.Module):
+    """RPN + box head + mask head. Defaults are Mask R-CNN's (He et al.; torchvision/detectron2).
+
+    Args:
+        in_channels: FPN width.
+        num_things: thing classes (background is added here).
+        anchor_sizes: one anchor size per pyramid level P2..P6.
+        aspect_ratios: anchor aspect ratios at every level.
+        rpn_*: RPN sampling, NMS and proposal counts.
+        box_*: RoI sampling and inference settings of the box head.
+        box_fc_dim: width of the two fully connected layers.
+        mask_conv_dim, mask_convs: the mask head's conv tower.
+
+    Forward (``images`` is the padded batch, ``features`` the FPN levels p2..p6):
+        training: ``(detections=[], losses)`` with losses ``loss_objectness``, ``loss_rpn_box_reg``,
+        ``loss_classifier``, ``loss_box_reg``, ``loss_mask``;
+        inference: ``([Instances in resized-image coordinates, masks (N, 1, 28, 28) probabilities], {})``.
+    """
+
+    def __init__(self, in_channels: int, num_things: int,
+                 anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512), aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+                 rpn_fg_iou: float = 0.7, rpn_bg_iou: float = 0.3, rpn_batch_size: int = 256,
+                 rpn_positive_fraction: float = 0.5, rpn_pre_nms_train: int = 2000, rpn_pre_nms_test: int = 1000,
+                 rpn_post_nms_train: int = 2000, rpn_post_nms_test: int = 1000, rpn_nms: float = 0.7,
+                 box_fg_iou: float = 0.5, box_bg_iou: float = 0.5, box_batch_size: int = 512,
+                 box_positive_fraction: float = 0.25, box_score_thresh: float = 0.05, box_nms: float = 0.5,
+                 detections_per_img: int = 100, box_fc_dim: int = 1024, mask_conv_dim: int = 256,
+                 mask_convs: int = 4) -> None:
+        super().__init__()
+        if len(anchor_sizes) != 5:
+            raise ValueError(f"anchor_sizes needs one size per level P2..P6 (5), got {len(anchor_sizes)}")
+        anchors = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (tuple(aspect_ratios),) * 5)
+        self.rpn = RegionProposalNetwork(
+            anchors, RPNHead(in_channels, anchors.num_anchors_per_location()[0]), rpn_fg_iou, rpn_bg_iou,
+            rpn_batch_size, rpn_positive_fraction, dict(training=rpn_pre_nms_train, testing=rpn_pre_nms_test),
+            dict(training=rpn_post_nms_train, testing=rpn_post_nms_test), rpn_nms)
+        box_pool = MultiScaleRoIAlign(_POOLED_LEVELS, output_size=7, sampling_ratio=2)
+        mask_pool = MultiScaleRoIAlign(_POOLED_LEVELS, output_size=14, sampling_ratio=2)
+        self.roi_heads = RoIHeads(
+            box_pool, TwoMLPHead(in_channels * 7 * 7, box_fc_dim), FastRCNNPredictor(box_fc_dim, num_things + 1),
+            box_fg_iou, box_bg_iou, box_batch_size, box_positive_fraction, None, box_score_thresh, box_nms,
+            detections_per_img, mask_roi_pool=mask_pool,
+            mask_head=MaskRCNNHeads(in_channels, [mask_conv_dim] * mask_convs, 1),
+            mask_predictor=MaskRCNNPredictor(mask_conv_dim, mask_conv_dim, num_things + 1))
+        self.num_things = num_things
+
+    def forward(self, images: ImageList, features: Mapping[str, torch.Tensor],
+                targets: Optional[list[dict[str, torch.Tensor]]] = None
+                ) -> tuple[list[Instances], dict[str, torch.Tensor]]:
+        tv_targets = None
+        if targets is not None:
+            tv_targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1, "masks": t["masks"]} for t in targets]
+        proposals, rpn_losses = self.rpn(images, dict(features), tv_targets)
+        detections, roi_losses = self.roi_heads(dict(features), proposals, images.image_sizes, tv_targets)
+        if self.training:
+            return [], {**rpn_losses, **roi_losses}
+        return [Instances(d["boxes"], d["scores"], d["labels"] - 1, d["masks"]) for d in detections], {}

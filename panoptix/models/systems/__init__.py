@@ -1,0 +1,1 @@
+"""Whole panoptic systems (meta-architectures)."""

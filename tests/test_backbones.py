@@ -1,0 +1,104 @@
+"""Backbones: shapes, norms, freeze-at-stage, and weights loaded only from safe local files."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from panoptix.engine.checkpoint import CheckpointError
+from panoptix.models.backbones import KNOWN_BACKBONES, BackboneWeightsError, TimmBackbone
+
+TINY = dict(channels=(16, 32, 64, 128), stem_width=16)
+
+
+def test_tiny_backbone_shapes_and_strides():
+    b = TimmBackbone("resnet18", norm="gn", freeze_at=0, **TINY)
+    feats = b(torch.rand(2, 3, 64, 96))
+    assert list(feats) == ["c2", "c3", "c4", "c5"]
+    assert [tuple(f.shape[1:]) for f in feats.values()] == [(16, 16, 24), (32, 8, 12), (64, 4, 6), (128, 2, 3)]
+    assert b.out_channels == [16, 32, 64, 128] and b.strides == [4, 8, 16, 32]
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in b.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in b.modules())
+
+
+@pytest.mark.parametrize("freeze_at, frozen", [(0, []), (1, ["conv1", "bn1"]), (2, ["conv1", "bn1", "layer1"]),
+                                               (3, ["conv1", "bn1", "layer1", "layer2"])])
+def test_freeze_at(freeze_at, frozen):
+    b = TimmBackbone("resnet18", norm="bn", freeze_at=freeze_at, **TINY)
+    state = {n: all(not p.requires_grad for p in c.parameters()) for n, c in b.body.named_children()
+             if list(c.parameters())}
+    assert sorted(n for n, f in state.items() if f) == sorted(frozen)
+
+
+def test_frozen_bn_has_no_trainable_norm():
+    b = TimmBackbone("resnet18", norm="frozen_bn", freeze_at=0, **TINY)
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in b.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in b.modules())
+
+
+def test_bad_names():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        TimmBackbone("resnet_does_not_exist")
+    with pytest.raises(ValueError, match="norm"):
+        TimmBackbone("resnet18", norm="layer")
+    with pytest.raises(ValueError, match="freeze_at"):
+        TimmBackbone("resnet18", freeze_at=9, **TINY)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_weights_from_local_file(tmp_path, suffix):
+    torch.manual_seed(1)
+    classifier = timm.create_model("resnet18", pretrained=False, **TINY)  # the file users have: with its fc
+    path = tmp_path / f"w{suffix}"
+    state = classifier.state_dict()
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save({"state_dict": state}, path)
+    b = TimmBackbone("resnet18", norm="frozen_bn", weights=path, **TINY)
+    assert torch.equal(b.body.conv1.weight, state["conv1.weight"])
+    assert torch.equal(b.body.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
+
+
+def test_weights_errors(tmp_path):
+    with pytest.raises(BackboneWeightsError, match="not found"):
+        TimmBackbone("resnet18", weights=tmp_path / "missing.safetensors", **TINY)
+    other = timm.create_model("resnet18", pretrained=False)  # full-width: shapes do not fit
+    save_file(other.state_dict(), str(tmp_path / "wide.safetensors"))
+    with pytest.raises(BackboneWeightsError, match="wrong shape"):
+        TimmBackbone("resnet18", weights=tmp_path / "wide.safetensors", **TINY)
+    save_file({"conv1.weight": torch.zeros(16, 3, 7, 7), "extra.bias": torch.zeros(3)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(BackboneWeightsError, match=r"missing.*unexpected: extra\.bias"):
+        TimmBackbone("resnet18", weights=tmp_path / "bad.safetensors", **TINY)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(BackboneWeightsError, match="safetensors"):
+        TimmBackbone("resnet18", weights=tmp_path / "junk.safetensors", **TINY)
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch EVIL_MARKER",))
+
+
+def test_crafted_pickle_weights_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"conv1.weight": _Evil()}))
+    with pytest.raises(CheckpointError, match="refused"):
+        TimmBackbone("resnet18", weights=path, **TINY)
+    assert not (tmp_path / "EVIL_MARKER").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", KNOWN_BACKBONES)
+def test_known_backbones_build(name):
+    b = TimmBackbone(name, norm="frozen_bn", freeze_at=2)
+    assert b.strides == [4, 8, 16, 32]
+    assert b.out_channels == ([64, 128, 256, 512] if name == "resnet18" else [256, 512, 1024, 2048])

@@ -1,0 +1,165 @@
+"""Engine: schedule, checkpoints (atomic, safe), exact resume, NaN guard, DDP, predict -> evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, tiny_overrides
+from panoptix.cli import main
+from panoptix.config import build_dataset, build_model, build_trainer, load_config
+from panoptix.engine.checkpoint import (CheckpointError, atomic_save, capture_rng, last_checkpoint, restore_rng,
+                                        safe_torch_load)
+from panoptix.engine.trainer import TrainingDiverged, lr_factor
+
+
+def test_lr_schedule():
+    f = lambda it: lr_factor(it, warmup_iters=100, warmup_factor=0.001, steps=(300, 400), gamma=0.1)  # noqa: E731
+    assert f(0) == pytest.approx(0.001)
+    assert f(50) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert f(100) == f(299) == 1.0
+    assert f(300) == pytest.approx(0.1) and f(400) == pytest.approx(0.01)
+
+
+def test_atomic_save_and_rng_roundtrip(tmp_path):
+    import random
+
+    import numpy as np
+
+    path = atomic_save({"a": torch.arange(3), "rng": capture_rng()}, tmp_path / "c.pth")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pth"]  # no temporary file left behind
+    expected = (torch.rand(2).tolist(), random.random(), float(np.random.rand()))
+    torch.rand(5), random.random(), np.random.rand()  # move every generator on
+    restore_rng(safe_torch_load(path)["rng"])
+    assert (torch.rand(2).tolist(), random.random(), float(np.random.rand())) == expected
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch EVIL_MARKER",))
+
+
+def test_crafted_pickle_checkpoint_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "model_final.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": _Evil()}, evil)  # a torch zip file with a payload
+    with pytest.raises(CheckpointError, match="refused"):
+        safe_torch_load(evil)
+    raw = tmp_path / "raw.pth"
+    raw.write_bytes(pickle.dumps(_Evil()))  # a bare pickle
+    with pytest.raises(CheckpointError, match="refused"):
+        safe_torch_load(raw)
+    assert main(["predict", "--weights", str(evil), "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert "refused" in capsys.readouterr().err
+    assert not (tmp_path / "EVIL_MARKER").exists()
+
+
+def _trainer(synth_root, out, **extra):
+    cfg = load_config("panoptic_fpn_tiny", tiny_overrides(synth_root, out, **extra))
+    train_set = build_dataset(cfg["data"]["train"])
+    torch.manual_seed(cfg["engine"]["seed"])
+    return build_trainer(cfg, build_model(cfg, train_set.meta), train_set, progress=False)
+
+
+@pytest.mark.slow
+def test_resume_is_exact(synth_root, tmp_path):
+    common = dict(solver__max_iter=200, solver__steps="[150]", solver__warmup_iters=20, data__num_workers=1,
+                  data__min_size_train="[48, 64]", engine__checkpoint_period=0, engine__log_period=50)
+    straight = _trainer(synth_root, tmp_path / "straight", **common)
+    straight.train()
+    first = _trainer(synth_root, tmp_path / "split", **{**common, "solver__max_iter": 100})
+    first.train()
+    assert last_checkpoint(tmp_path / "split").name == "model_0000100.pth"
+    second = _trainer(synth_root, tmp_path / "split", **common)  # a fresh process would build exactly this
+    summary = second.train()
+    assert summary["started_at"] == 100 and summary["iterations"] == 200
+    a, b = straight.model.state_dict(), second.model.state_dict()
+    assert a.keys() == b.keys()
+    changed = [k for k in a if not torch.equal(a[k], b[k])]
+    assert changed == []
+    init = _trainer(synth_root, tmp_path / "init", **common).model.state_dict()
+    assert any(not torch.equal(a[k], init[k]) for k in a)  # training did move the weights
+
+
+def test_nan_guard_keeps_last_good_checkpoint(synth_root, tmp_path):
+    trainer = _trainer(synth_root, tmp_path, solver__max_iter=6, engine__checkpoint_period=2)
+    real_forward = trainer.ddp.forward
+    calls = {"n": 0}
+
+    def forward(images, targets=None):
+        calls["n"] += 1
+        losses = real_forward(images, targets)
+        if calls["n"] == 4:
+            losses["loss_mask"] = losses["loss_mask"] * float("nan")
+        return losses
+
+    trainer.ddp.forward = forward
+    with pytest.raises(TrainingDiverged, match=r"not finite at iteration 4 .*loss_mask=nan.*model_0000002\.pth"):
+        trainer.train()
+    assert last_checkpoint(tmp_path).name == "model_0000002.pth"
+    assert not (tmp_path / "model_0000004.pth").exists()
+
+
+def test_train_outputs(trained_tiny):
+    assert (trained_tiny / "curves.png").stat().st_size > 1000
+    rows = (trained_tiny / "train_log.csv").read_text().splitlines()
+    assert rows[0].startswith("iteration,loss_objectness") and len(rows) == 5
+    assert any(p.name.startswith("events.out.tfevents") for p in (trained_tiny / "tb").iterdir())
+    summary = json.loads((trained_tiny / "train_summary.json").read_text())
+    assert summary["iterations"] == 4 and summary["final_eval"]["All"]["n"] > 0
+    ckpt = safe_torch_load(last_checkpoint(trained_tiny))
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "iteration", "meta", "config"} <= set(ckpt)
+
+
+def test_predict_then_evaluate(trained_tiny, synth_val, tmp_path):
+    out = tmp_path / "pred"
+    weights = last_checkpoint(trained_tiny)
+    assert main(["predict", "--weights", str(weights), "--input", str(synth_val["image_dir"]), "--output", str(out),
+                 "--gt-json", str(synth_val["gt_json"]), "--batch-size", "5"]) == 0
+    data = json.loads((out / "panoptic_pred.json").read_text())
+    assert len(data["annotations"]) == 24 and len(list((out / "overlays").glob("*.png"))) == 24
+    assert len(list((out / "panoptic_pred").glob("*.png"))) == 24
+    assert main(["evaluate", "--gt-json", str(synth_val["gt_json"]), "--pred-json", str(out / "panoptic_pred.json")]) == 0
+    results = json.loads((out / "pq_results.json").read_text())
+    assert results["num_images"] == 24
+    # the same numbers as the in-memory evaluator used during training
+    summary = json.loads((trained_tiny / "train_summary.json").read_text())
+    assert results["All"]["pq"] == pytest.approx(summary["final_eval"]["All"]["pq"], abs=1e-9)
+
+
+def test_predict_single_image_without_gt(trained_tiny, synth_val, tmp_path):
+    image = sorted(synth_val["image_dir"].iterdir())[0]
+    assert main(["predict", "--weights", str(last_checkpoint(trained_tiny)), "--input", str(image), "--output",
+                 str(tmp_path)]) == 0
+    ann = json.loads((tmp_path / "panoptic_pred.json").read_text())["annotations"]
+    assert [a["image_id"] for a in ann] == [int(image.stem)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(synth_root, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "panoptix.cli", "train", "--config", "panoptic_fpn_tiny",
+           *tiny_overrides(synth_root, out, solver__batch_size=4, solver__max_iter=6, engine__checkpoint_period=3)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["replicas_in_sync"] is True
+    assert summary["iterations"] == 6
+    assert last_checkpoint(out) == Path(out / "model_0000006.pth")
+    assert (out / "model_0000003.pth").is_file()

@@ -1,0 +1,89 @@
+"""Heuristic fusion: the vectorised "already taken" rule equals the sequential one; stuff rules."""
+
+from __future__ import annotations
+
+import torch
+
+from panoptix.data.synthetic import synthetic_meta
+from panoptix.fusion.heuristic import accept_instances, heuristic_fusion, semantic_category_table
+from panoptix.structures import Instances
+
+
+def _sequential(masks, thresh=0.5):
+    taken = torch.zeros(masks.shape[1:], dtype=torch.bool)
+    out = []
+    for m in masks:
+        area, inter = int(m.sum()), int((m & taken).sum())
+        ok = area > 0 and inter <= thresh * area
+        out.append(ok)
+        if ok:
+            taken |= m
+    return torch.tensor(out, dtype=torch.bool)
+
+
+def test_accept_matches_sequential_rule():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        n = int(torch.randint(1, 25, (1,), generator=g))
+        masks = torch.zeros(n, 24, 24, dtype=torch.bool)
+        for i in range(n):
+            y, x = torch.randint(0, 22, (2,), generator=g).tolist()
+            h, w = torch.randint(0, 12, (2,), generator=g).tolist()
+            masks[i, y:y + h, x:x + w] = True
+        assert torch.equal(accept_instances(masks), _sequential(masks))
+
+
+def _inst(boxes_masks, scores, labels, size=(20, 20)):
+    masks = torch.zeros(len(scores), *size)
+    for m, (y0, y1, x0, x1) in zip(masks, boxes_masks):
+        m[y0:y1, x0:x1] = 0.9
+    return Instances(torch.zeros(len(scores), 4), torch.tensor(scores), torch.tensor(labels), masks)
+
+
+def test_fusion_rules():
+    meta = synthetic_meta()
+    table = semantic_category_table(meta, "stuff_things")
+    assert table == [-1, *meta.stuff_ids]
+    inst = _inst([(0, 10, 0, 10), (0, 10, 5, 15), (2, 8, 2, 8), (15, 20, 15, 20)], [0.9, 0.8, 0.95, 0.3], [0, 1, 2, 3])
+    sem = torch.zeros(len(table), 20, 20)
+    sem[1, :, :] = 1.0           # stuff class 1 everywhere...
+    sem[2, 19, 0:3] = 5.0        # ...but a 3 px patch of stuff class 2 (below the minimum area)
+    sem[0, 12:15, 0:4] = 5.0     # and a "things" blob that no instance explains
+    r = heuristic_fusion(inst, sem, table, meta.thing_ids, stuff_min_area=10 / 400)
+    segs = {s.id: s for s in r.segments}
+    # 0.95 first (36 px), then 0.9 (100 px, 36 taken -> kept), 0.8 (100 px, 50 taken -> kept at exactly 0.5),
+    # 0.3 below the score threshold.
+    assert [(s.category_id, s.area) for s in r.segments if s.isthing] == [(meta.thing_ids[2], 36),
+                                                                         (meta.thing_ids[0], 64), (meta.thing_ids[1], 50)]
+    stuff = [s for s in r.segments if not s.isthing]
+    assert [s.category_id for s in stuff] == [meta.stuff_ids[0]]
+    assert stuff[0].area == 400 - 150 - 12 - 3 + 0  # thing pixels, the things blob and the tiny stuff patch are VOID
+    ids = r.ids
+    assert ids.dtype == torch.int32 and ids.shape == (20, 20)
+    for sid, s in segs.items():
+        assert int((ids == sid).sum()) == s.area
+    assert int((ids == 0).sum()) == 12 + 3
+
+
+def test_fusion_overlap_skip_and_all_variant():
+    meta = synthetic_meta()
+    table = semantic_category_table(meta, "all")
+    assert sum(t == -1 for t in table) == meta.num_things
+    inst = _inst([(0, 10, 0, 10), (0, 10, 2, 12)], [0.9, 0.8], [0, 0])  # second is 80 % covered: skipped
+    sem = torch.zeros(len(table), 20, 20)
+    stuff_idx = table.index(meta.stuff_ids[3])
+    sem[stuff_idx] = 1.0
+    r = heuristic_fusion(inst, sem, table, meta.thing_ids, stuff_min_area=0.0)
+    assert [s.isthing for s in r.segments] == [True, False]
+    assert r.segments[1].category_id == meta.stuff_ids[3] and r.segments[1].area == 300
+
+
+def test_fusion_without_instances():
+    meta = synthetic_meta()
+    table = semantic_category_table(meta, "stuff_things")
+    sem = torch.zeros(len(table), 8, 8)
+    sem[3] = 1
+    empty = Instances(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 8, 8))
+    for inst in (None, empty):
+        r = heuristic_fusion(inst, sem, table, meta.thing_ids)
+        assert [(s.category_id, s.area) for s in r.segments] == [(meta.stuff_ids[2], 64)]

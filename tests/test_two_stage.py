@@ -1,0 +1,101 @@
+"""The two-stage system end to end on tiny inputs: losses, variable sizes, inference contract, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from panoptix.config import build_model, load_config
+from panoptix.data.datasets import PanopticDataset
+from panoptix.data.targets import build_targets
+from panoptix.structures import PanopticResult
+
+LOSSES = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask", "loss_seg"}
+
+
+def _model(meta, *overrides):
+    torch.manual_seed(0)
+    return build_model(load_config("panoptic_fpn_tiny", list(overrides)), meta)
+
+
+def _batch(ds, n=2):
+    samples = [ds[i] for i in range(n)]
+    images = [torch.from_numpy(np.array(s.image)).permute(2, 0, 1).float() / 255 for s in samples]
+    return samples, images
+
+
+@pytest.mark.parametrize("overrides", [(), ("model.semantic.variant=all", "model.semantic.head=deformable",
+                                            "model.neck.deformable_levels=[p3,p4,p5]")])
+def test_training_losses_and_gradients(synth_root, overrides):
+    ds = PanopticDataset.synthetic(synth_root, "train")
+    model = _model(ds.meta, *overrides).train()
+    variant = "all" if overrides else "stuff_things"
+    samples, images = _batch(ds)
+    images[1] = images[1][:, :80, :64].contiguous()  # variable sizes in one batch
+    samples[1].ids = samples[1].ids[:80, :64]
+    targets = []
+    for s in samples:
+        s.segments = [g for g in s.segments if (s.ids == g.id).any()]
+        targets.append(build_targets(s, ds.meta, variant))
+    losses = model(images, targets)
+    assert set(losses) == LOSSES
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.semantic_head.classifier.weight.grad.abs().sum() > 0
+    assert model.instance_head.roi_heads.mask_predictor.mask_fcn_logits.weight.grad.abs().sum() > 0
+
+
+def test_seg_loss_weight_is_lambda(synth_root):
+    ds = PanopticDataset.synthetic(synth_root, "train")
+    samples, images = _batch(ds, 1)
+    targets = [build_targets(samples[0], ds.meta)]
+    seg = {}
+    for lam in (0.25, 1.0):
+        model = _model(ds.meta, f"model.semantic.loss_weight={lam}").train()
+        torch.manual_seed(1)
+        seg[lam] = model(images, targets)["loss_seg"].item()
+    assert seg[0.25] == pytest.approx(0.25 * seg[1.0], rel=1e-5)
+
+
+def test_image_without_things_trains(synth_root):
+    ds = PanopticDataset.synthetic(synth_root, "train")
+    model = _model(ds.meta).train()
+    s = ds[0]
+    targets = build_targets(s, ds.meta)
+    for k in ("boxes", "labels", "masks"):
+        targets[k] = targets[k][:0]
+    image = torch.from_numpy(np.array(s.image)).permute(2, 0, 1).float() / 255
+    losses = model([image], [targets])
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_inference_contract(synth_root):
+    ds = PanopticDataset.synthetic(synth_root, "val")
+    model = _model(ds.meta, "model.input.min_size_test=64").eval()
+    _, images = _batch(ds)
+    images[1] = images[1][:, :70, :50]
+    with torch.no_grad():
+        results = model(images)
+    assert len(results) == 2 and all(isinstance(r, PanopticResult) for r in results)
+    assert [tuple(r.ids.shape) for r in results] == [(96, 96), (70, 50)]  # original sizes, not 64 px
+    for r in results:
+        assert r.ids.dtype == torch.int32
+        for s in r.segments:
+            assert int((r.ids == s.id).sum()) == s.area and s.category_id in ds.meta
+
+
+def test_bad_input_is_refused(synth_root):
+    ds = PanopticDataset.synthetic(synth_root, "train")
+    model = _model(ds.meta).eval()
+    with pytest.raises(ValueError, match=r"\(3, H, W\) float"):
+        model([torch.zeros(3, 32, 32, dtype=torch.uint8)])
+    with pytest.raises(ValueError, match="non-empty list"):
+        model(torch.zeros(1, 3, 32, 32))
+    model.train()
+    s = ds[0]
+    t = build_targets(s, ds.meta)
+    with pytest.raises(ValueError, match="does not match the image size"):
+        model([torch.zeros(3, 64, 64)], [t])
+    with pytest.raises(ValueError, match="one target dict per image"):
+        model([torch.zeros(3, 64, 64)])
