@@ -29,6 +29,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/pq_speed.py
+	$(BIN)/python bench/latency.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -135,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def load_predictor(config: Optional[str], weights: str, overrides: Sequence[str] = (), batch_size: int = 4,
                    device: str = "auto"):
     """Model + predictor from a checkpoint; the config and categories stored in it are used unless given."""
-    from panoptix.config import build_model, load_config
+    from panoptix.config import build_model, load_config, merge_config, parse_override
     from panoptix.data.meta import DatasetMeta
     from panoptix.engine.checkpoint import load_model_weights, safe_torch_load
     from panoptix.engine.predictor import Predictor
@@ -145,8 +145,9 @@ def load_predictor(config: Optional[str], weights: str, overrides: Sequence[str]
     if config is not None:
         cfg = load_config(config, overrides)
     elif isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
-        cfg = load_config(None, overrides)
-        cfg["model"] = ckpt["config"]["model"]
+        cfg = merge_config(load_config(None), {"model": ckpt["config"]["model"]})
+        for text in overrides:
+            cfg = merge_config(cfg, parse_override(text))
     else:
         raise ConfigError(f"{weights} stores no config; pass --config")
     if isinstance(ckpt, dict) and ckpt.get("meta"):
@@ -160,7 +161,7 @@ def load_predictor(config: Optional[str], weights: str, overrides: Sequence[str]
         meta = ds.meta
     cfg["model"]["backbone"]["weights"] = None  # the checkpoint holds them
     model = build_model(cfg, meta)
-    load_model_weights(model, weights)
+    load_model_weights(model, weights, ckpt)
     dev = pick_device(device)
     return Predictor(model.to(dev), dev, batch_size=batch_size, amp=cfg["solver"]["amp"]), meta
 

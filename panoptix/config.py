@@ -26,7 +26,8 @@ DEFAULTS: dict[str, Any] = {
                 "bg_iou": 0.3, "batch_size": 256, "positive_fraction": 0.5, "pre_nms_train": 2000,
                 "pre_nms_test": 1000, "post_nms_train": 2000, "post_nms_test": 1000, "nms": 0.7},
         "roi": {"fg_iou": 0.5, "bg_iou": 0.5, "batch_size": 512, "positive_fraction": 0.25, "score_thresh": 0.05,
-                "nms": 0.5, "detections_per_img": 100, "box_fc_dim": 1024, "mask_conv_dim": 256, "mask_convs": 4},
+                "nms": 0.5, "detections_per_img": 100, "box_fc_dim": 1024, "box_convs": 0, "mask_conv_dim": 256, "mask_convs": 4,
+                "head_norm": ""},
         "semantic": {"head": "fpn", "variant": "stuff_things", "channels": 128, "deform_convs": 2,
                      "loss_weight": 0.25},
         "fusion": {"score_thresh": 0.5, "overlap_thresh": 0.5, "stuff_min_area": 0.0038},
@@ -63,6 +64,11 @@ def _merge(base: dict, update: dict, where: str) -> dict:
         else:
             out[key] = value
     return out
+
+
+def merge_config(cfg: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` updated by the nested mapping ``update`` (a stored config, say); unknown keys raise."""
+    return _merge(cfg, update, "")
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -140,7 +146,8 @@ def _two_stage(m: dict[str, Any], meta: DatasetMeta):
         rpn_post_nms_test=r["post_nms_test"], rpn_nms=r["nms"], box_fg_iou=o["fg_iou"], box_bg_iou=o["bg_iou"],
         box_batch_size=o["batch_size"], box_positive_fraction=o["positive_fraction"],
         box_score_thresh=o["score_thresh"], box_nms=o["nms"], detections_per_img=o["detections_per_img"],
-        box_fc_dim=o["box_fc_dim"], mask_conv_dim=o["mask_conv_dim"], mask_convs=o["mask_convs"])
+        box_fc_dim=o["box_fc_dim"], box_convs=o["box_convs"], mask_conv_dim=o["mask_conv_dim"],
+        mask_convs=o["mask_convs"], head_norm=o["head_norm"])
     semantic = SemanticHead(n["out_channels"], num_semantic_classes(meta, s["variant"]), kind=s["head"],
                             channels=s["channels"], deform_convs=s["deform_convs"])
     return TwoStagePanoptic(backbone, neck, instance, semantic, meta, semantic_variant=s["variant"],

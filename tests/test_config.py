@@ -39,7 +39,8 @@ def test_file_then_overrides():
     assert cfg["solver"]["max_iter"] == 7
     assert cfg["model"]["backbone"]["name"] == "resnet18"
     assert cfg["solver"]["momentum"] == 0.9 and cfg["solver"]["weight_decay"] == 1e-4  # paper defaults kept
-    assert cfg["model"]["semantic"]["loss_weight"] == 0.25
+    assert load_config("oanet_r50")["model"]["semantic"]["loss_weight"] == 0.25  # OANet Table 1
+    assert load_config(None)["model"]["semantic"]["loss_weight"] == 0.25
 
 
 @pytest.mark.slow

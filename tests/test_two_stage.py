@@ -25,12 +25,14 @@ def _batch(ds, n=2):
     return samples, images
 
 
-@pytest.mark.parametrize("overrides", [(), ("model.semantic.variant=all", "model.semantic.head=deformable",
-                                            "model.neck.deformable_levels=[p3,p4,p5]")])
+@pytest.mark.parametrize("overrides", [("model.semantic.variant=stuff_things",),
+                                       ("model.semantic.variant=all", "model.semantic.head=deformable",
+                                        "model.neck.deformable_levels=[p3,p4,p5]", "model.roi.box_convs=2",
+                                        "model.roi.head_norm=gn")])
 def test_training_losses_and_gradients(synth_root, overrides):
     ds = PanopticDataset.synthetic(synth_root, "train")
     model = _model(ds.meta, *overrides).train()
-    variant = "all" if overrides else "stuff_things"
+    variant = overrides[0].split("=")[1]
     samples, images = _batch(ds)
     images[1] = images[1][:, :80, :64].contiguous()  # variable sizes in one batch
     samples[1].ids = samples[1].ids[:80, :64]
@@ -49,7 +51,7 @@ def test_training_losses_and_gradients(synth_root, overrides):
 def test_seg_loss_weight_is_lambda(synth_root):
     ds = PanopticDataset.synthetic(synth_root, "train")
     samples, images = _batch(ds, 1)
-    targets = [build_targets(samples[0], ds.meta)]
+    targets = [build_targets(samples[0], ds.meta, "all")]
     seg = {}
     for lam in (0.25, 1.0):
         model = _model(ds.meta, f"model.semantic.loss_weight={lam}").train()
@@ -62,7 +64,7 @@ def test_image_without_things_trains(synth_root):
     ds = PanopticDataset.synthetic(synth_root, "train")
     model = _model(ds.meta).train()
     s = ds[0]
-    targets = build_targets(s, ds.meta)
+    targets = build_targets(s, ds.meta, "all")
     for k in ("boxes", "labels", "masks"):
         targets[k] = targets[k][:0]
     image = torch.from_numpy(np.array(s.image)).permute(2, 0, 1).float() / 255

@@ -103,9 +103,12 @@ def model_state(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
     return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-def load_model_weights(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
-    """Load weights into ``model`` (strict: missing or unexpected keys are listed); returns the checkpoint."""
-    obj = safe_torch_load(path)
+def load_model_weights(model: torch.nn.Module, path: str | Path, loaded: Any = None) -> dict[str, Any]:
+    """Load weights into ``model`` (strict: missing or unexpected keys are listed); returns the checkpoint.
+
+    ``loaded`` is the already-read content of ``path``, to avoid reading a large file twice.
+    """
+    obj = safe_torch_load(path) if loaded is None else loaded
     state = model_state(obj, path)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))

@@ -10,13 +10,14 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from panoptix.models.layers import group_norm
 from panoptix.structures import Instances
 
 _POOLED_LEVELS = ["p2", "p3", "p4", "p5"]
@@ -32,8 +33,11 @@ class MaskRCNNBranch(nn.Module):
         aspect_ratios: anchor aspect ratios at every level.
         rpn_*: RPN sampling, NMS and proposal counts.
         box_*: RoI sampling and inference settings of the box head.
-        box_fc_dim: width of the two fully connected layers.
+        box_fc_dim: width of the fully connected layers.
+        box_convs: 0 gives Mask R-CNN's 2-fc box head; k > 0 a k-conv + 1-fc head (detectron2's
+            "4conv1fc", used with ``head_norm="gn"`` to train from scratch, He et al. 2019).
         mask_conv_dim, mask_convs: the mask head's conv tower.
+        head_norm: ``""`` or ``"gn"`` (GroupNorm in the box and mask conv towers).
 
     Forward (``images`` is the padded batch, ``features`` the FPN levels p2..p6):
         training: ``(detections=[], losses)`` with losses ``loss_objectness``, ``loss_rpn_box_reg``,
@@ -48,8 +52,8 @@ class MaskRCNNBranch(nn.Module):
                  rpn_post_nms_train: int = 2000, rpn_post_nms_test: int = 1000, rpn_nms: float = 0.7,
                  box_fg_iou: float = 0.5, box_bg_iou: float = 0.5, box_batch_size: int = 512,
                  box_positive_fraction: float = 0.25, box_score_thresh: float = 0.05, box_nms: float = 0.5,
-                 detections_per_img: int = 100, box_fc_dim: int = 1024, mask_conv_dim: int = 256,
-                 mask_convs: int = 4) -> None:
+                 detections_per_img: int = 100, box_fc_dim: int = 1024, box_convs: int = 0,
+                 mask_conv_dim: int = 256, mask_convs: int = 4, head_norm: str = "") -> None:
         super().__init__()
         if len(anchor_sizes) != 5:
             raise ValueError(f"anchor_sizes needs one size per level P2..P6 (5), got {len(anchor_sizes)}")
@@ -60,11 +64,16 @@ class MaskRCNNBranch(nn.Module):
             dict(training=rpn_post_nms_train, testing=rpn_post_nms_test), rpn_nms)
         box_pool = MultiScaleRoIAlign(_POOLED_LEVELS, output_size=7, sampling_ratio=2)
         mask_pool = MultiScaleRoIAlign(_POOLED_LEVELS, output_size=14, sampling_ratio=2)
+        if head_norm not in ("", "gn"):
+            raise ValueError(f"head_norm must be '' or 'gn', got {head_norm!r}")
+        norm = group_norm if head_norm == "gn" else None
+        box_head = (FastRCNNConvFCHead((in_channels, 7, 7), [in_channels] * box_convs, [box_fc_dim], norm_layer=norm)
+                    if box_convs else TwoMLPHead(in_channels * 7 * 7, box_fc_dim))
         self.roi_heads = RoIHeads(
-            box_pool, TwoMLPHead(in_channels * 7 * 7, box_fc_dim), FastRCNNPredictor(box_fc_dim, num_things + 1),
+            box_pool, box_head, FastRCNNPredictor(box_fc_dim, num_things + 1),
             box_fg_iou, box_bg_iou, box_batch_size, box_positive_fraction, None, box_score_thresh, box_nms,
             detections_per_img, mask_roi_pool=mask_pool,
-            mask_head=MaskRCNNHeads(in_channels, [mask_conv_dim] * mask_convs, 1),
+            mask_head=MaskRCNNHeads(in_channels, [mask_conv_dim] * mask_convs, 1, norm_layer=norm),
             mask_predictor=MaskRCNNPredictor(mask_conv_dim, mask_conv_dim, num_things + 1))
         self.num_things = num_things
 

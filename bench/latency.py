@@ -1,0 +1,147 @@
+"""Inference latency and training throughput: panoptix's R50 two-stage system against torchvision's
+maskrcnn_resnet50_fpn, same device, same run, same images.
+
+Both models are randomly initialised (no downloads); box/mask work is bounded the same way in both
+(RPN 1000 proposals at test time, 100 detections). Ours also runs the semantic head and the fusion,
+so it does strictly more work than the peer.
+
+    python bench/latency.py                       # 800x1333 on a GPU; 400x667 on CPU (said in the table)
+    python bench/latency.py --size 800 1333 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from panoptix.config import build_model, load_config  # noqa: E402
+from panoptix.data.meta import DatasetMeta  # noqa: E402
+from panoptix.data.synthetic import synthetic_meta  # noqa: E402
+
+COCO_CATEGORIES = REPO.parent / "shared" / "data" / "coco_panoptic_val2017_sample" / "panoptic_coco_categories.json"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _targets(n: int, h: int, w: int, num_things: int, num_sem: int, device: torch.device, gen: torch.Generator):
+    """Random boxes with filled box masks and a random blocky semantic map, one dict per image."""
+    out = []
+    for _ in range(n):
+        k = 8
+        xy = torch.rand(k, 2, generator=gen) * torch.tensor([w * 0.7, h * 0.7])
+        wh = 16 + torch.rand(k, 2, generator=gen) * torch.tensor([w * 0.3, h * 0.3])
+        boxes = torch.cat([xy, xy + wh], 1).floor()
+        masks = torch.zeros(k, h, w, dtype=torch.uint8)
+        for i, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
+            masks[i, y0:y1, x0:x1] = 1
+        sem = torch.randint(0, num_sem, (h // 32 + 1, w // 32 + 1), generator=gen)
+        sem = sem.repeat_interleave(32, 0).repeat_interleave(32, 1)[:h, :w]
+        labels = torch.randint(0, num_things, (k,), generator=gen)
+        out.append({"boxes": boxes.to(device), "labels": labels.to(device), "masks": masks.to(device),
+                    "semantic": sem.to(device)})
+    return out
+
+
+def _time(fn, device: torch.device, warmup: int, repeat: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, nargs=2, default=None, help="H W (default 800 1333 on GPU, 400 667 on CPU)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--train-batch", type=int, default=None, help="images per training step (GPU 4, CPU 2)")
+    ap.add_argument("--repeat", type=int, default=None)
+    ap.add_argument("--amp", action="store_true", help="float16 autocast for both (CUDA)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "out" / "latency.json"))
+    args = ap.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
+    gpu = device.type == "cuda"
+    h, w = args.size or ((800, 1333) if gpu else (400, 667))
+    batch = args.train_batch or (4 if gpu else 2)
+    repeat = args.repeat or (20 if gpu else 5)
+    warmup = 5 if gpu else 1
+    meta = DatasetMeta.from_json(COCO_CATEGORIES) if COCO_CATEGORIES.is_file() else synthetic_meta()
+
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    torch.manual_seed(0)
+    ours = build_model(load_config("panoptic_fpn_r50", [f"model.input.min_size_test={min(h, w)}",
+                                                        f"model.input.max_size_test={max(h, w)}"]), meta).to(device)
+    peer = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=meta.num_things + 1,
+                                 min_size=min(h, w), max_size=max(h, w), trainable_backbone_layers=3).to(device)
+    gen = torch.Generator().manual_seed(0)
+    image = torch.rand(3, h, w, generator=gen).to(device)
+    train_images = [torch.rand(3, h, w, generator=gen).to(device) for _ in range(batch)]
+    targets = _targets(batch, h, w, meta.num_things, 1 + meta.num_stuff, device, gen)
+    peer_targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1, "masks": t["masks"]} for t in targets]
+
+    rows = []
+    for name, model, tg in (("panoptix two_stage R50 (panoptic)", ours, targets),
+                            ("torchvision maskrcnn_resnet50_fpn (instances)", peer, peer_targets)):
+        model.eval()
+
+        def infer():
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=args.amp and gpu):
+                model([image])
+
+        inf = _time(infer, device, warmup, repeat)
+        model.train()
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+        scaler = torch.amp.GradScaler("cuda", enabled=args.amp and gpu)
+
+        def step():
+            with torch.autocast(device.type, dtype=torch.float16, enabled=args.amp and gpu):
+                losses = model(train_images, tg)
+            opt.zero_grad()
+            scaler.scale(sum(losses.values())).backward()
+            scaler.step(opt)
+            scaler.update()
+
+        tr = _time(step, device, warmup, max(3, repeat // 2))
+        rows.append({"model": name, "infer_ms": 1000 * statistics.median(inf),
+                     "train_img_s": batch / statistics.median(tr)})
+        del opt
+
+    base = rows[1]
+    dev_name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {dev_name}; images {h}x{w}; training batch {batch}; amp {args.amp and gpu}; "
+          f"median of {repeat} (inference) / {max(3, repeat // 2)} (training)")
+    if not gpu:
+        print("CPU run: smaller images than the 800x1333 of the papers; ratios only, absolute times are not GPU figures")
+    print(f"{'model':48s} {'infer ms/img':>12s} {'vs peer':>8s} {'train img/s':>12s} {'vs peer':>8s}")
+    for r in rows:
+        print(f"{r['model']:48s} {r['infer_ms']:12.1f} {r['infer_ms'] / base['infer_ms']:7.2f}x "
+              f"{r['train_img_s']:12.2f} {r['train_img_s'] / base['train_img_s']:7.2f}x")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": dev_name, "size": [h, w], "batch": batch, "amp": args.amp and gpu,
+                               "rows": rows}, indent=1))
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
