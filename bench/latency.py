@@ -85,13 +85,18 @@ def main() -> int:
     warmup = 5 if gpu else 1
     meta = DatasetMeta.from_json(COCO_CATEGORIES) if COCO_CATEGORIES.is_file() else synthetic_meta()
 
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
+    from torchvision.models import resnet50
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.models.detection.mask_rcnn import MaskRCNN
+    from torchvision.ops.misc import FrozenBatchNorm2d
 
     torch.manual_seed(0)
     ours = build_model(load_config("panoptic_fpn_r50", [f"model.input.min_size_test={min(h, w)}",
                                                         f"model.input.max_size_test={max(h, w)}"]), meta).to(device)
-    peer = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=meta.num_things + 1,
-                                 min_size=min(h, w), max_size=max(h, w), trainable_backbone_layers=3).to(device)
+    # maskrcnn_resnet50_fpn as torchvision builds it with pretrained weights: frozen BatchNorm, stem and
+    # res2 frozen (its builder would switch to trainable BatchNorm everywhere without weights).
+    peer_backbone = _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), trainable_layers=3)
+    peer = MaskRCNN(peer_backbone, num_classes=meta.num_things + 1, min_size=min(h, w), max_size=max(h, w)).to(device)
     gen = torch.Generator().manual_seed(0)
     image = torch.rand(3, h, w, generator=gen).to(device)
     train_images = [torch.rand(3, h, w, generator=gen).to(device) for _ in range(batch)]
@@ -123,7 +128,6 @@ def main() -> int:
         tr = _time(step, device, warmup, max(3, repeat // 2))
         rows.append({"model": name, "infer_ms": 1000 * statistics.median(inf),
                      "train_img_s": batch / statistics.median(tr)})
-        del opt
 
     base = rows[1]
     dev_name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"

@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from panoptix.config import ConfigError
 from panoptix.data.errors import PanopticFormatError

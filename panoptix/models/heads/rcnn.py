@@ -46,7 +46,8 @@ class MaskRCNNBranch(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_things: int,
-                 anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512), aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+                 anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+                 aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
                  rpn_fg_iou: float = 0.7, rpn_bg_iou: float = 0.3, rpn_batch_size: int = 256,
                  rpn_positive_fraction: float = 0.5, rpn_pre_nms_train: int = 2000, rpn_pre_nms_test: int = 1000,
                  rpn_post_nms_train: int = 2000, rpn_post_nms_test: int = 1000, rpn_nms: float = 0.7,
