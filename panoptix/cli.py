@@ -132,45 +132,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- predict
-def load_predictor(config: Optional[str], weights: str, overrides: Sequence[str] = (), batch_size: int = 4,
-                   device: str = "auto"):
-    """Model + predictor from a checkpoint; the config and categories stored in it are used unless given."""
-    from panoptix.config import build_model, load_config, merge_config, parse_override
-    from panoptix.data.meta import DatasetMeta
-    from panoptix.engine.checkpoint import load_model_weights, safe_torch_load
-    from panoptix.engine.predictor import Predictor
-    from panoptix.engine.trainer import pick_device
-
-    ckpt = safe_torch_load(weights)
-    if config is not None:
-        cfg = load_config(config, overrides)
-    elif isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
-        cfg = merge_config(load_config(None), {"model": ckpt["config"]["model"]})
-        for text in overrides:
-            cfg = merge_config(cfg, parse_override(text))
-    else:
-        raise ConfigError(f"{weights} stores no config; pass --config")
-    if isinstance(ckpt, dict) and ckpt.get("meta"):
-        meta = DatasetMeta.from_categories(ckpt["meta"])
-    else:
-        from panoptix.config import build_dataset
-
-        ds = build_dataset(cfg["data"]["train"], load_images=False)
-        if ds is None:
-            raise ConfigError(f"{weights} stores no categories and the config names no training data")
-        meta = ds.meta
-    cfg["model"]["backbone"]["weights"] = None  # the checkpoint holds them
-    model = build_model(cfg, meta)
-    load_model_weights(model, weights, ckpt)
-    dev = pick_device(device)
-    return Predictor(model.to(dev), dev, batch_size=batch_size, amp=cfg["solver"]["amp"]), meta
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
+    from panoptix.config import load_predictor
     from panoptix.engine.predictor import image_ids_from_gt, list_images, predict_files
 
     t0 = time.time()
-    predictor, meta = load_predictor(args.config, args.weights, args.overrides, args.batch_size, args.device)
+    predictor, meta = load_predictor(args.weights, args.config, args.overrides, args.batch_size, args.device)
     files = list_images(args.input)
     ids = image_ids_from_gt(args.gt_json) if args.gt_json else None
     json_path = predict_files(predictor, meta, files, args.output, image_ids=ids, overlays=not args.no_overlays)

@@ -185,3 +185,37 @@ def build_trainer(cfg: dict[str, Any], model, train_set, val_set=None, progress:
     engine = EngineSettings(**e, num_workers=d["num_workers"], progress=progress)
     return Trainer(model, train_set, transform, cfg["model"]["semantic"]["variant"], solver, engine,
                    val_set=val_set, config=cfg)
+
+
+def load_predictor(weights: str | Path, config: Optional[str | Path] = None, overrides: Sequence[str] = (),
+                   batch_size: int = 4, device: str = "auto"):
+    """(`Predictor`, `DatasetMeta`) from a training checkpoint.
+
+    The config and categories stored in the checkpoint are used unless ``config`` is given.
+    """
+    from panoptix.data.meta import DatasetMeta
+    from panoptix.engine.checkpoint import load_model_weights, safe_torch_load
+    from panoptix.engine.predictor import Predictor
+    from panoptix.engine.trainer import pick_device
+
+    ckpt = safe_torch_load(weights)
+    if config is not None:
+        cfg = load_config(config, overrides)
+    elif isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
+        cfg = merge_config(load_config(None), {"model": ckpt["config"]["model"]})
+        for text in overrides:
+            cfg = merge_config(cfg, parse_override(text))
+    else:
+        raise ConfigError(f"{weights} stores no config; pass --config")
+    if isinstance(ckpt, dict) and ckpt.get("meta"):
+        meta = DatasetMeta.from_categories(ckpt["meta"])
+    else:
+        ds = build_dataset(cfg["data"]["train"], load_images=False)
+        if ds is None:
+            raise ConfigError(f"{weights} stores no categories and the config names no training data")
+        meta = ds.meta
+    cfg["model"]["backbone"]["weights"] = None  # the checkpoint holds them
+    model = build_model(cfg, meta)
+    load_model_weights(model, weights, ckpt)
+    dev = pick_device(device)
+    return Predictor(model.to(dev), dev, batch_size=batch_size, amp=cfg["solver"]["amp"]), meta

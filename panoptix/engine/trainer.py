@@ -5,7 +5,7 @@ guard, periodic in-memory PQ, atomic checkpoints with exact resume, and DDP unde
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -60,7 +60,6 @@ class EngineSettings:
     num_workers: int = 2
     tensorboard: bool = True
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def lr_factor(iteration: int, warmup_iters: int, warmup_factor: float, steps: Sequence[int], gamma: float) -> float:
@@ -222,9 +221,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        out = {k: float(v.detach()) for k, v in losses.items()}
-        out["loss"] = float(total.detach())
-        return out
+        values = torch.stack([v.detach().float() for v in losses.values()] + [total.detach().float()]).tolist()
+        return dict(zip([*losses, "loss"], values))  # one device sync for all the logged values
 
     def _evaluate(self, logger: Optional[MetricsLogger], limit: int) -> Optional[dict[str, Any]]:
         if self.val_set is None:
@@ -233,7 +231,6 @@ class Trainer:
         predictor = Predictor(self.model, self.device, batch_size=max(1, self.batch_per_rank), amp=self.amp)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             result = evaluate_dataset(predictor, self.val_set, range(n), progress=False)
-        self.ddp.train()
         row = {"PQ": 100 * result["All"]["pq"], "SQ": 100 * result["All"]["sq"], "RQ": 100 * result["All"]["rq"],
                "PQ_th": 100 * result["Things"]["pq"], "PQ_st": 100 * result["Stuff"]["pq"], "images": n}
         self.history.append({"iteration": self.iteration, **row})
