@@ -20,9 +20,6 @@ from panoptix.models.backbones import BackboneWeightsError
 from panoptix.jsonio import write_json
 
 
-_write_json = write_json
-
-
 # --------------------------------------------------------------------------- synth
 def cmd_synth(args: argparse.Namespace) -> int:
     from panoptix.data.synthetic import SynthConfig, write_synthetic
@@ -32,7 +29,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     summary = write_synthetic(args.out, {"train": args.train, "val": args.val}, seed=args.seed, cfg=cfg,
                               workers=args.workers)
     summary["seconds"] = round(time.time() - t0, 2)
-    _write_json(Path(args.out) / "synth_summary.json", summary)
+    write_json(Path(args.out) / "synth_summary.json", summary)
     for split, s in summary["splits"].items():
         print(f"{split:5s}: {s['images']} images, {s['segments']} segments ({s['crowd']} crowd)")
     print(f"wrote {args.out} in {summary['seconds']} s (summary: {Path(args.out) / 'synth_summary.json'})")
@@ -60,7 +57,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_table(results))
     print(f"{results['num_images']} images in {seconds:.2f} s")
     out = Path(args.out) if args.out else Path(args.pred_json).with_name("pq_results.json")
-    _write_json(out, {**results, "seconds": seconds})
+    write_json(out, {**results, "seconds": seconds})
     print(f"results: {out}")
     return 0
 
@@ -92,7 +89,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
             img = overlay(gt.image, gt.ids, gt.segments, meta, labels=args.labels)
         Image.fromarray(img).save(out / name)
         written.append(name)
-    _write_json(out / "viz_index.json", {"images": written, "with_prediction": bool(preds)})
+    write_json(out / "viz_index.json", {"images": written, "with_prediction": bool(preds)})
     print(f"wrote {len(written)} overlay(s) to {out}")
     return 0
 
@@ -153,6 +150,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic set (if absent) -> train the tiny system -> predict val -> PQ -> overlays and curves."""
     from panoptix.data.synthetic import synthetic_paths
+    from panoptix.engine.checkpoint import last_checkpoint
     from panoptix.evaluation.panoptic import evaluate_coco_panoptic, format_table
 
     out = Path(args.out)
@@ -169,8 +167,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     overrides = [f"data.train.root={data}", f"data.val.root={data}", f"engine.output_dir={train_dir}",
                  *args.overrides]
     cmd_train(build_parser().parse_args(["train", "--config", args.config, *overrides]))
-    from panoptix.engine.checkpoint import last_checkpoint
-
     pred_dir = out / "predictions"
     print("[3/5] predicting the val split")
     cmd_predict(build_parser().parse_args(["predict", "--weights", str(last_checkpoint(train_dir)), "--input",

@@ -19,29 +19,34 @@ class MetricsLogger:
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.writer: Optional[Any] = None
+        self._fields: dict[str, list[str]] = {}
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.dir / "tb"))
 
     def _append(self, name: str, row: dict[str, Any]) -> None:
+        """Append a row; the header is read once per file (it may exist from a run being resumed)."""
         path = self.dir / name
-        fields = list(row)
-        if path.is_file():
+        fields = self._fields.get(name)
+        if fields is None and path.is_file():
             with open(path, newline="") as f:
-                header = next(csv.reader(f), None)
-            if header:
-                fields = header + [k for k in row if k not in header]
-                if fields != header:  # a new column: rewrite with the wider header
-                    rows = list(csv.DictReader(open(path, newline="")))
-                    with open(path, "w", newline="") as f:
-                        w = csv.DictWriter(f, fields)
-                        w.writeheader()
-                        w.writerows(rows)
-        new = not path.is_file()
+                fields = next(csv.reader(f), None)
+        new_keys = [k for k in row if k not in (fields or [])]
+        if fields and new_keys:  # a new column: rewrite with the wider header rather than drop values
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            fields = fields + new_keys
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fields)
+                w.writeheader()
+                w.writerows(rows)
+        write_header = not fields
+        fields = fields or list(row)
+        self._fields[name] = fields
         with open(path, "a", newline="") as f:
             w = csv.DictWriter(f, fields)
-            if new:
+            if write_header:
                 w.writeheader()
             w.writerow(row)
 

@@ -24,12 +24,17 @@ from panoptix.structures import PanopticResult
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
+def chw_uint8(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB array -> (3, H, W) uint8 tensor (a copy: decoded arrays may be read-only)."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
 def to_tensor(image: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """(H, W, 3) uint8 array or (3, H, W) uint8 tensor -> (3, H, W) float in 0..1 on ``device``."""
     if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
-        image = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+        image = chw_uint8(image)
     return image.to(device, non_blocking=True).float().div_(255.0)
 
 
@@ -144,4 +149,4 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
     return json_path
 
 
-__all__ = ["Predictor", "evaluate_dataset", "predict_files", "list_images", "image_ids_from_gt", "to_tensor"]
+__all__ = ["Predictor", "evaluate_dataset", "predict_files", "list_images", "image_ids_from_gt", "to_tensor", "chw_uint8"]

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, Sampler
 from panoptix.data.datasets import PanopticDataset
 from panoptix.data.targets import build_targets
 from panoptix.data.transforms import TrainTransform
+from panoptix.engine.predictor import chw_uint8
 
 
 class TrainingStream(Dataset):
@@ -44,8 +45,7 @@ class TrainingStream(Dataset):
         if sample.image is None:
             raise ValueError(f"image {sample.image_id!r} has no RGB image (is image_dir set?)")
         sample = self.transform(sample, np.random.default_rng([self.seed, int(g)]))
-        image = torch.from_numpy(np.array(sample.image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-        return image, build_targets(sample, self.dataset.meta, self.semantic_variant)
+        return chw_uint8(sample.image), build_targets(sample, self.dataset.meta, self.semantic_variant)
 
 
 class StreamBatchSampler(Sampler[list[int]]):

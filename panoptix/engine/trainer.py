@@ -4,6 +4,7 @@ guard, periodic in-memory PQ, atomic checkpoints with exact resume, and DDP unde
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from panoptix.engine import distributed as dist
 from panoptix.engine.checkpoint import (LAST, atomic_save, atomic_write_text, capture_rng, last_checkpoint,
                                         load_model_weights, restore_rng)
 from panoptix.engine.logger import MetricsLogger, plot_curves
-from panoptix.engine.predictor import Predictor, evaluate_dataset
+from panoptix.engine.predictor import Predictor, evaluate_dataset, to_tensor
 from panoptix.engine.sampler import TrainingStream, stream_loader
 from panoptix.jsonio import write_json
 
@@ -110,6 +111,8 @@ class Trainer:
             self.optimizer, lambda it: lr_factor(it, solver.warmup_iters, solver.warmup_factor, solver.steps,
                                                  solver.gamma))
         self.amp = bool(solver.amp) and self.device.type == "cuda"
+        # Where small collective tensors live: the GPU under NCCL, the CPU (None) under gloo.
+        self.comm_device = self.device if self.device.type == "cuda" else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.ddp: nn.Module = self.model
         if self.world > 1:
@@ -171,7 +174,7 @@ class Trainer:
             bar.update()
             if self.iteration % e.log_period == 0 or self.iteration == s.max_iter:
                 row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                row = dist.all_reduce_mean(row, self.device if self.device.type == "cuda" else None)
+                row = dist.all_reduce_mean(row, self.comm_device)
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
                 window = []
                 bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2g}")
@@ -185,8 +188,8 @@ class Trainer:
         seconds = time.time() - t0
         if self.iteration > start or last_checkpoint(self.out) is None:
             self.save()
-        in_sync = dist.replicas_in_sync(self.model, self.device if self.device.type == "cuda" else None)
-        final = self._evaluate(logger, 0) if self.val_set is not None else None
+        in_sync = dist.replicas_in_sync(self.model, self.comm_device)
+        final = self._evaluate(logger, 0)
         summary = {"iterations": self.iteration, "started_at": start, "seconds": round(seconds, 1),
                    "images_per_second": round((self.iteration - start) * s.batch_size / max(seconds, 1e-9), 2),
                    "world_size": self.world, "device": str(self.device), "replicas_in_sync": in_sync,
@@ -200,17 +203,18 @@ class Trainer:
 
     def step(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """One SGD step on a batch; returns the (detached) losses and their sum as ``loss``."""
-        images = [im.to(self.device, non_blocking=True).float().div_(255.0) for im in images]
+        images = [to_tensor(im, self.device) for im in images]
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             losses = self.ddp(images, targets)
         total = sum(losses.values())
-        bad = not bool(torch.isfinite(total.detach()))
-        if dist.any_rank(bad, self.device if self.device.type == "cuda" else None):
-            values = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        # One device sync for both the finiteness guard and the logged values.
+        values = torch.stack([v.detach().float() for v in losses.values()] + [total.detach().float()]).tolist()
+        if dist.any_rank(not math.isfinite(values[-1]), self.comm_device):
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in zip(losses, values))
             last = last_checkpoint(self.out)
             raise TrainingDiverged(
-                f"loss is not finite at iteration {self.iteration + 1} ({values}) on at least one process; "
+                f"loss is not finite at iteration {self.iteration + 1} ({shown}) on at least one process; "
                 f"stopped without saving. Last good checkpoint: {last or 'none yet'}. Try a lower solver.base_lr, "
                 f"a longer solver.warmup_iters or solver.clip_grad.")
         self.optimizer.zero_grad(set_to_none=True)
@@ -221,8 +225,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        values = torch.stack([v.detach().float() for v in losses.values()] + [total.detach().float()]).tolist()
-        return dict(zip([*losses, "loss"], values))  # one device sync for all the logged values
+        return dict(zip([*losses, "loss"], values))
 
     def _evaluate(self, logger: Optional[MetricsLogger], limit: int) -> Optional[dict[str, Any]]:
         if self.val_set is None:

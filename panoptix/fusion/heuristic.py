@@ -46,20 +46,29 @@ def accept_instances(masks: torch.Tensor, overlap_thresh: float = 0.5) -> torch.
     Returns:
         (N,) bool.
     """
+    return _accept(masks, overlap_thresh)[0]
+
+
+def _accept(masks: torch.Tensor, overlap_thresh: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`accept_instances` plus, for the accepted set, each pixel's owner: the lowest accepted index
+    covering it ((H, W) int64) and whether any accepted instance covers it ((H, W) bool)."""
     n = masks.shape[0]
     area = masks.flatten(1).sum(1)
     accepted = area > 0
+    if n == 0:
+        empty = masks.new_zeros(masks.shape[1:])
+        return accepted, empty.long(), empty
     order = torch.arange(n, device=masks.device)[:, None, None]
-    for _ in range(n):
+    for _ in range(n + 1):  # n passes settle every decision; the last one confirms the fixed point
         active = masks & accepted[:, None, None]
-        first = active.to(torch.uint8).argmax(0)  # lowest accepted index covering each pixel
+        first = active.to(torch.uint8).argmax(0)
         covered = active.any(0)
         taken = masks & (covered & (first[None] < order))
         new = (area > 0) & (taken.flatten(1).sum(1) <= overlap_thresh * area)
         if torch.equal(new, accepted):
             break
         accepted = new
-    return accepted
+    return accepted, first, covered
 
 
 def heuristic_fusion(instances: Optional[Instances], semantic_logits: torch.Tensor,
@@ -95,12 +104,11 @@ def heuristic_fusion(instances: Optional[Instances], semantic_logits: torch.Tens
             raise ValueError(f"instance masks are {tuple(probs.shape[-2:])}, semantic logits {(h, w)}")
         masks = probs > (0.0 if instances.mask_logits else mask_thresh)
         labels = instances.labels[keep][order]
-        accepted = accept_instances(masks, overlap_thresh)
+        accepted, first, covered = _accept(masks, overlap_thresh)
         if accepted.any():
-            masks, scores, labels = masks[accepted], scores[accepted], labels[accepted]
-            covered = masks.any(0)
-            first = masks.to(torch.uint8).argmax(0)
-            ids = torch.where(covered, first.to(torch.int32) + 1, ids)
+            scores, labels = scores[accepted], labels[accepted]
+            segment_of = torch.cumsum(accepted, 0).to(torch.int32)  # instance index -> segment id 1..A
+            ids = torch.where(covered, segment_of[first], ids)
             areas = torch.bincount(ids.flatten().long(), minlength=len(scores) + 1)[1:].tolist()
             cats = torch.as_tensor(thing_categories, device=device)[labels].tolist()
             segments = [SegmentInfo(i + 1, int(c), True, float(s), int(a))
