@@ -12,12 +12,20 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from panoptix.config import ConfigError
-from panoptix.data.errors import PanopticFormatError
-from panoptix.engine.checkpoint import CheckpointError
-from panoptix.engine.trainer import TrainingDiverged
-from panoptix.models.backbones import BackboneWeightsError
+from panoptix.errors import PanoptixError
 from panoptix.jsonio import write_json
+
+# Each command imports what it needs, so that ``evaluate``, ``synth``, ``perturb`` and ``viz`` (and
+# ``--help``) start without torch; tests/test_cli.py checks it.
+_SHOWN_LINES = 20
+
+
+def _print_lines(command: str, kind: str, lines: Sequence[str], where: str = "") -> None:
+    """One ``panoptix CMD: KIND: ...`` line per item on stderr, the first 20 of them."""
+    for line in lines[:_SHOWN_LINES]:
+        print(f"panoptix {command}: {kind}: {line}", file=sys.stderr)
+    if len(lines) > _SHOWN_LINES:
+        print(f"panoptix {command}: ... and {len(lines) - _SHOWN_LINES} more {kind}s{where}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- synth
@@ -48,15 +56,20 @@ def cmd_perturb(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from panoptix.evaluation.allocator import keep_freed_memory
     from panoptix.evaluation.panoptic import evaluate_coco_panoptic, format_table
 
+    keep_freed_memory()
     t0 = time.time()
     results = evaluate_coco_panoptic(args.gt_json, args.pred_json, args.gt_dir, args.pred_dir,
-                                     workers=args.workers, progress=True)
+                                     workers=args.workers, progress=True, strict=args.strict)
     seconds = time.time() - t0
-    print(format_table(results))
-    print(f"{results['num_images']} images in {seconds:.2f} s")
     out = Path(args.out) if args.out else Path(args.pred_json).with_name("pq_results.json")
+    _print_lines("evaluate", "warning", results["warnings"], f" (listed in {out})")
+    print(format_table(results))
+    print(f"{results['num_images']} images in {seconds:.2f} s"
+          + (f"; {results['num_warnings']} warning(s), evaluated as panopticapi does (--strict refuses them)"
+             if results["num_warnings"] else ""))
     write_json(out, {**results, "seconds": seconds})
     print(f"results: {out}")
     return 0
@@ -98,7 +111,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from panoptix.config import build_dataset, build_model, build_trainer, load_config
+    from panoptix.config import ConfigError, build_dataset, build_model, build_trainer, load_config
     from panoptix.engine import distributed as dist
     from panoptix.evaluation.panoptic import format_table
 
@@ -130,19 +143,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- predict
 def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from panoptix.config import load_predictor
     from panoptix.engine.predictor import image_ids_from_gt, list_images, predict_files
 
     t0 = time.time()
     predictor, meta = load_predictor(args.weights, args.config, args.overrides, args.batch_size, args.device)
-    files = list_images(args.input)
+    files, skipped = list_images(args.input)
+    _print_lines("predict", "warning", [str(s) for s in skipped])
     ids = image_ids_from_gt(args.gt_json) if args.gt_json else None
-    json_path = predict_files(predictor, meta, files, args.output, image_ids=ids, overlays=not args.no_overlays)
+    run = predict_files(predictor, meta, files, args.output, image_ids=ids, overlays=not args.no_overlays,
+                        warn=lambda skip: tqdm.write(f"panoptix predict: warning: {skip}", file=sys.stderr))
+    skipped += run.skipped
     seconds = time.time() - t0
-    write_json(Path(args.output) / "predict_summary.json",
-               {"images": len(files), "seconds": seconds, "weights": str(args.weights), "predictions": str(json_path)})
-    print(f"predicted {len(files)} image(s) in {seconds:.1f} s: {json_path} (+ PNGs in {json_path.with_suffix('')}"
-          f"{'' if args.no_overlays else ', overlays in ' + str(Path(args.output) / 'overlays')})")
+    summary = Path(args.output) / "predict_summary.json"
+    write_json(summary, {"images": run.written, "skipped": [s.to_json() for s in skipped], "seconds": seconds,
+                         "weights": str(args.weights), "predictions": str(run.json_path)})
+    print(f"predicted {run.written} image(s) in {seconds:.1f} s: {run.json_path} (+ PNGs in "
+          f"{run.json_path.with_suffix('')}{'' if args.no_overlays else ', overlays in ' + str(Path(args.output) / 'overlays')})"
+          + (f"; skipped {len(skipped)} file(s), listed in {summary}" if skipped else ""))
+    if run.written == 0:
+        raise PanoptixError(f"{args.input}: no image could be read, nothing was predicted (see {summary})")
+    if skipped and args.strict:
+        raise PanoptixError(f"{len(skipped)} file(s) of {args.input} could not be predicted (--strict); "
+                            f"the others were written; all are listed in {summary}")
     return 0
 
 
@@ -219,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pred-dir", default=None, help="default: --pred-json without .json")
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--out", default=None, help="results JSON (default: pq_results.json beside --pred-json)")
+    s.add_argument("--strict", action="store_true",
+                   help="refuse the oddities panopticapi tolerates (id-0 segments, repeated ids, ...) "
+                        "instead of warning and evaluating them as panopticapi does")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("viz", help="draw panoptic overlays (GT | prediction when a prediction is given)")
@@ -246,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=4)
     s.add_argument("--device", default="auto")
     s.add_argument("--no-overlays", action="store_true")
+    s.add_argument("--strict", action="store_true",
+                   help="exit non-zero when a file is skipped (unreadable, or not an image)")
     s.add_argument("overrides", nargs="*", help="key=value config overrides")
     s.set_defaults(func=cmd_predict)
 
@@ -266,9 +296,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (PanopticFormatError, ConfigError, CheckpointError, BackboneWeightsError, TrainingDiverged,
-            FileNotFoundError) as err:
+    except (PanoptixError, FileNotFoundError) as err:
         print(f"panoptix {args.command}: error: {err}", file=sys.stderr)
+        problems = getattr(err, "problems", [])
+        _print_lines(args.command, "error", problems[1:])
         return 2
 
 

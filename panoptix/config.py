@@ -13,6 +13,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from panoptix.data.meta import DatasetMeta
+from panoptix.errors import PanoptixError
 
 _DATASET = {"format": "coco", "json": None, "png_dir": None, "image_dir": None, "root": None, "split": None}
 
@@ -50,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(PanoptixError, ValueError):
     """An unknown key, a bad override or a config file that cannot be read."""
 
 

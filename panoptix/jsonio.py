@@ -1,4 +1,4 @@
-"""JSON output of results: NaN becomes null, keys become strings."""
+"""JSON files: reading with errors that name the file; writing results (NaN becomes null, keys strings)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+
+from panoptix.data.errors import PanopticFormatError
 
 
 def json_safe(v: Any) -> Any:
@@ -24,3 +26,17 @@ def write_json(path: str | Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(json_safe(data), indent=1))
     return path
+
+
+def load_json(path: str | Path) -> Any:
+    """Read a JSON file, turning a missing file or bad syntax into `PanopticFormatError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise PanopticFormatError(f"{path}: JSON file not found")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise PanopticFormatError(f"{path}: malformed JSON ({err})") from err
+    except UnicodeDecodeError as err:
+        raise PanopticFormatError(f"{path}: not a UTF-8 JSON file ({err})") from err

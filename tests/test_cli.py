@@ -1,5 +1,10 @@
 import json
+import subprocess
+import sys
 
+import pytest
+
+from conftest import REPO
 from panoptix.cli import main
 
 
@@ -26,3 +31,78 @@ def test_evaluate_reports_bad_input_without_traceback(tmp_path, capsys):
     assert main(["evaluate", "--gt-json", str(tmp_path / "gt.json"), "--pred-json", str(tmp_path / "gt.json")]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "malformed JSON" in err and "Traceback" not in err
+
+
+_HEAVY = ("torch", "torchvision", "timm", "matplotlib", "tensorboard", "panoptix.engine", "panoptix.models")
+_RUN_AND_LIST_MODULES = """
+import sys
+from panoptix.cli import main
+rc = main(sys.argv[1:])
+print("RC", rc, "HEAVY", [m for m in {heavy!r} if m in sys.modules])
+"""
+
+
+def _run_cli(*args):
+    out = subprocess.run([sys.executable, "-c", _RUN_AND_LIST_MODULES.format(heavy=_HEAVY), *map(str, args)],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_light_commands_start_without_torch(tmp_path):
+    data = tmp_path / "data"
+    ann = data / "annotations"
+    commands = [
+        ["synth", "--out", data, "--train", 1, "--val", 3, "--size", 64, "--workers", 1],
+        ["perturb", "--gt-json", ann / "panoptic_val.json", "--out-json", tmp_path / "p.json", "--out-dir",
+         tmp_path / "p"],
+        ["evaluate", "--gt-json", ann / "panoptic_val.json", "--pred-json", tmp_path / "p.json", "--workers", 2],
+        ["viz", "--gt-json", ann / "panoptic_val.json", "--out", tmp_path / "viz"],
+    ]
+    for cmd in commands:
+        assert _run_cli(*cmd) == "RC 0 HEAVY []", cmd[0]
+
+
+def test_help_does_not_import_torch():
+    out = subprocess.run([sys.executable, "-c", "import sys\nfrom panoptix.cli import build_parser\n"
+                          "build_parser().format_help()\nprint('torch' in sys.modules)"],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.fixture()
+def id0_prediction(tmp_path):
+    """The synthetic val set with its first prediction's first segment renamed to id 0."""
+    import numpy as np
+
+    from panoptix.data.png import read_id_png, write_id_png
+
+    data = tmp_path / "data"
+    assert main(["synth", "--out", str(data), "--train", "1", "--val", "3", "--size", "64", "--workers", "1"]) == 0
+    gt_json = data / "annotations" / "panoptic_val.json"
+    assert main(["perturb", "--gt-json", str(gt_json), "--out-json", str(tmp_path / "p.json"),
+                 "--out-dir", str(tmp_path / "p")]) == 0
+    pred = json.loads((tmp_path / "p.json").read_text())
+    first = pred["annotations"][0]
+    png = tmp_path / "p" / first["file_name"]
+    ids = read_id_png(png)
+    old = first["segments_info"][0]["id"]
+    write_id_png(png, np.where(ids == old, 0, np.where(ids == 0, old, ids)))   # swap the segment and VOID
+    first["segments_info"][0]["id"] = 0
+    if (ids == 0).any():
+        first["segments_info"].append({"id": old, "category_id": first["segments_info"][0]["category_id"]})
+    (tmp_path / "p.json").write_text(json.dumps(pred))
+    return gt_json, tmp_path / "p.json"
+
+
+def test_evaluate_warns_about_an_id_0_segment_and_strict_refuses_it(id0_prediction, tmp_path, capsys):
+    gt_json, pred_json = id0_prediction
+    assert main(["evaluate", "--gt-json", str(gt_json), "--pred-json", str(pred_json)]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "p.json: image 1" in warnings[0] and "segment id 0" in warnings[0]
+    assert "1 warning(s)" in captured.out
+    assert json.loads((tmp_path / "pq_results.json").read_text())["num_warnings"] == 1
+    assert main(["evaluate", "--gt-json", str(gt_json), "--pred-json", str(pred_json), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "segment id 0" in err and "Traceback" not in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
@@ -141,6 +142,30 @@ def test_predict_single_image_without_gt(trained_tiny, synth_val, tmp_path):
                  str(tmp_path)]) == 0
     ann = json.loads((tmp_path / "panoptic_pred.json").read_text())["annotations"]
     assert [a["image_id"] for a in ann] == [int(image.stem)]
+
+
+def test_predict_skips_bad_files_and_writes_the_rest(trained_tiny, synth_val, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    good = sorted(synth_val["image_dir"].iterdir())[:3]
+    for f in good:
+        shutil.copy(f, images / f.name)
+    (images / "000000.jpg").write_bytes(b"\xff\xd8 not really a jpeg")     # undecodable
+    (images / "notes.txt").write_text("not an image")
+    args = ["predict", "--weights", str(last_checkpoint(trained_tiny)), "--input", str(images), "--no-overlays"]
+    assert main([*args, "--output", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 2 and "000000.jpg: skipped, cannot be decoded" in err
+    assert "notes.txt: skipped, not an image file" in err
+    summary = json.loads((tmp_path / "o" / "predict_summary.json").read_text())
+    assert summary["images"] == 3
+    assert sorted(Path(s["file"]).name for s in summary["skipped"]) == ["000000.jpg", "notes.txt"]
+    ann = json.loads((tmp_path / "o" / "panoptic_pred.json").read_text())["annotations"]
+    assert sorted(a["image_id"] for a in ann) == sorted(int(f.stem) for f in good)
+    # --strict: the same files are written, and the exit code says something was skipped
+    assert main([*args, "--output", str(tmp_path / "s"), "--strict"]) == 2
+    assert "2 file(s)" in capsys.readouterr().err
+    assert len(json.loads((tmp_path / "s" / "panoptic_pred.json").read_text())["annotations"]) == 3
 
 
 def _free_port() -> int:

@@ -40,3 +40,14 @@ def test_undecodable_pngs_are_refused_with_the_file_named(tmp_path):
         read_id_png(tmp_path / "text.png")
     with pytest.raises(PanopticFormatError, match="not found"):
         read_id_png(tmp_path / "none.png")
+
+
+def test_one_pixel_and_low_depth_palette_pngs(tmp_path):
+    write_id_png(tmp_path / "one.png", np.array([[70000]]))
+    np.testing.assert_array_equal(read_id_png(tmp_path / "one.png"), [[70000]])
+    ids = np.array([[0, 5, 300], [300, 5, 0]], dtype=np.int32)
+    Image.fromarray(id2rgb(ids)).convert("P", palette=Image.Palette.ADAPTIVE, colors=4).save(tmp_path / "p4.png",
+                                                                                              bits=2)
+    np.testing.assert_array_equal(read_id_png(tmp_path / "p4.png"), ids)
+    rgb = np.random.default_rng(0).integers(0, 256, size=(7, 5, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(rgb2id(rgb), rgb2id(rgb.astype(np.int64)))   # packed path = arithmetic path

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -34,10 +35,10 @@ def test_missing_predictions_are_listed(tmp_path, synth_val):
     (lambda d: d["annotations"][0]["segments_info"].pop(), "in the prediction PNG but not in its JSON"),
     (lambda d: d["annotations"][0]["segments_info"].append({"id": 999999, "category_id": 1}),
      r"\[999999\] are in the prediction JSON but not in its PNG"),
-    (lambda d: d["annotations"][0]["segments_info"][0].__setitem__("category_id", 4242), "unknown category_id 4242"),
-    (lambda d: d["annotations"][0]["segments_info"].append(dict(d["annotations"][0]["segments_info"][0])),
-     "appears twice"),
-    (lambda d: d["annotations"].append(dict(d["annotations"][0])), "predicted twice"),
+    (lambda d: d["annotations"][0]["segments_info"][0].__setitem__("category_id", 4242),
+     "category_id 4242: not in the categories"),
+    (lambda d: d["annotations"][0]["segments_info"][0].__setitem__("id", "x"), "needs an integer 'id'"),
+    (lambda d: d["annotations"][0].__setitem__("segments_info", {}), "'segments_info' must be a list"),
 ])
 def test_prediction_errors(tmp_path, synth_val, edit, match):
     pj, pd = perturbed(tmp_path, synth_val["gt_json"], synth_val["gt_dir"], 0)
@@ -46,11 +47,29 @@ def test_prediction_errors(tmp_path, synth_val, edit, match):
         evaluate_coco_panoptic(synth_val["gt_json"], pj, synth_val["gt_dir"], pd)
 
 
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d["annotations"][0]["segments_info"].append(dict(d["annotations"][0]["segments_info"][0])),
+     r"segment id\(s\) \[\d+\] are listed more than once in segments_info; the last entry"),
+    (lambda d: d["annotations"].append(dict(d["annotations"][0])),
+     r"image_id\(s\) \[1\] are predicted more than once; the last prediction"),
+])
+def test_tolerated_oddities_warn_and_strict_refuses_them(tmp_path, synth_val, edit, match):
+    """panopticapi evaluates these (the last entry wins); so do we, with a warning."""
+    pj, pd = perturbed(tmp_path, synth_val["gt_json"], synth_val["gt_dir"], 0)
+    before = evaluate_coco_panoptic(synth_val["gt_json"], pj, synth_val["gt_dir"], pd)
+    _edit_pred(pj, edit)
+    after = evaluate_coco_panoptic(synth_val["gt_json"], pj, synth_val["gt_dir"], pd)
+    assert after["num_warnings"] == 1 and re.search(match, after["warnings"][0])
+    assert after["All"]["pq"] == before["All"]["pq"]
+    with pytest.raises(PanopticFormatError, match=match):
+        evaluate_coco_panoptic(synth_val["gt_json"], pj, synth_val["gt_dir"], pd, strict=True)
+
+
 def test_size_mismatch_and_malformed_json(tmp_path, synth_val):
     pj, pd = perturbed(tmp_path, synth_val["gt_json"], synth_val["gt_dir"], 0)
     first = sorted(pd.glob("*.png"))[0]
     write_id_png(first, read_id_png(first)[:-1])
-    with pytest.raises(PanopticFormatError, match="000001.png.*prediction is 96x95"):
+    with pytest.raises(PanopticFormatError, match=r"000001.png \(image 1\): prediction is 96x95"):
         evaluate_coco_panoptic(synth_val["gt_json"], pj, synth_val["gt_dir"], pd)
     pj.write_text("{")
     with pytest.raises(PanopticFormatError, match="malformed JSON"):

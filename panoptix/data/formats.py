@@ -19,6 +19,7 @@ from panoptix.data.meta import Category, DatasetMeta
 from panoptix.data.png import read_id_png, read_image, write_id_png
 from panoptix.data.sample import PanopticSample, Segment, segments_from_ids
 from panoptix.data.validation import check_json_segments, check_png_segments, resolve_inside
+from panoptix.jsonio import load_json
 
 
 @dataclass
@@ -39,18 +40,6 @@ class PanopticRecord:
     width: Optional[int] = None
     label_png: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def load_json(path: str | Path) -> Any:
-    """Read a JSON file, turning a missing file or bad syntax into `PanopticFormatError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise PanopticFormatError(f"{path}: JSON file not found")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise PanopticFormatError(f"{path}: malformed JSON ({err})") from err
 
 
 # --------------------------------------------------------------------------- COCO panoptic

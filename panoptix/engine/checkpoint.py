@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from panoptix.errors import PanoptixError
+
 LAST = "last_checkpoint"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PanoptixError, ValueError):
     """A checkpoint is missing, unreadable, unsafe, or does not fit the model."""
 
 

@@ -5,8 +5,10 @@ Inputs are HxWx3 uint8 RGB images of any size; the model resizes, pads and maps 
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -14,6 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from panoptix.data.datasets import PanopticDataset
+from panoptix.data.errors import PanopticFormatError
 from panoptix.data.formats import load_json, write_coco_panoptic
 from panoptix.data.meta import DatasetMeta
 from panoptix.data.png import read_image
@@ -96,16 +99,37 @@ def evaluate_dataset(predictor: Predictor, dataset: PanopticDataset, indices: Op
     return evaluator.all_reduce().summary()
 
 
-def list_images(path: str | Path) -> list[Path]:
-    """One image file, or the images of a folder (sorted)."""
+@dataclass(frozen=True)
+class Skipped:
+    """A file of the input that was not predicted, and why."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: skipped, {self.reason}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"file": str(self.path), "reason": self.reason}
+
+
+def list_images(path: str | Path) -> tuple[list[Path], list[Skipped]]:
+    """One image file, or the files of a folder (sorted): the images, and the other files skipped.
+
+    A file counts as an image by its suffix (``IMAGE_SUFFIXES``); whether it decodes is found out
+    when it is read. Sub-folders are not entered.
+    """
     path = Path(path)
     if path.is_file():
-        return [path]
+        return [path], []
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        entries = sorted(p for p in path.iterdir() if p.is_file())
+        files = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
+        skipped = [Skipped(p, f"not an image file (suffix {p.suffix or 'none'!r}; images are "
+                              f"{', '.join(IMAGE_SUFFIXES)})") for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
         if not files:
             raise FileNotFoundError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)})")
-        return files
+        return files, skipped
     raise FileNotFoundError(f"input not found: {path}")
 
 
@@ -117,13 +141,27 @@ def image_ids_from_gt(gt_json: str | Path) -> dict[str, Any]:
     return {Path(e["file_name"]).stem: e[key] for e in entries}
 
 
+@dataclass
+class PredictionRun:
+    """What `predict_files` wrote: the prediction JSON, how many images, and the files it skipped."""
+
+    json_path: Path
+    written: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def _warn(skipped: Skipped) -> None:
+    tqdm.write(f"warning: {skipped}", file=sys.stderr)   # tqdm.write keeps the progress bar intact
+
+
 def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path], out_dir: str | Path,
-                  image_ids: Optional[dict[str, Any]] = None, overlays: bool = True, progress: bool = True
-                  ) -> Path:
+                  image_ids: Optional[dict[str, Any]] = None, overlays: bool = True, progress: bool = True,
+                  warn: Callable[[Skipped], None] = _warn) -> PredictionRun:
     """Predict ``files`` and write ``out_dir/panoptic_pred.json``, ``panoptic_pred/*.png`` and overlays.
 
-    Image ids come from ``image_ids`` (file stem -> id) when given, else the stem (as an int when it
-    is all digits, as COCO names its files).
+    A file that cannot be decoded is skipped with one ``warn`` call and listed in the returned
+    `PredictionRun`; everything else is written. Image ids come from ``image_ids`` (file stem -> id)
+    when given, else the stem (as an int when it is all digits, as COCO names its files).
     """
     from PIL import Image
 
@@ -132,10 +170,18 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
     out = Path(out_dir)
     if overlays:
         (out / "overlays").mkdir(parents=True, exist_ok=True)
+    run = PredictionRun(out / "panoptic_pred.json")
     entries, images_json = [], []
     for batch in tqdm(list(_batches(files, predictor.batch_size)), desc="predict", unit="batch", disable=not progress):
-        images = [read_image(f) for f in batch]
-        for f, image, result in zip(batch, images, predictor(images)):
+        readable, images = [], []
+        for f in batch:
+            try:
+                images.append(read_image(f))
+                readable.append(f)
+            except PanopticFormatError as err:
+                run.skipped.append(Skipped(f, f"cannot be decoded ({str(err).removeprefix(f'{f}: ')})"))
+                warn(run.skipped[-1])
+        for f, image, result in zip(readable, images, predictor(images) if images else []):
             stem = f.stem
             image_id = image_ids.get(stem, stem) if image_ids else (int(stem) if stem.isdigit() else stem)
             ids = result.ids_numpy()
@@ -144,9 +190,9 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
             images_json.append({"id": image_id, "file_name": f.name, "height": ids.shape[0], "width": ids.shape[1]})
             if overlays:
                 Image.fromarray(overlay(image, ids, result.segments, meta)).save(out / "overlays" / (stem + ".png"))
-    json_path = out / "panoptic_pred.json"
-    write_coco_panoptic(json_path, out / "panoptic_pred", meta, entries, images=images_json)
-    return json_path
+    write_coco_panoptic(run.json_path, out / "panoptic_pred", meta, entries, images=images_json)
+    run.written = len(entries)
+    return run
 
 
-__all__ = ["Predictor", "evaluate_dataset", "predict_files", "list_images", "image_ids_from_gt", "to_tensor", "chw_uint8"]
+__all__ = ["Predictor", "PredictionRun", "Skipped", "evaluate_dataset", "predict_files", "list_images", "image_ids_from_gt", "to_tensor", "chw_uint8"]

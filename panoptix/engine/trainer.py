@@ -22,10 +22,11 @@ from panoptix.engine.checkpoint import (LAST, atomic_save, atomic_write_text, ca
 from panoptix.engine.logger import MetricsLogger, plot_curves
 from panoptix.engine.predictor import Predictor, evaluate_dataset, to_tensor
 from panoptix.engine.sampler import TrainingStream, stream_loader
+from panoptix.errors import PanoptixError
 from panoptix.jsonio import write_json
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(PanoptixError, RuntimeError):
     """The loss became NaN or infinite."""
 
 

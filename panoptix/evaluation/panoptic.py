@@ -1,30 +1,38 @@
 """Panoptic Quality (PQ/SQ/RQ) over a dataset: COCO panoptic files on disk, or in memory.
 
 - `evaluate_coco_panoptic`: ground-truth JSON + PNG folder against a prediction JSON + PNG
-  folder, PNG decoding in worker processes, memory flat in the number of images.
+  folder, read as panopticapi reads them (`coco_inputs`), PNG decoding in worker processes,
+  memory flat in the number of images. Every check runs on every image; the problems are
+  raised together, the oddities panopticapi tolerates are returned as warnings.
 - `PanopticEvaluator`: accumulates `PanopticResult`s during training; `all_reduce` merges the
   statistics of all `torch.distributed` ranks.
 
-Figures agree with panopticapi's ``pq_compute`` (see `pq_core` for the rules).
+Figures agree with panopticapi's ``pq_compute`` (see `pq_core` for the rules). This module does
+not import torch (the CLI's ``evaluate`` starts without it); `PQStat.all_reduce` imports it.
 """
 
 from __future__ import annotations
 
 import math
 import multiprocessing as mp
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from panoptix.data.errors import PanopticFormatError
-from panoptix.data.formats import load_coco_panoptic, load_json
 from panoptix.data.meta import DatasetMeta
 from panoptix.data.png import read_id_png
 from panoptix.data.sample import PanopticSample
-from panoptix.data.validation import check_json_segments, resolve_inside
+from panoptix.evaluation.allocator import keep_freed_memory
+from panoptix.evaluation.coco_inputs import (ImagePair, pair_images, png_path, read_annotations, read_categories,
+                                             segment_table)
+from panoptix.evaluation.findings import Finding, raise_on_errors
 from panoptix.evaluation.pq_core import SegmentTable, image_pq_stats
-from panoptix.structures import PanopticResult
+
+if TYPE_CHECKING:
+    from panoptix.structures import PanopticResult
 
 GROUPS = (("All", None), ("Things", True), ("Stuff", False))
 
@@ -97,16 +105,18 @@ class PanopticEvaluator:
         self.meta = meta
         self.stat = PQStat(meta)
         self.num_images = 0
+        self.warnings: list[str] = []
 
-    def add(self, gt: PanopticSample, pred: PanopticResult) -> None:
+    def add(self, gt: PanopticSample, pred: "PanopticResult") -> None:
+        """Add one image. Raises `PanopticFormatError` when the prediction and its segments disagree."""
         where = f"image {gt.image_id!r}"
         pred_map = pred.ids_numpy()
-        if pred_map.size and (pred_map.min() < 0 or pred_map.max() >= 1 << 24):
-            raise PanopticFormatError(f"{where}: prediction segment ids must lie in [0, 2^24)")
-        gt_table = _gt_table(gt.segments, self.meta, where)
-        pred_table = _pred_table([{"id": s.id, "category_id": s.category_id} for s in pred.segments],
-                                 self.meta, where)
-        self.stat += image_pq_stats(gt.ids, gt_table, pred_map, pred_table, self.meta.num_classes, where)
+        gt_table = _table(gt.segments, self.meta, f"{where} (ground truth)", ground_truth=True)
+        pred_table = _table(pred.segments, self.meta, f"{where} (prediction)", ground_truth=False)
+        stats, findings = image_pq_stats(gt.ids, gt_table, pred_map, pred_table, self.meta.num_classes)
+        self.warnings += raise_on_errors([Finding(sev, f"{where} ({side})", text) for sev, side, text in findings],
+                                         strict=False)
+        self.stat += stats
         self.num_images += 1
 
     def all_reduce(self) -> "PanopticEvaluator":
@@ -117,97 +127,153 @@ class PanopticEvaluator:
         return self.stat.summary()
 
 
-def _gt_table(segments: Iterable, meta: DatasetMeta, where: str) -> SegmentTable:
+def _table(segments: Iterable, meta: DatasetMeta, where: str, ground_truth: bool) -> SegmentTable:
+    """Segments (``Segment`` or ``SegmentInfo``) of an in-memory sample or result as a table."""
     segs = list(segments)
     unknown = [s.category_id for s in segs if s.category_id not in meta]
     if unknown:
-        raise PanopticFormatError(f"{where}: ground-truth category id(s) {unknown[:10]} are not in the categories")
-    return SegmentTable.build([s.id for s in segs], [meta.contiguous_id[s.category_id] for s in segs],
-                              [s.iscrowd for s in segs], [s.area for s in segs])
-
-
-def _pred_table(segments_info: Sequence[dict], meta: DatasetMeta, where: str) -> SegmentTable:
-    segs = check_json_segments(list(segments_info), meta, where)
-    return SegmentTable.build([s.id for s in segs], [meta.contiguous_id[s.category_id] for s in segs])
+        raise PanopticFormatError(f"{where}: category id(s) {unknown[:10]} are not in the categories")
+    ids = [s.id for s in segs]
+    if len(set(ids)) != len(ids):
+        raise PanopticFormatError(f"{where}: segment ids repeat: {sorted(ids)[:20]}")
+    cats = [meta.contiguous_id[s.category_id] for s in segs]
+    if ground_truth:
+        return SegmentTable.build(ids, cats, [s.iscrowd for s in segs], [s.area for s in segs])
+    return SegmentTable.build(ids, cats)
 
 
 # --------------------------------------------------------------------------- files on disk
-def _image_task(task: tuple) -> np.ndarray:
-    gt_png, gt_table, pred_png, pred_table, num_categories, where = task
-    return image_pq_stats(read_id_png(gt_png), gt_table, read_id_png(pred_png), pred_table, num_categories, where)
+@dataclass
+class _FileSet:
+    """What every image task needs: the categories, the folders, the pairs (inherited by workers)."""
+
+    meta: DatasetMeta
+    gt_json: Path
+    gt_dir: Path
+    pred_json: Path
+    pred_dir: Path
+    pairs: list[ImagePair]
 
 
-def _tasks(gt_json: Path, gt_dir: Optional[Path], pred_json: Path, pred_dir: Optional[Path]
-           ) -> tuple[DatasetMeta, list[tuple]]:
-    meta, gt_records = load_coco_panoptic(gt_json, gt_dir)
-    pred_data = load_json(pred_json)
-    if not isinstance(pred_data, dict) or not isinstance(pred_data.get("annotations"), list):
-        raise PanopticFormatError(f"{pred_json}: expected a JSON object with an 'annotations' list")
-    pred_dir = Path(pred_dir) if pred_dir is not None else pred_json.with_suffix("")
-    if not pred_dir.is_dir():
-        raise PanopticFormatError(f"{pred_dir}: prediction PNG folder not found")
-    preds: dict[Any, dict] = {}
-    for i, ann in enumerate(pred_data["annotations"]):
-        if not isinstance(ann, dict) or any(k not in ann for k in ("image_id", "file_name", "segments_info")):
-            raise PanopticFormatError(f"{pred_json}: annotation #{i} lacks image_id, file_name or segments_info")
-        if ann["image_id"] in preds:
-            raise PanopticFormatError(f"{pred_json}: image_id {ann['image_id']!r} is predicted twice")
-        preds[ann["image_id"]] = ann
-    missing = [r.image_id for r in gt_records if r.image_id not in preds]
-    if missing:
-        shown = ", ".join(repr(m) for m in missing[:20])
-        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
-        raise PanopticFormatError(f"{pred_json}: no prediction for {len(missing)} ground-truth image(s): {shown}{more}")
-    tasks = []
-    for rec in gt_records:
-        ann = preds[rec.image_id]
-        where = f"{pred_json}: image {rec.image_id!r}"
-        pred_png = resolve_inside(pred_dir, ann["file_name"], where)
-        if not pred_png.is_file():
-            raise PanopticFormatError(f"{where}: prediction PNG {pred_png} not found")
-        tasks.append((rec.png_path, _gt_table(rec.segments, meta, f"{gt_json}: image {rec.image_id!r}"),
-                      pred_png, _pred_table(ann["segments_info"], meta, where), meta.num_classes,
-                      f"{pred_png} (image {rec.image_id!r})"))
-    return meta, tasks
+def _decode(path: Optional[Path], where: str, findings: list[Finding]) -> Optional[np.ndarray]:
+    if path is None:
+        return None
+    try:
+        return read_id_png(path)
+    except PanopticFormatError as err:
+        findings.append(Finding("error", where, str(err).removeprefix(f"{path}: ")))
+        return None
+
+
+def _evaluate_pair(files: _FileSet, pair: ImagePair) -> tuple[Optional[np.ndarray], list[Finding]]:
+    """Parse, decode and score one image; all its checks run, whatever the others find."""
+    findings: list[Finding] = []
+    gt_where = f"{files.gt_json}: image {pair.image_id!r}"
+    pred_where = f"{files.pred_json}: image {pair.image_id!r}"
+    gt = segment_table(pair.gt.get("segments_info"), files.meta, gt_where, findings, ground_truth=True)
+    pred = segment_table(pair.pred.get("segments_info"), files.meta, pred_where, findings, ground_truth=False)
+    gt_png = png_path(files.gt_dir, pair.gt.get("file_name"), gt_where, findings)
+    pred_png = png_path(files.pred_dir, pair.pred.get("file_name"), pred_where, findings)
+    labels = {"gt": f"{gt_png} (image {pair.image_id!r})", "pred": f"{pred_png} (image {pair.image_id!r})"}
+    gt_map = _decode(gt_png, labels["gt"], findings)
+    pred_map = _decode(pred_png, labels["pred"], findings)
+    if gt is None or pred is None or gt_map is None or pred_map is None:
+        return None, findings
+    stats, core = image_pq_stats(gt_map, gt, pred_map, pred, files.meta.num_classes)
+    findings += [Finding(sev, labels[side], text) for sev, side, text in core]
+    return (None if any(f.severity == "error" for f in findings) else stats), findings
+
+
+def _evaluate_chunk(files: _FileSet, indices: Sequence[int]) -> tuple[np.ndarray, int, list[Finding]]:
+    """Summed statistics, image count and findings of some pairs."""
+    total = np.zeros((4, files.meta.num_classes), np.float64)
+    findings: list[Finding] = []
+    for i in indices:
+        stats, found = _evaluate_pair(files, files.pairs[i])
+        findings += found
+        if stats is not None:
+            total += stats
+    return total, len(indices), findings
+
+
+_WORKER_FILES: Optional[_FileSet] = None   # set once in each worker process by `_init_worker`
+
+
+def _init_worker(files: _FileSet) -> None:
+    global _WORKER_FILES
+    _WORKER_FILES = files
+    keep_freed_memory()
+
+
+def _worker_chunk(indices: Sequence[int]) -> tuple[np.ndarray, int, list[Finding]]:
+    assert _WORKER_FILES is not None
+    return _evaluate_chunk(_WORKER_FILES, indices)
 
 
 def evaluate_coco_panoptic(gt_json: str | Path, pred_json: str | Path, gt_dir: str | Path | None = None,
-                           pred_dir: str | Path | None = None, workers: int = 1,
-                           progress: bool = False) -> dict[str, Any]:
-    """PQ of a COCO panoptic prediction set against its ground truth.
+                           pred_dir: str | Path | None = None, workers: int = 1, progress: bool = False,
+                           strict: bool = False) -> dict[str, Any]:
+    """PQ of a COCO panoptic prediction set against its ground truth, as panopticapi computes it.
 
     Args:
         gt_json, pred_json: annotation JSONs; the categories come from ``gt_json``.
         gt_dir, pred_dir: PNG folders (default: the JSON path without ``.json``, like panopticapi).
         workers: processes decoding PNGs; 1 works in this process.
         progress: show a tqdm bar.
+        strict: treat the oddities panopticapi tolerates (see `coco_inputs`) as errors.
     Returns:
-        `PQStat.summary` plus ``num_images``.
+        `PQStat.summary` plus ``num_images`` and ``warnings`` (one line each, naming the file and
+        segment; at most 1000 kept, ``num_warnings`` counts them all).
+    Raises:
+        PanopticFormatError: files that cannot be read at all (JSON, folders); `PanopticInputError`
+            listing every problem found in any image, once all images were checked.
     """
     gt_json, pred_json = Path(gt_json), Path(pred_json)
-    meta, tasks = _tasks(gt_json, Path(gt_dir) if gt_dir else None, pred_json, Path(pred_dir) if pred_dir else None)
+    findings: list[Finding] = []
+    gt_data = read_annotations(gt_json)
+    meta = read_categories(gt_data, gt_json, findings)
+    pred_data = read_annotations(pred_json)
+    files = _FileSet(meta, gt_json, _folder(gt_dir, gt_json, "ground-truth"), pred_json,
+                     _folder(pred_dir, pred_json, "prediction"), [])
+    files.pairs = pair_images(gt_json, gt_data, pred_json, pred_data, findings)
+    del gt_data, pred_data
     stat = PQStat(meta)
-    for stats in _run(tasks, workers, progress):
+    for stats, _, found in _run(files, workers, progress):
         stat += stats
+        findings += found
+    warnings = raise_on_errors(findings, strict)
     out = stat.summary()
-    out["num_images"] = len(tasks)
+    out["num_images"] = len(files.pairs)
+    out["warnings"] = warnings[:1000]
+    out["num_warnings"] = len(warnings)
     return out
 
 
-def _run(tasks: list[tuple], workers: int, progress: bool) -> Iterator[np.ndarray]:
+def _folder(folder: str | Path | None, json_path: Path, what: str) -> Path:
+    folder = Path(folder) if folder is not None else json_path.with_suffix("")
+    if not folder.is_dir():
+        raise PanopticFormatError(f"{folder}: {what} PNG folder not found")
+    return folder
+
+
+def _run(files: _FileSet, workers: int, progress: bool) -> Iterator[tuple[np.ndarray, int, list[Finding]]]:
     from tqdm import tqdm
 
-    bar = tqdm(total=len(tasks), desc="PQ", unit="img", disable=not progress)
-    if workers <= 1 or len(tasks) < 2:
-        for t in tasks:
-            yield _image_task(t)
-            bar.update()
+    n = len(files.pairs)
+    chunk = max(1, min(16, n // (max(workers, 1) * 4)))
+    chunks = [range(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+    bar = tqdm(total=n, desc="PQ", unit="img", disable=not progress)
+    if workers <= 1 or len(chunks) < 2:
+        for c in chunks:
+            yield _evaluate_chunk(files, c)
+            bar.update(len(c))
     else:
-        chunk = max(1, min(16, len(tasks) // (workers * 4)))
-        with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(workers) as pool:
-            for stats in pool.imap_unordered(_image_task, tasks, chunksize=chunk):
-                yield stats
-                bar.update()
+        # fork: the workers inherit `files` as it is; spawn pickles it once per worker.
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ctx.Pool(min(workers, len(chunks)), initializer=_init_worker, initargs=(files,)) as pool:
+            for result in pool.imap_unordered(_worker_chunk, chunks):
+                yield result
+                bar.update(result[1])
     bar.close()
 
 

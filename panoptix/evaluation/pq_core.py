@@ -13,24 +13,37 @@ COCO rules implemented (panopticapi, evaluation.py):
 - an unmatched prediction is ignored when more than half of it lies on VOID plus the crowd
   segment of its category (the last crowd segment listed for that category), otherwise it is a
   false positive.
+
+Oddities panopticapi accepts, evaluated as it evaluates them:
+- a prediction segment with id 0 is an ordinary segment made of the PNG's 0 pixels;
+- a ground-truth segment with id 0 is made of the PNG's 0 pixels, which stay VOID for every other
+  rule (so its own union leaves out its intersection twice);
+- ground-truth PNG ids without a JSON segment are neither VOID nor a segment; JSON segments
+  missing from the ground-truth PNG are false negatives (JSON area); ground-truth segments of an
+  unknown category count only towards that category, which no average includes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
-from panoptix.data.errors import PanopticFormatError
 from panoptix.data.sample import map_ids
+
+#: ``(severity, side, text)``: side "gt" or "pred" names the file the problem is in.
+CoreFinding = tuple[str, str, str]
+_SHOWN = 10
 
 
 @dataclass
 class SegmentTable:
-    """Segments of one image as arrays (n segments).
+    """Segments of one image as arrays (n segments, ids unique).
 
-    ``ids`` (n,) segment ids; ``cats`` (n,) category indices 0..C-1; ``crowd`` (n,) bool;
-    ``area`` (n,) int64 areas (used for ground truth only).
+    ``ids`` (n,) segment ids; ``cats`` (n,) category indices 0..C-1, or C for a category the
+    dataset does not list (ground truth only); ``crowd`` (n,) bool; ``area`` (n,) float64 JSON areas
+    (ground truth only; NaN where the JSON gives none and the PNG count is used).
     """
 
     ids: np.ndarray
@@ -41,9 +54,9 @@ class SegmentTable:
     @classmethod
     def build(cls, ids, cats, crowd=None, area=None) -> "SegmentTable":
         n = len(ids)
-        return cls(np.asarray(ids, dtype=np.int64), np.asarray(cats, dtype=np.int64),
-                   np.zeros(n, bool) if crowd is None else np.asarray(crowd, dtype=bool),
-                   np.zeros(n, np.int64) if area is None else np.asarray(area, dtype=np.int64))
+        return cls(np.asarray(ids, dtype=np.int64).reshape(n), np.asarray(cats, dtype=np.int64).reshape(n),
+                   np.zeros(n, bool) if crowd is None else np.asarray(crowd, dtype=bool).reshape(n),
+                   np.zeros(n) if area is None else np.asarray(area, dtype=np.float64).reshape(n))
 
 
 def pair_runs(gt_map: np.ndarray, pred_map: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -65,52 +78,109 @@ def pair_runs(gt_map: np.ndarray, pred_map: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def index_of(values: np.ndarray, seg_ids: np.ndarray) -> np.ndarray:
-    """0 for VOID, 1..n for ``seg_ids`` (in order), n+1 for any other value."""
+    """1..n for ``seg_ids`` (in order); 0 for a VOID value (0) that ``seg_ids`` does not list;
+    n+1 for any other value."""
     n = len(seg_ids)
     out = map_ids(values, seg_ids, np.arange(1, n + 1), fill=n + 1)
-    out[values == 0] = 0
+    out[(out == n + 1) & (values == 0)] = 0
     return out
 
 
+def _gt_keys(gt: SegmentTable) -> np.ndarray:
+    """Ground-truth ids to look pixels up by: 0 always stays VOID (row 0), see `_gt_rows`."""
+    return np.where(gt.ids == 0, -1, gt.ids)
+
+
+def _gt_rows(gt: SegmentTable) -> np.ndarray:
+    """Row of each ground-truth segment in the intersection matrix: the VOID row for id 0."""
+    return np.where(gt.ids == 0, 0, np.arange(1, len(gt.ids) + 1))
+
+
+def _id_list(ids: np.ndarray) -> str:
+    ids = np.asarray(ids).tolist()
+    return f"{ids[:_SHOWN]}" + (f" and {len(ids) - _SHOWN} more" if len(ids) > _SHOWN else "")
+
+
+def _side_checks(gt: SegmentTable, gt_counts: np.ndarray, gt_stray: np.ndarray,
+                 pred: SegmentTable, pred_counts: np.ndarray, pred_stray: np.ndarray) -> list[CoreFinding]:
+    """PNG against JSON for each side. ``*_counts`` (n,) pixels of each JSON segment in its PNG,
+    ``*_stray`` PNG ids that no JSON segment lists (0 excluded)."""
+    out: list[CoreFinding] = []
+    if len(pred_stray):
+        out.append(("error", "pred", f"segment id(s) {_id_list(pred_stray)} are in the prediction PNG but not "
+                                     "in its JSON"))
+    absent = pred.ids[pred_counts == 0]
+    if len(absent):
+        out.append(("error", "pred", f"segment id(s) {_id_list(absent)} are in the prediction JSON but not in "
+                                     "its PNG"))
+    if len(gt_stray):
+        out.append(("warning", "gt", f"ground-truth PNG id(s) {_id_list(gt_stray)} have no segment in the JSON; "
+                                     "their pixels count as neither VOID nor a segment (as in panopticapi)"))
+    absent = gt.ids[gt_counts == 0]
+    if len(absent):
+        out.append(("warning", "gt", f"ground-truth segment(s) {_id_list(absent)} are in the JSON but not in the "
+                                     "PNG; each is a false negative unless crowd (as in panopticapi)"))
+    wrong = np.flatnonzero((gt_counts > 0) & ~np.isnan(gt.area) & (gt.area != gt_counts))
+    if len(wrong):
+        shown = ", ".join(f"{gt.ids[k]} (JSON {gt.area[k]:g}, PNG {gt_counts[k]})" for k in wrong[:_SHOWN])
+        more = f" and {len(wrong) - _SHOWN} more" if len(wrong) > _SHOWN else ""
+        out.append(("warning", "gt", f"ground-truth segment area(s) differ from their pixel counts: {shown}{more}; "
+                                     "the JSON areas are used (as in panopticapi)"))
+    return out
+
+
+def _counts(values: np.ndarray, lengths: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel count per key slot (0 VOID, 1..n keys, n+1 other) and the stray values (slot n+1)."""
+    idx = index_of(values, keys)
+    counts = np.bincount(idx, weights=lengths, minlength=len(keys) + 2).astype(np.int64)
+    stray = np.unique(values[idx == len(keys) + 1]) if counts[-1] else values[:0]
+    return counts, stray
+
+
 def image_pq_stats(gt_map: np.ndarray, gt: SegmentTable, pred_map: np.ndarray, pred: SegmentTable,
-                   num_categories: int, where: str = "") -> np.ndarray:
-    """PQ statistics of one image.
+                   num_categories: int) -> tuple[Optional[np.ndarray], list[CoreFinding]]:
+    """PQ statistics of one image, and what is wrong with it.
 
     Args:
-        gt_map, pred_map: (H, W) integer segment-id maps (0 = VOID), ids < 2^24.
-        gt, pred: their segments; category indices must lie in 0..num_categories-1.
+        gt_map, pred_map: (H, W) integer segment-id maps (0 = VOID unless a segment lists id 0).
+        gt, pred: their segments; category indices lie in 0..num_categories (num_categories for
+            a ground-truth category the dataset does not list).
     Returns:
-        (4, C) float64: rows are summed IoU of matches, TP, FP, FN per category.
-    Raises:
-        PanopticFormatError: prediction ids in the PNG without a JSON segment or the reverse,
-        or maps of different sizes (panopticapi's checks, with the image named).
+        (4, C) float64 sums of matched IoU, TP, FP, FN per category (None when an error was
+        found), and the findings: errors for maps of different sizes, prediction PNG ids without
+        a JSON segment and the reverse (panopticapi's checks); warnings for the ground-truth
+        oddities panopticapi tolerates. All checks run whatever the others find.
     """
-    if gt_map.shape != pred_map.shape:
-        raise PanopticFormatError(f"{where}: prediction is {pred_map.shape[1]}x{pred_map.shape[0]} (WxH), "
-                                  f"ground truth {gt_map.shape[1]}x{gt_map.shape[0]}")
     G, P = len(gt.ids), len(pred.ids)
+    gt_rows = _gt_rows(gt)
+    if gt_map.shape != pred_map.shape:
+        size = ("error", "pred", f"prediction is {pred_map.shape[1]}x{pred_map.shape[0]} (WxH), ground truth "
+                                 f"{gt_map.shape[1]}x{gt_map.shape[0]}")
+        g_counts, g_stray = _counts(*np.unique(gt_map, return_counts=True), _gt_keys(gt))
+        p_counts, p_stray = _counts(*np.unique(pred_map, return_counts=True), pred.ids)
+        return None, [size, *_side_checks(gt, g_counts[gt_rows], g_stray, pred, p_counts[1:P + 1], p_stray)]
+
     run_gt, run_pred, run_len = pair_runs(gt_map, pred_map)
-    gi, pi = index_of(run_gt, gt.ids), index_of(run_pred, pred.ids)
+    gi, pi = index_of(run_gt, _gt_keys(gt)), index_of(run_pred, pred.ids)
     M = np.bincount(gi * (P + 2) + pi, weights=run_len, minlength=(G + 2) * (P + 2))
     M = M.astype(np.int64).reshape(G + 2, P + 2)
+    gt_area_png, pred_area = M[gt_rows].sum(axis=1), M[:, 1:P + 1].sum(axis=0)
+    g_stray = np.unique(run_gt[gi == G + 1]) if M[G + 1].any() else run_gt[:0]
+    p_stray = np.unique(run_pred[pi == P + 1]) if M[:, P + 1].any() else run_pred[:0]
+    findings = _side_checks(gt, gt_area_png, g_stray, pred, pred_area, p_stray)
+    if any(f[0] == "error" for f in findings):
+        return None, findings
 
-    if M[:, P + 1].any():
-        stray = np.unique(run_pred[pi == P + 1])
-        raise PanopticFormatError(f"{where}: segment id(s) {stray[:10].tolist()} are in the prediction PNG "
-                                  "but not in its JSON")
-    pred_area = M[:, 1:P + 1].sum(axis=0)
-    if P and (pred_area == 0).any():
-        raise PanopticFormatError(f"{where}: segment id(s) {pred.ids[pred_area == 0][:10].tolist()} are in the "
-                                  "prediction JSON but not in its PNG")
-
-    C = num_categories
+    C = num_categories + 1                         # the last column collects unknown gt categories
+    gt_area = np.where(np.isnan(gt.area), gt_area_png, gt.area)
     stats = np.zeros((4, C), dtype=np.float64)
-    inter = M[1:G + 1, 1:P + 1]
+    inter = M[gt_rows][:, 1:P + 1]
     void_pred = M[0, 1:P + 1]
     cand = (inter > 0) & (gt.cats[:, None] == pred.cats[None, :]) & ~gt.crowd[:, None]
     r, c = np.nonzero(cand)
-    union = gt.area[r] + pred_area[c] - inter[r, c] - void_pred[c]
-    iou = inter[r, c] / union
+    union = gt_area[r] + pred_area[c] - inter[r, c] - void_pred[c]
+    with np.errstate(divide="ignore", invalid="ignore"):   # a gt id-0 segment can make union <= 0
+        iou = inter[r, c] / union
     ok = iou > 0.5
     r, c, iou = r[ok], c[ok], iou[ok]
     stats[0] = np.bincount(gt.cats[r], weights=iou, minlength=C)
@@ -124,11 +194,11 @@ def image_pq_stats(gt_map: np.ndarray, gt: SegmentTable, pred_map: np.ndarray, p
 
     # Prediction pixels that count as "ignored": VOID plus the crowd region of its own category.
     crowd_row = np.full(C, -1, dtype=np.int64)
-    for k in np.flatnonzero(gt.crowd):          # few crowd segments; later ones win, as in panopticapi
+    for k in np.flatnonzero(gt.crowd):            # few crowd segments; later ones win, as in panopticapi
         crowd_row[gt.cats[k]] = k
     ignored = void_pred.astype(np.float64)
     has_crowd = crowd_row[pred.cats] >= 0
     ignored[has_crowd] += inter[crowd_row[pred.cats[has_crowd]], np.flatnonzero(has_crowd)]
     fp = ~pred_matched & ~(ignored / np.maximum(pred_area, 1) > 0.5)
     stats[2] = np.bincount(pred.cats[fp], minlength=C)
-    return stats
+    return stats[:, :num_categories], findings

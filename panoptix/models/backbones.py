@@ -16,6 +16,7 @@ import torch
 from timm.utils.model import freeze_batch_norm_2d
 from torch import nn
 
+from panoptix.errors import PanoptixError
 from panoptix.models.layers import group_norm
 
 Norm = Literal["frozen_bn", "bn", "gn"]
@@ -26,7 +27,7 @@ KNOWN_BACKBONES = ("resnet18", "resnet50", "resnet101", "resnext101_64x4d", "leg
 _CLASSIFIER_PREFIXES = ("fc.", "last_linear.", "head.", "classifier.")
 
 
-class BackboneWeightsError(ValueError):
+class BackboneWeightsError(PanoptixError, ValueError):
     """A backbone weights file is missing, unreadable, or does not fit the network."""
 
 

@@ -1,0 +1,10 @@
+"""`PanoptixError`: the base of every error that is the user's input, not a bug in panoptix.
+
+The CLI prints such an error as one line (``panoptix CMD: error: ...``) and exits 2; anything
+else is a bug and keeps its traceback. This module imports nothing, so that the CLI can catch
+these errors without importing torch.
+"""
+
+
+class PanoptixError(Exception):
+    """Bad input (a file, a config, a checkpoint); the message says what and where."""
