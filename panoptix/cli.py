@@ -160,9 +160,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     summary = Path(args.output) / "predict_summary.json"
     write_json(summary, {"images": run.written, "skipped": [s.to_json() for s in skipped], "seconds": seconds,
                          "weights": str(args.weights), "predictions": str(run.json_path)})
+    overlays = "" if args.no_overlays else f", overlays in {Path(args.output) / 'overlays'}"
     print(f"predicted {run.written} image(s) in {seconds:.1f} s: {run.json_path} (+ PNGs in "
-          f"{run.json_path.with_suffix('')}{'' if args.no_overlays else ', overlays in ' + str(Path(args.output) / 'overlays')})"
-          + (f"; skipped {len(skipped)} file(s), listed in {summary}" if skipped else ""))
+          f"{run.json_path.with_suffix('')}{overlays})" + (f"; skipped {len(skipped)} file(s), listed in {summary}"
+                                                           if skipped else ""))
     if run.written == 0:
         raise PanoptixError(f"{args.input}: no image could be read, nothing was predicted (see {summary})")
     if skipped and args.strict:

@@ -126,7 +126,8 @@ def list_images(path: str | Path) -> tuple[list[Path], list[Skipped]]:
         entries = sorted(p for p in path.iterdir() if p.is_file())
         files = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
         skipped = [Skipped(p, f"not an image file (suffix {p.suffix or 'none'!r}; images are "
-                              f"{', '.join(IMAGE_SUFFIXES)})") for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
+                              f"{', '.join(IMAGE_SUFFIXES)})")
+                   for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
         if not files:
             raise FileNotFoundError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)})")
         return files, skipped
@@ -195,4 +196,5 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
     return run
 
 
-__all__ = ["Predictor", "PredictionRun", "Skipped", "evaluate_dataset", "predict_files", "list_images", "image_ids_from_gt", "to_tensor", "chw_uint8"]
+__all__ = ["Predictor", "PredictionRun", "Skipped", "evaluate_dataset", "predict_files", "list_images",
+           "image_ids_from_gt", "to_tensor", "chw_uint8"]

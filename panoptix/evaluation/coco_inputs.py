@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-
 from panoptix.data.errors import PanopticFormatError
 from panoptix.data.meta import DatasetMeta
 from panoptix.evaluation.findings import Finding
@@ -207,9 +205,10 @@ def pair_images(gt_json: Path, gt_data: dict, pred_json: Path, pred_data: dict,
                                                          "than once; each annotation is evaluated (as in "
                                                          "panopticapi)"))
     if missing:
+        shown = ", ".join(repr(m) for m in missing[:20])
+        shown += f" and {len(missing) - 20} more" if len(missing) > 20 else ""
         findings.append(Finding("error", str(pred_json), f"no prediction for {len(missing)} ground-truth image(s): "
-                                                         f"{', '.join(repr(m) for m in missing[:20])}"
-                                                         f"{f' and {len(missing) - 20} more' if len(missing) > 20 else ''}"))
+                                                         f"{shown}"))
     extra = [k for k in preds if k not in seen]
     if extra:
         findings.append(Finding("warning", str(pred_json), f"{len(extra)} prediction(s) for image ids not in the "
