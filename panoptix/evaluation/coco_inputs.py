@@ -25,16 +25,9 @@ from typing import Any, Optional
 
 from panoptix.data.errors import PanopticFormatError
 from panoptix.data.meta import DatasetMeta
-from panoptix.evaluation.findings import Finding
+from panoptix.evaluation.findings import Finding, shown
 from panoptix.evaluation.pq_core import SegmentTable
 from panoptix.jsonio import load_json
-
-_SHOWN = 10
-
-
-def _shown(items: list) -> str:
-    return f"{items[:_SHOWN]}" + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
-
 
 def _as_int(v: Any) -> Optional[int]:
     """``v`` as an int when it is an integral number (JSON may write 3 as 3.0), else None."""
@@ -68,10 +61,10 @@ def read_categories(data: dict, path: Path, findings: list[Finding]) -> DatasetM
         cats.append({**rec, "id": cid, "name": str(rec.get("name", f"category_{cid}")),
                      "isthing": int(rec["isthing"] == 1)})
     if repeated:
-        findings.append(Finding("warning", str(path), f"category id(s) {_shown(repeated)} are listed more than "
+        findings.append(Finding("warning", str(path), f"category id(s) {shown(repeated)} are listed more than "
                                                       "once; the last entry of each is used (as in panopticapi)"))
     if odd_isthing:
-        findings.append(Finding("warning", str(path), f"category id(s) {_shown(odd_isthing)} have 'isthing' other "
+        findings.append(Finding("warning", str(path), f"category id(s) {shown(odd_isthing)} have 'isthing' other "
                                                       "than 0 or 1; only isthing == 1 is a thing (as in panopticapi)"))
     return DatasetMeta.from_categories(cats, name=str(path))
 
@@ -104,7 +97,7 @@ def segment_table(segments_info: Any, meta: DatasetMeta, where: str, findings: l
                                                   "listed in segments_info: it is evaluated as an ordinary segment "
                                                   "made of the PNG's 0 (VOID) pixels, as panopticapi does"))
     if repeated:
-        findings.append(Finding("warning", where, f"{side} segment id(s) {_shown(repeated)} are listed more than "
+        findings.append(Finding("warning", where, f"{side} segment id(s) {shown(repeated)} are listed more than "
                                                   "once in segments_info; the last entry of each is used (as in "
                                                   "panopticapi)"))
     unknown_index = meta.num_classes
@@ -112,10 +105,11 @@ def segment_table(segments_info: Any, meta: DatasetMeta, where: str, findings: l
     unknown, no_crowd, no_area = [], [], []
     for sid, rec in by_id.items():
         cid = _as_int(rec["category_id"])
-        if cid is None or cid not in meta:
+        known = cid is not None and cid in meta
+        if not known:
             unknown.append((sid, rec["category_id"]))
         ids.append(sid)
-        cats.append(meta.contiguous_id[cid] if cid is not None and cid in meta else unknown_index)
+        cats.append(meta.contiguous_id[cid] if known else unknown_index)
         if ground_truth:
             if "iscrowd" not in rec:
                 no_crowd.append(sid)
@@ -126,17 +120,17 @@ def segment_table(segments_info: Any, meta: DatasetMeta, where: str, findings: l
                 a = math.nan
             area.append(a)
     if unknown:
-        shown = ", ".join(f"segment {s} category_id {c!r}" for s, c in unknown[:_SHOWN])
+        listed = shown([f"segment {s} category_id {c!r}" for s, c in unknown], sep=", ")
         if ground_truth:
-            findings.append(Finding("warning", where, f"ground-truth {shown}: not in the categories; such segments "
+            findings.append(Finding("warning", where, f"ground-truth {listed}: not in the categories; such segments "
                                                       "count towards no average (as in panopticapi)"))
         else:
-            findings.append(Finding("error", where, f"prediction {shown}: not in the categories"))
+            findings.append(Finding("error", where, f"prediction {listed}: not in the categories"))
     if no_crowd:
-        findings.append(Finding("warning", where, f"ground-truth segment(s) {_shown(no_crowd)} have no 'iscrowd'; "
+        findings.append(Finding("warning", where, f"ground-truth segment(s) {shown(no_crowd)} have no 'iscrowd'; "
                                                   "taken as not crowd"))
     if no_area:
-        findings.append(Finding("warning", where, f"ground-truth segment(s) {_shown(no_area)} have no numeric "
+        findings.append(Finding("warning", where, f"ground-truth segment(s) {shown(no_area)} have no numeric "
                                                   "'area'; their PNG pixel counts are used"))
     if ground_truth:
         return SegmentTable.build(ids, cats, crowd, area)
@@ -184,7 +178,7 @@ def pair_images(gt_json: Path, gt_data: dict, pred_json: Path, pred_data: dict,
             repeated.append(ann["image_id"])
         preds[ann["image_id"]] = ann
     if repeated:
-        findings.append(Finding("warning", str(pred_json), f"image_id(s) {_shown(repeated)} are predicted more than "
+        findings.append(Finding("warning", str(pred_json), f"image_id(s) {shown(repeated)} are predicted more than "
                                                            "once; the last prediction of each is used (as in "
                                                            "panopticapi)"))
     pairs, missing, seen, gt_repeated = [], [], set(), []
@@ -201,18 +195,16 @@ def pair_images(gt_json: Path, gt_data: dict, pred_json: Path, pred_data: dict,
             continue
         pairs.append(ImagePair(image_id, ann, preds[image_id]))
     if gt_repeated:
-        findings.append(Finding("warning", str(gt_json), f"image_id(s) {_shown(gt_repeated)} are annotated more "
+        findings.append(Finding("warning", str(gt_json), f"image_id(s) {shown(gt_repeated)} are annotated more "
                                                          "than once; each annotation is evaluated (as in "
                                                          "panopticapi)"))
     if missing:
-        shown = ", ".join(repr(m) for m in missing[:20])
-        shown += f" and {len(missing) - 20} more" if len(missing) > 20 else ""
         findings.append(Finding("error", str(pred_json), f"no prediction for {len(missing)} ground-truth image(s): "
-                                                         f"{shown}"))
+                                                         f"{shown([repr(m) for m in missing], 20, sep=', ')}"))
     extra = [k for k in preds if k not in seen]
     if extra:
         findings.append(Finding("warning", str(pred_json), f"{len(extra)} prediction(s) for image ids not in the "
-                                                           f"ground truth are ignored: {_shown(extra)}"))
+                                                           f"ground truth are ignored: {shown(extra)}"))
     return pairs
 
 

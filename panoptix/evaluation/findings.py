@@ -8,11 +8,18 @@ Every check reports itself: the evaluator runs all of them over every image and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal, Sequence
 
 from panoptix.data.errors import PanopticFormatError
 
 Severity = Literal["error", "warning"]
+
+
+def shown(items: Sequence[Any], limit: int = 10, sep: str | None = None) -> str:
+    """The first ``limit`` items (as a list, or joined by ``sep``), then "and N more"."""
+    items = list(items)
+    head = sep.join(map(str, items[:limit])) if sep is not None else f"{items[:limit]}"
+    return head + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 @dataclass(frozen=True)

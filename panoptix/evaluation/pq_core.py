@@ -31,10 +31,10 @@ from typing import Optional
 import numpy as np
 
 from panoptix.data.sample import map_ids
+from panoptix.evaluation.findings import shown
 
 #: ``(severity, side, text)``: side "gt" or "pred" names the file the problem is in.
 CoreFinding = tuple[str, str, str]
-_SHOWN = 10
 
 
 @dataclass
@@ -96,9 +96,15 @@ def _gt_rows(gt: SegmentTable) -> np.ndarray:
     return np.where(gt.ids == 0, 0, np.arange(1, len(gt.ids) + 1))
 
 
-def _id_list(ids: np.ndarray) -> str:
-    ids = np.asarray(ids).tolist()
-    return f"{ids[:_SHOWN]}" + (f" and {len(ids) - _SHOWN} more" if len(ids) > _SHOWN else "")
+# Per side: severity, what a PNG id without a JSON segment means, what a JSON segment without pixels means.
+_MISMATCH = {
+    "pred": ("error", "segment id(s) {} are in the prediction PNG but not in its JSON",
+             "segment id(s) {} are in the prediction JSON but not in its PNG"),
+    "gt": ("warning", "ground-truth PNG id(s) {} have no segment in the JSON; their pixels count as neither VOID "
+                      "nor a segment (as in panopticapi)",
+           "ground-truth segment(s) {} are in the JSON but not in the PNG; each is a false negative unless crowd "
+           "(as in panopticapi)"),
+}
 
 
 def _side_checks(gt: SegmentTable, gt_counts: np.ndarray, gt_stray: np.ndarray,
@@ -106,25 +112,15 @@ def _side_checks(gt: SegmentTable, gt_counts: np.ndarray, gt_stray: np.ndarray,
     """PNG against JSON for each side. ``*_counts`` (n,) pixels of each JSON segment in its PNG,
     ``*_stray`` PNG ids that no JSON segment lists (0 excluded)."""
     out: list[CoreFinding] = []
-    if len(pred_stray):
-        out.append(("error", "pred", f"segment id(s) {_id_list(pred_stray)} are in the prediction PNG but not "
-                                     "in its JSON"))
-    absent = pred.ids[pred_counts == 0]
-    if len(absent):
-        out.append(("error", "pred", f"segment id(s) {_id_list(absent)} are in the prediction JSON but not in "
-                                     "its PNG"))
-    if len(gt_stray):
-        out.append(("warning", "gt", f"ground-truth PNG id(s) {_id_list(gt_stray)} have no segment in the JSON; "
-                                     "their pixels count as neither VOID nor a segment (as in panopticapi)"))
-    absent = gt.ids[gt_counts == 0]
-    if len(absent):
-        out.append(("warning", "gt", f"ground-truth segment(s) {_id_list(absent)} are in the JSON but not in the "
-                                     "PNG; each is a false negative unless crowd (as in panopticapi)"))
+    for side, table, counts, stray in (("pred", pred, pred_counts, pred_stray), ("gt", gt, gt_counts, gt_stray)):
+        severity, stray_text, absent_text = _MISMATCH[side]
+        absent = table.ids[counts == 0]
+        out += [(severity, side, text.format(shown(ids.tolist())))
+                for text, ids in ((stray_text, stray), (absent_text, absent)) if len(ids)]
     wrong = np.flatnonzero((gt_counts > 0) & ~np.isnan(gt.area) & (gt.area != gt_counts))
     if len(wrong):
-        shown = ", ".join(f"{gt.ids[k]} (JSON {gt.area[k]:g}, PNG {gt_counts[k]})" for k in wrong[:_SHOWN])
-        more = f" and {len(wrong) - _SHOWN} more" if len(wrong) > _SHOWN else ""
-        out.append(("warning", "gt", f"ground-truth segment area(s) differ from their pixel counts: {shown}{more}; "
+        listed = shown([f"{gt.ids[k]} (JSON {gt.area[k]:g}, PNG {gt_counts[k]})" for k in wrong], sep=", ")
+        out.append(("warning", "gt", f"ground-truth segment area(s) differ from their pixel counts: {listed}; "
                                      "the JSON areas are used (as in panopticapi)"))
     return out
 
