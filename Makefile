@@ -12,8 +12,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[dev]'
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	# The reference evaluator for tests: its metadata pins numpy<2 but its evaluation module needs
 	# only numpy and Pillow, so it is installed without dependencies.
 	$(BIN)/pip install -q --no-deps panopticapi-lite==0.2.0
