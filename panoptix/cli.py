@@ -115,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from panoptix.engine import distributed as dist
     from panoptix.evaluation.panoptic import format_table
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, args.imports)
     train_set = build_dataset(cfg["data"]["train"])
     if train_set is None:
         raise ConfigError("data.train names no dataset (set data.train.json, or data.train.root for "
@@ -149,7 +149,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from panoptix.engine.predictor import image_ids_from_gt, list_images, predict_files
 
     t0 = time.time()
-    predictor, meta = load_predictor(args.weights, args.config, args.overrides, args.batch_size, args.device)
+    predictor, meta = load_predictor(args.weights, args.config, args.overrides, args.batch_size, args.device,
+                                     args.imports)
     files, skipped = list_images(args.input)
     _print_lines("predict", "warning", [str(s) for s in skipped])
     ids = image_ids_from_gt(args.gt_json) if args.gt_json else None
@@ -192,12 +193,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"[2/5] training {args.config} on CPU-sized settings (resumes if interrupted): {train_dir}")
     overrides = [f"data.train.root={data}", f"data.val.root={data}", f"engine.output_dir={train_dir}",
                  *args.overrides]
-    cmd_train(build_parser().parse_args(["train", "--config", args.config, *overrides]))
+    imports = [f"--import={m}" for m in args.imports]
+    cmd_train(build_parser().parse_args(["train", "--config", args.config, *imports, *overrides]))
     pred_dir = out / "predictions"
     print("[3/5] predicting the val split")
     cmd_predict(build_parser().parse_args(["predict", "--weights", str(last_checkpoint(train_dir)), "--input",
                                            str(val["image_dir"]), "--output", str(pred_dir), "--gt-json",
-                                           str(val["gt_json"]), "--no-overlays"]))
+                                           str(val["gt_json"]), "--no-overlays", *imports]))
     pred_json = pred_dir / "panoptic_pred.json"
     print("[4/5] evaluating PQ")
     results = evaluate_coco_panoptic(val["gt_json"], pred_json, val["gt_dir"], workers=2, progress=True)
@@ -264,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a system from a YAML config (torchrun for several processes)")
     s.add_argument("--config", required=True, help="YAML file, or the name of one in configs/")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. solver.max_iter=100")
+    _add_import(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("predict", help="panoptic predictions (COCO JSON + PNGs + overlays) for images")
@@ -278,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strict", action="store_true",
                    help="exit non-zero when a file is skipped (unreadable, or not an image)")
     s.add_argument("overrides", nargs="*", help="key=value config overrides")
+    _add_import(s)
     s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("demo", help="synthetic data -> train the tiny system -> predict -> PQ -> overlays")
@@ -289,8 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=128)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overlays", type=int, default=16)
+    _add_import(s)
     s.set_defaults(func=cmd_demo)
     return p
+
+
+def _add_import(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first, so that the components it registers can be named in the "
+                             "config (repeatable; also the config key imports: [...])")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -14,10 +15,16 @@ class Instances:
     """Detected instances of one image (N of them).
 
     Attributes:
-        boxes: (N, 4) float xyxy in image pixels.
+        boxes: (N, 4) float xyxy in pixels of ``image_size``.
         scores: (N,) float confidences.
         labels: (N,) int64 contiguous thing indices (``DatasetMeta.thing_contiguous_id``).
-        masks: (N, H, W) float mask probabilities (or logits, see ``mask_logits``).
+        masks: (N, H, W) float mask probabilities at ``image_size`` (or logits, see
+            ``mask_logits``), or (N, 1, M, M) box-relative masks straight from a mask head.
+        image_size: (height, width) of the image the boxes and masks refer to.
+        extra: further per-instance tensors, each with N rows (ranking scores, embeddings, ...).
+
+    Indexing with an int, a slice, an index tensor or a (N,) bool mask selects the same rows of
+    every per-instance field.
     """
 
     boxes: torch.Tensor
@@ -25,14 +32,35 @@ class Instances:
     labels: torch.Tensor
     masks: Optional[torch.Tensor] = None
     mask_logits: bool = False
+    image_size: tuple[int, int] = (0, 0)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self)
+        for name, value in (("boxes", self.boxes), ("labels", self.labels), ("masks", self.masks),
+                            *self.extra.items()):
+            if value is not None and value.shape[0] != n:
+                raise ValueError(f"Instances.{name} has {value.shape[0]} rows, scores has {n}")
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
+    def __getitem__(self, index: int | slice | torch.Tensor) -> "Instances":
+        if isinstance(index, int):
+            index = slice(index, index + 1 if index != -1 else None)
+        pick = (lambda t: t[index]) if not isinstance(index, torch.Tensor) else (lambda t: t[index.to(t.device)])
+        return Instances(pick(self.boxes), pick(self.scores), pick(self.labels),
+                         pick(self.masks) if self.masks is not None else None, self.mask_logits, self.image_size,
+                         {k: pick(v) for k, v in self.extra.items()})
+
+    def replace(self, **fields: Any) -> "Instances":
+        """A copy with some fields replaced (``dataclasses.replace`` that keeps ``extra`` a new dict)."""
+        return dataclasses.replace(self, **{"extra": dict(self.extra), **fields})
+
     def to(self, device: torch.device | str) -> "Instances":
         masks = self.masks.to(device) if self.masks is not None else None
         return Instances(self.boxes.to(device), self.scores.to(device), self.labels.to(device), masks,
-                         self.mask_logits)
+                         self.mask_logits, self.image_size, {k: v.to(device) for k, v in self.extra.items()})
 
 
 @dataclass

@@ -1,8 +1,12 @@
-"""Backbones: shapes, norms, freeze-at-stage, and weights loaded only from safe local files."""
+"""Backbones: shapes, norms, freeze-at-stage, weights loaded only from safe local files or, when
+asked, through timm (whose offline failure is tested; nothing is downloaded)."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -14,6 +18,7 @@ from panoptix.engine.checkpoint import CheckpointError
 from panoptix.models.backbones import KNOWN_BACKBONES, BackboneWeightsError, TimmBackbone
 
 TINY = dict(channels=(16, 32, 64, 128), stem_width=16)
+RANDOM_OK = dict(TINY, allow_frozen_without_weights=True)
 
 
 def test_tiny_backbone_shapes_and_strides():
@@ -29,25 +34,64 @@ def test_tiny_backbone_shapes_and_strides():
 @pytest.mark.parametrize("freeze_at, frozen", [(0, []), (1, ["conv1", "bn1"]), (2, ["conv1", "bn1", "layer1"]),
                                                (3, ["conv1", "bn1", "layer1", "layer2"])])
 def test_freeze_at(freeze_at, frozen):
-    b = TimmBackbone("resnet18", norm="bn", freeze_at=freeze_at, **TINY)
+    b = TimmBackbone("resnet18", norm="bn", freeze_at=freeze_at, **RANDOM_OK)
     state = {n: all(not p.requires_grad for p in c.parameters()) for n, c in b.body.named_children()
-             if list(c.parameters())}
+             if list(c.parameters()) or isinstance(c, FrozenBatchNorm2d)}  # a frozen BN keeps only buffers
     assert sorted(n for n, f in state.items() if f) == sorted(frozen)
+    # BatchNorm in a frozen stage is frozen too (its running statistics would drift otherwise)
+    checked = 0
+    for name, child in b.body.named_children():
+        norms = [m for m in child.modules() if isinstance(m, (torch.nn.BatchNorm2d, FrozenBatchNorm2d))]
+        want = FrozenBatchNorm2d if name in frozen else torch.nn.BatchNorm2d
+        assert all(type(m) is want for m in norms), name
+        checked += len(norms)
+    assert checked >= 1 + 4 * 2 * 2  # bn1 and the 4 stages x 2 blocks x 2 BNs at least
+    trainable_bn = [m for m in b.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.weight.requires_grad for m in trainable_bn)
+
+
+def test_frozen_without_weights_is_refused():
+    for kwargs in (dict(norm="frozen_bn", freeze_at=0), dict(norm="gn", freeze_at=2)):
+        with pytest.raises(BackboneWeightsError, match=r"no weights: its frozen parts would stay random.*"
+                                                       r"allow_frozen_without_weights=true$"):
+            TimmBackbone("resnet18", **kwargs, **TINY)
+    TimmBackbone("resnet18", norm="gn", freeze_at=0, **TINY)  # from scratch: fine
+    TimmBackbone("resnet18", norm="frozen_bn", freeze_at=2, **RANDOM_OK)  # opted in
+
+
+def test_hub_weights_offline_fail_in_one_line(tmp_path):
+    """``weights: timm`` on a machine without internet: one line naming the local-file alternative.
+    Runs in a subprocess with the Hugging Face hub offline and an empty cache, so nothing is fetched."""
+    code = ("from panoptix.models.backbones import TimmBackbone, BackboneWeightsError\n"
+            "for w in ('timm', 'hf-hub:timm/resnet18.a1_in1k'):\n"
+            "    try:\n"
+            "        TimmBackbone('resnet18', weights=w)\n"
+            "    except BackboneWeightsError as err:\n"
+            "        print(err)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "th"),
+           "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line, w in zip(lines, ("timm", "hf-hub:timm/resnet18.a1_in1k")):
+        assert line.startswith(f"could not fetch ImageNet weights {w!r} for 'resnet18'")
+        assert line.endswith("pass the file: backbone.weights=/path/to/resnet18.safetensors")
 
 
 def test_frozen_bn_has_no_trainable_norm():
-    b = TimmBackbone("resnet18", norm="frozen_bn", freeze_at=0, **TINY)
+    b = TimmBackbone("resnet18", norm="frozen_bn", freeze_at=0, **RANDOM_OK)
     assert any(isinstance(m, FrozenBatchNorm2d) for m in b.modules())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in b.modules())
 
 
 def test_bad_names():
     with pytest.raises(ValueError, match="unknown backbone"):
-        TimmBackbone("resnet_does_not_exist")
+        TimmBackbone("resnet_does_not_exist", allow_frozen_without_weights=True)
     with pytest.raises(ValueError, match="norm"):
         TimmBackbone("resnet18", norm="layer")
     with pytest.raises(ValueError, match="freeze_at"):
-        TimmBackbone("resnet18", freeze_at=9, **TINY)
+        TimmBackbone("resnet18", freeze_at=9, **RANDOM_OK)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
@@ -99,6 +143,6 @@ def test_crafted_pickle_weights_are_refused(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", KNOWN_BACKBONES)
 def test_known_backbones_build(name):
-    b = TimmBackbone(name, norm="frozen_bn", freeze_at=2)
+    b = TimmBackbone(name, norm="frozen_bn", freeze_at=2, allow_frozen_without_weights=True)
     assert b.strides == [4, 8, 16, 32]
     assert b.out_channels == ([64, 128, 256, 512] if name == "resnet18" else [256, 512, 1024, 2048])

@@ -1,4 +1,5 @@
-"""Neck and semantic head: shapes, deformable layers starting as plain convolutions, the loss."""
+"""Neck and semantic heads: shapes, deformable layers starting as plain convolutions, the loss,
+one class per head kind (FPN, deformable, OANet's stuff head), heads returning (results, losses)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from panoptix.models.heads.semantic import SemanticHead, resize_semantic_logits, semantic_loss
+from panoptix.models.heads.oanet_stuff import OANetStuffHead
+from panoptix.models.heads.semantic import DeformableSemanticHead, FPNSemanticHead, semantic_loss
 from panoptix.models.layers import DeformConv3x3
 from panoptix.models.necks import FPN
+from panoptix.models.postprocess import resize_semantic_logits
+from panoptix.models.registry import SEMANTIC_HEADS, build
 
 
 def _feats(b=2, h=64, w=96):
@@ -42,17 +46,42 @@ def test_deform_conv_starts_as_plain_conv():
     assert d.offset.weight.grad is not None  # offsets are learned
 
 
-@pytest.mark.parametrize("kind", ["fpn", "deformable"])
-def test_semantic_head_shapes(kind):
+@pytest.mark.parametrize("name,cls", [("fpn", FPNSemanticHead), ("deformable", DeformableSemanticHead),
+                                      ("oanet", OANetStuffHead)])
+def test_semantic_heads_return_logits_and_their_loss(name, cls):
+    torch.manual_seed(0)
     fpn = FPN([16, 32, 64, 128], 32)
-    head = SemanticHead(32, num_classes=5, kind=kind, channels=16)
-    logits = head(fpn(_feats()))
-    assert logits.shape == (2, 5, 16, 24)
+    head = build(SEMANTIC_HEADS, {"name": name, "channels": 16}, in_channels=32, num_classes=5)
+    assert type(head) is cls
+    feats = fpn(_feats())
+    logits, losses = head(feats)
+    assert logits.shape == (2, 5, 16, 24) and losses == {}
+    target = torch.randint(0, 5, (2, 64, 96))
+    target[:, :10] = 255
+    logits2, losses = head(feats, target)
+    assert torch.equal(logits, logits2)
+    assert set(losses) == {"loss_seg"}
+    expected = head.loss_weight * F.cross_entropy(F.interpolate(logits, size=(64, 96), mode="bilinear"), target,
+                                                  ignore_index=255)
+    assert torch.isclose(losses["loss_seg"], expected, rtol=1e-5)
 
 
-def test_semantic_head_rejects_unknown_kind():
-    with pytest.raises(ValueError, match="semantic head"):
-        SemanticHead(32, 5, kind="aspp")
+def test_oanet_stuff_head_layout():
+    """Seed 004 Fig. 3: two shared 3x3 convs per level, concatenation, a 3x3 conv, a 1x1 classifier."""
+    head = OANetStuffHead(32, num_classes=7, channels=16)
+    assert [m.kernel_size for m in head.shared.modules() if isinstance(m, torch.nn.Conv2d)] == [(3, 3), (3, 3)]
+    assert head.fuse[0].in_channels == 4 * 16 and head.fuse[0].kernel_size == (3, 3)
+    assert head.classifier.kernel_size == (1, 1) and head.loss_weight == 0.25  # OANet Table 1
+
+
+def test_unknown_semantic_head_lists_the_registered_ones():
+    from panoptix.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown semantic head 'aspp'; registered: deformable, fpn, oanet"):
+        build(SEMANTIC_HEADS, {"name": "aspp"}, in_channels=32, num_classes=5)
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) head.deform_convs for FPNSemanticHead; valid "
+                                          r"keys: channels, loss_weight"):
+        build(SEMANTIC_HEADS, {"name": "fpn", "deform_convs": 2}, "head", in_channels=32, num_classes=5)
 
 
 def test_semantic_loss_ignores_void():

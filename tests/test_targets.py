@@ -15,14 +15,16 @@ SAMPLE = PanopticSample(IDS, [Segment(10, 3), Segment(20, 5), Segment(30, 5, isc
 
 def test_stuff_things_variant():
     t = build_targets(SAMPLE, META, "stuff_things")
-    # 0 = any thing, stuff 1..S in stuff order (sky=1, road=2); VOID and crowd = 255
-    np.testing.assert_array_equal(t["semantic"], [[255, 0, 0, 0], [255, 255, 0, 0], [2, 2, 2, 2]])
+    # 0 = any thing, stuff 1..S in stuff order (sky=1, road=2); VOID = 255; the crowd car (id 30)
+    # is "things" (0) as in detectron2, not ignored
+    np.testing.assert_array_equal(t["semantic"], [[255, 0, 0, 0], [0, 0, 0, 0], [2, 2, 2, 2]])
     assert num_semantic_classes(META, "stuff_things") == 3
 
 
 def test_all_classes_variant():
     t = build_targets(SAMPLE, META, "all")
-    np.testing.assert_array_equal(t["semantic"], [[255, 0, 0, 2], [255, 255, 0, 2], [3, 3, 3, 3]])
+    # the crowd car keeps its class (car = contiguous 2)
+    np.testing.assert_array_equal(t["semantic"], [[255, 0, 0, 2], [2, 2, 0, 2], [3, 3, 3, 3]])
     assert num_semantic_classes(META, "all") == 4
 
 

@@ -3,7 +3,9 @@
 Semantic variants (``semantic=``):
 - ``"stuff_things"`` (Panoptic FPN): 0 = any thing, 1..S = stuff in contiguous stuff order.
 - ``"all"`` (OANet's object context, seed 004 Table 2): every category by its contiguous id.
-VOID pixels and crowd segments are ``IGNORE_INDEX`` (255) in both.
+VOID pixels are ``IGNORE_INDEX`` (255) in both. Crowd pixels get their class (the "things" class
+in ``stuff_things``), as detectron2 builds its semantic targets: a crowd region is still that
+class for the semantic head; only the detector leaves crowd out (``crowd_*`` targets).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def build_targets(sample: PanopticSample, meta: DatasetMeta, semantic: SemanticV
         raise ValueError(f"image {sample.image_id!r}: category id(s) {unknown} are not in {meta.name}")
     lut = semantic_lut(meta, semantic)
     seg_ids = np.array([s.id for s in segs], dtype=np.int64)
-    sem_vals = np.array([IGNORE_INDEX if s.iscrowd else lut[s.category_id] for s in segs], dtype=np.int64)
+    sem_vals = np.array([lut[s.category_id] for s in segs], dtype=np.int64)
     semantic_map = map_ids(ids, seg_ids, sem_vals, IGNORE_INDEX)
 
     out = {"semantic": torch.from_numpy(semantic_map), "panoptic": torch.from_numpy(ids.astype(np.int32))}

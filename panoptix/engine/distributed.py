@@ -53,6 +53,15 @@ def all_reduce_mean(values: dict[str, float], device: Optional[torch.device] = N
     return dict(zip(values, (t / get_world_size()).tolist()))
 
 
+def all_gather_objects(obj: object) -> list[object]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` on one process)."""
+    if get_world_size() == 1:
+        return [obj]
+    out: list[object] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def any_rank(flag: bool, device: Optional[torch.device] = None) -> bool:
     """True when ``flag`` is true on any rank."""
     if get_world_size() == 1:

@@ -48,14 +48,15 @@ class Predictor:
         model: any system following the detection contract (``model(list[Tensor]) -> list[PanopticResult]``).
         device: where to run.
         batch_size: images per forward pass.
-        amp: float16 autocast (CUDA only).
+        amp: autocast (CUDA only) with ``amp_dtype`` (``"float16"`` or ``"bfloat16"``).
     """
 
     def __init__(self, model: nn.Module, device: torch.device | str = "cpu", batch_size: int = 4,
-                 amp: bool = False) -> None:
+                 amp: bool = False, amp_dtype: str = "float16") -> None:
         self.model, self.device = model, torch.device(device)
         self.batch_size = max(1, int(batch_size))
         self.amp = amp and self.device.type == "cuda"
+        self.amp_dtype = getattr(torch, amp_dtype)
 
     @torch.no_grad()
     def __call__(self, images: Sequence[np.ndarray | torch.Tensor]) -> list[PanopticResult]:
@@ -65,7 +66,7 @@ class Predictor:
         try:
             for i in range(0, len(images), self.batch_size):
                 batch = [to_tensor(im, self.device) for im in images[i: i + self.batch_size]]
-                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                     out.extend(self.model(batch))
         finally:
             self.model.train(was_training)

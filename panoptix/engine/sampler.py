@@ -4,48 +4,88 @@ Epoch ``e`` is a permutation of the dataset seeded by ``(seed, e)``; the augment
 ``g`` is seeded by ``(seed, g)``. Rank ``r`` of ``W`` takes, at iteration ``i`` with ``B`` images
 per rank, positions ``(i * W + r) * B ... + B - 1``. Resuming at iteration ``i`` therefore replays
 exactly the batches a straight run would have seen, whatever the number of loader workers.
+
+Aspect-ratio grouping (``group_size=B``, detectron2's default): the epoch's permutation is walked
+with one bucket per orientation (landscape or square, portrait); a bucket that fills up to ``B``
+images becomes the next ``B`` positions of the epoch, and what is left over at the end of an epoch
+is dropped (the next permutation differs, so every image is still seen). Every per-rank batch is
+then one orientation, and little of a padded batch is padding. Images of unknown size count as
+landscape.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from panoptix.data.datasets import PanopticDataset
-from panoptix.data.targets import build_targets
+from panoptix.data.sample import PanopticSample
 from panoptix.data.transforms import TrainTransform
 from panoptix.engine.predictor import chw_uint8
 
 
 class TrainingStream(Dataset):
-    """``stream[g]`` -> (image (3, H, W) uint8 tensor, targets dict) for stream position ``g``."""
+    """``stream[g]`` -> (image (3, H, W) uint8 tensor, targets dict) for stream position ``g``.
 
-    def __init__(self, dataset: PanopticDataset, transform: TrainTransform, semantic_variant: str, seed: int) -> None:
+    Args:
+        dataset: the training split.
+        transform: augmentation, called with a generator seeded by the position.
+        target_fn: ``PanopticSample -> targets`` (the system's ``target_builder()``).
+        seed: seeds the epoch permutations and the augmentation.
+        group_size: per-rank batch size for aspect-ratio grouping; 0 turns grouping off.
+    """
+
+    def __init__(self, dataset: PanopticDataset, transform: TrainTransform,
+                 target_fn: Callable[[PanopticSample], dict[str, torch.Tensor]], seed: int,
+                 group_size: int = 0) -> None:
         if len(dataset) == 0:
             raise ValueError("the training set is empty")
-        self.dataset, self.transform = dataset, transform
-        self.semantic_variant, self.seed = semantic_variant, int(seed)
-        self._epoch, self._perm = -1, None
+        self.dataset, self.transform, self.target_fn = dataset, transform, target_fn
+        self.seed = int(seed)
+        records = getattr(dataset, "records", None) or [None] * len(dataset)
+        self.portrait = np.array([bool(r is not None and r.height and r.width and r.height > r.width)
+                                  for r in records], dtype=bool)
+        per_group = [int((~self.portrait).sum()), int(self.portrait.sum())]
+        self.group_size = int(group_size) if group_size > 1 else 0
+        self.epoch_length = (sum(n // self.group_size for n in per_group) * self.group_size if self.group_size
+                             else len(dataset))
+        if self.epoch_length == 0:  # each orientation has fewer images than a batch: no grouping
+            self.group_size, self.epoch_length = 0, len(dataset)
+        self._epoch, self._order = -1, None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def _epoch_order(self, epoch: int) -> list[int]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(self.dataset), generator=gen).tolist()
+        if not self.group_size:
+            return perm
+        order: list[int] = []
+        buckets: tuple[list[int], list[int]] = ([], [])
+        for i in perm:
+            bucket = buckets[int(self.portrait[i])]
+            bucket.append(i)
+            if len(bucket) == self.group_size:
+                order.extend(bucket)
+                bucket.clear()
+        return order
+
     def index_at(self, g: int) -> int:
-        epoch, k = divmod(int(g), len(self.dataset))
+        epoch, k = divmod(int(g), self.epoch_length)
         if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm, self._epoch = torch.randperm(len(self.dataset), generator=gen).tolist(), epoch
-        return self._perm[k]
+            self._order, self._epoch = self._epoch_order(epoch), epoch
+        return self._order[k]
 
     def __getitem__(self, g: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sample = self.dataset[self.index_at(g)]
         if sample.image is None:
             raise ValueError(f"image {sample.image_id!r} has no RGB image (is image_dir set?)")
         sample = self.transform(sample, np.random.default_rng([self.seed, int(g)]))
-        return chw_uint8(sample.image), build_targets(sample, self.dataset.meta, self.semantic_variant)
+        return chw_uint8(sample.image), self.target_fn(sample)
 
 
 class StreamBatchSampler(Sampler[list[int]]):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -20,48 +20,16 @@ from panoptix.engine import distributed as dist
 from panoptix.engine.checkpoint import (LAST, atomic_save, atomic_write_text, capture_rng, last_checkpoint,
                                         load_model_weights, restore_rng)
 from panoptix.engine.logger import MetricsLogger, plot_curves
+from panoptix.engine.optim import parameter_groups, prepare_norms
 from panoptix.engine.predictor import Predictor, evaluate_dataset, to_tensor
 from panoptix.engine.sampler import TrainingStream, stream_loader
+from panoptix.engine.settings import DataSettings, EngineSettings, SolverSettings
 from panoptix.errors import PanoptixError
 from panoptix.jsonio import write_json
 
 
 class TrainingDiverged(PanoptixError, RuntimeError):
     """The loss became NaN or infinite."""
-
-
-@dataclass
-class SolverSettings:
-    """Optimisation settings (detectron2's defaults for a 16-image batch)."""
-
-    batch_size: int = 16
-    base_lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    max_iter: int = 90000
-    warmup_iters: int = 1000
-    warmup_factor: float = 0.001
-    steps: Sequence[int] = (60000, 80000)
-    gamma: float = 0.1
-    clip_grad: float = 0.0
-    amp: bool = True
-
-
-@dataclass
-class EngineSettings:
-    """Where and how often the trainer writes, evaluates and checkpoints."""
-
-    output_dir: str = "runs/train"
-    seed: int = 0
-    eval_period: int = 0
-    eval_images: int = 0
-    checkpoint_period: int = 5000
-    log_period: int = 20
-    resume: bool = True
-    device: str = "auto"
-    num_workers: int = 2
-    tensorboard: bool = True
-    progress: bool = True
 
 
 def lr_factor(iteration: int, warmup_iters: int, warmup_factor: float, steps: Sequence[int], gamma: float) -> float:
@@ -83,38 +51,44 @@ class Trainer:
     """Trains a panoptic system on a `PanopticDataset`.
 
     Args:
-        model: follows the detection contract (returns a dict of losses in training mode).
+        model: follows the detection contract (returns a dict of losses in training mode) and has
+            ``target_builder()`` giving its ``PanopticSample -> targets`` function: the system,
+            not the trainer, decides what its targets are.
         train_set: training split (images are needed).
-        transform: multi-scale jitter and flip.
-        semantic_variant: target variant the model's semantic head expects.
-        solver, engine: settings.
+        data, solver, engine: settings (`panoptix.engine.settings`).
         val_set: evaluated every ``engine.eval_period`` iterations and at the end (PQ).
         config: stored in the output folder for ``panoptix predict``.
+        progress: show a progress bar.
     """
 
-    def __init__(self, model: nn.Module, train_set: PanopticDataset, transform: TrainTransform,
-                 semantic_variant: str, solver: SolverSettings, engine: EngineSettings,
-                 val_set: Optional[PanopticDataset] = None, config: Optional[dict[str, Any]] = None) -> None:
+    def __init__(self, model: nn.Module, train_set: PanopticDataset, data: DataSettings, solver: SolverSettings,
+                 engine: EngineSettings, val_set: Optional[PanopticDataset] = None,
+                 config: Optional[dict[str, Any]] = None, progress: bool = True) -> None:
         self.rank, self.world, local_rank = dist.init_distributed()
         self.device = pick_device(engine.device, local_rank)
-        self.solver, self.engine, self.config = solver, engine, config
+        self.data, self.solver, self.engine, self.config = data, solver, engine, config
+        self.progress = progress
         if solver.batch_size % self.world:
             raise ValueError(f"solver.batch_size {solver.batch_size} is not divisible by {self.world} processes")
         self.batch_per_rank = solver.batch_size // self.world
-        self.model = model.to(self.device)
-        self.stream = TrainingStream(train_set, transform, semantic_variant, engine.seed)
+        self.model = prepare_norms(model, self.world, self.device.type).to(self.device)
+        transform = TrainTransform(data.min_size_train, data.max_size_train, data.flip)
+        self.stream = TrainingStream(train_set, transform, model.target_builder(), engine.seed,
+                                     group_size=self.batch_per_rank if data.group_by_aspect_ratio else 0)
         self.val_set = val_set
         self.out = Path(engine.output_dir)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=solver.base_lr, momentum=solver.momentum,
-                                         weight_decay=solver.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            parameter_groups(self.model, solver.weight_decay, solver.weight_decay_norm, solver.weight_decay_bias),
+            lr=solver.base_lr, momentum=solver.momentum)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(it, solver.warmup_iters, solver.warmup_factor, solver.steps,
                                                  solver.gamma))
         self.amp = bool(solver.amp) and self.device.type == "cuda"
+        self.amp_dtype = getattr(torch, solver.amp_dtype)
         # Where small collective tensors live: the GPU under NCCL, the CPU (None) under gloo.
         self.comm_device = self.device if self.device.type == "cuda" else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        # bfloat16 has float32's range: no loss scaling.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         self.ddp: nn.Module = self.model
         if self.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(
@@ -127,13 +101,15 @@ class Trainer:
         return {"model": self.model.state_dict(), "meta": self.stream.dataset.meta.to_json(), "config": self.config,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng": capture_rng(), "iteration": self.iteration}
+                "rng": dist.all_gather_objects(capture_rng()), "iteration": self.iteration}
 
     def save(self) -> Optional[Path]:
-        """Atomic checkpoint of everything needed to resume exactly (rank 0 writes)."""
+        """Atomic checkpoint of everything needed to resume exactly (rank 0 writes; every rank's RNG
+        state is in it)."""
         path = None
+        state = self.state_dict()  # a collective: every rank takes part
         if dist.is_main():
-            path = atomic_save(self.state_dict(), self.out / f"model_{self.iteration:07d}.pth")
+            path = atomic_save(state, self.out / f"model_{self.iteration:07d}.pth")
             atomic_write_text(path.name, self.out / LAST)
         dist.barrier()
         return path
@@ -147,7 +123,10 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        restore_rng(ckpt["rng"])
+        rng = ckpt["rng"]
+        if isinstance(rng, list):  # one state per rank; a different world size reuses them in turn
+            rng = rng[self.rank % len(rng)]
+        restore_rng(rng)
         self.iteration = int(ckpt["iteration"])
         return True
 
@@ -164,8 +143,8 @@ class Trainer:
         logger = MetricsLogger(self.out, e.tensorboard) if main else None
         start = self.iteration
         loader = stream_loader(self.stream, self.batch_per_rank, start, s.max_iter, self.rank, self.world,
-                               e.num_workers, e.seed, pin_memory=self.device.type == "cuda")
-        bar = tqdm(total=s.max_iter, initial=start, desc="train", unit="it", disable=not (main and e.progress))
+                               self.data.num_workers, e.seed, pin_memory=self.device.type == "cuda")
+        bar = tqdm(total=s.max_iter, initial=start, desc="train", unit="it", disable=not (main and self.progress))
         self.ddp.train()
         t0, window = time.time(), []
         for images, targets in loader:
@@ -206,7 +185,7 @@ class Trainer:
         """One SGD step on a batch; returns the (detached) losses and their sum as ``loss``."""
         images = [to_tensor(im, self.device) for im in images]
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             losses = self.ddp(images, targets)
         total = sum(losses.values())
         # One device sync for both the finiteness guard and the logged values.
@@ -232,7 +211,8 @@ class Trainer:
         if self.val_set is None:
             return None
         n = len(self.val_set) if not limit else min(limit, len(self.val_set))
-        predictor = Predictor(self.model, self.device, batch_size=max(1, self.batch_per_rank), amp=self.amp)
+        predictor = Predictor(self.model, self.device, batch_size=max(1, self.batch_per_rank), amp=self.amp,
+                              amp_dtype=self.solver.amp_dtype)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             result = evaluate_dataset(predictor, self.val_set, range(n), progress=False)
         row = {"PQ": 100 * result["All"]["pq"], "SQ": 100 * result["All"]["sq"], "RQ": 100 * result["All"]["rq"],

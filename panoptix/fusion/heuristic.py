@@ -3,7 +3,13 @@
 Instances are pasted in descending score order, dropping those under ``score_thresh`` and those
 with more than ``overlap_thresh`` of their mask already taken; the pixels they leave free are
 then given to stuff classes from the semantic argmax whose free area is at least
-``stuff_min_area`` (a fraction of the image area; COCO's 4096 px at 800x1333 is 0.0038).
+``stuff_min_area`` pixels at the original image size (detectron2: 4096; OANet: 4900), or
+``stuff_min_area_fraction`` of the image area when that is set (for tiny images).
+
+Where the semantic argmax is a thing class, detectron2 leaves the free pixel VOID
+(``stuff_source="argmax"``). OANet "only extract[s] the stuff predictions" at inference (seed 004,
+section 3.1): ``stuff_source="stuff_only"`` takes the argmax over the stuff channels only, so
+every free pixel gets a stuff class.
 
 The sequential "already taken" rule is computed without a per-instance loop: starting from
 "all accepted", each pass recomputes every instance's overlap with the accepted instances ranked
@@ -13,11 +19,12 @@ sequential answer, so the loop stops as soon as a pass changes nothing (usually 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
 
 from panoptix.data.meta import DatasetMeta
+from panoptix.models.registry import FUSIONS
 from panoptix.structures import Instances, PanopticResult, SegmentInfo
 
 
@@ -71,9 +78,12 @@ def _accept(masks: torch.Tensor, overlap_thresh: float) -> tuple[torch.Tensor, t
     return accepted, first, covered
 
 
+@FUSIONS.register("heuristic")
 def heuristic_fusion(instances: Optional[Instances], semantic_logits: torch.Tensor,
                      semantic_categories: Sequence[int], thing_categories: Sequence[int],
-                     score_thresh: float = 0.5, overlap_thresh: float = 0.5, stuff_min_area: float = 0.0038,
+                     score_thresh: float = 0.5, overlap_thresh: float = 0.5, stuff_min_area: int = 4096,
+                     stuff_min_area_fraction: Optional[float] = None,
+                     stuff_source: Literal["argmax", "stuff_only"] = "argmax",
                      mask_thresh: float = 0.5) -> PanopticResult:
     """Merge instances and semantic logits of one image into a panoptic segmentation.
 
@@ -85,7 +95,10 @@ def heuristic_fusion(instances: Optional[Instances], semantic_logits: torch.Tens
             (see `semantic_category_table`).
         thing_categories: category id of each contiguous thing index.
         score_thresh, overlap_thresh, mask_thresh: the paper's 0.5 each.
-        stuff_min_area: minimum stuff area as a fraction of H*W.
+        stuff_min_area: minimum stuff area in pixels of the (original-size) image.
+        stuff_min_area_fraction: when set, the minimum is this fraction of H*W instead.
+        stuff_source: ``"argmax"`` (free pixels whose argmax is a thing class stay VOID) or
+            ``"stuff_only"`` (argmax over the stuff channels only).
 
     Returns:
         `PanopticResult` with ids (H, W) int32 (things first, in score order, then stuff).
@@ -117,10 +130,16 @@ def heuristic_fusion(instances: Optional[Instances], semantic_logits: torch.Tens
     table = torch.as_tensor(semantic_categories, device=device)
     if table.numel() != semantic_logits.shape[0]:
         raise ValueError(f"{semantic_logits.shape[0]} semantic channels but {table.numel()} category entries")
-    sem = semantic_logits.argmax(0)
+    if stuff_source == "stuff_only":
+        sem = semantic_logits.masked_fill((table < 0)[:, None, None], float("-inf")).argmax(0)
+    elif stuff_source == "argmax":
+        sem = semantic_logits.argmax(0)
+    else:
+        raise ValueError(f"stuff_source must be 'argmax' or 'stuff_only', got {stuff_source!r}")
     free = (ids == 0) & (table[sem] >= 0)
     counts = torch.bincount(sem[free], minlength=table.numel())
-    kept = (counts > 0) & (counts >= stuff_min_area * h * w) & (table >= 0)
+    min_area = stuff_min_area if stuff_min_area_fraction is None else stuff_min_area_fraction * h * w
+    kept = (counts > 0) & (counts >= min_area) & (table >= 0)
     seg_of_class = torch.zeros_like(counts)
     seg_of_class[kept] = torch.arange(1, int(kept.sum()) + 1, device=device) + len(segments)
     stuff_ids = seg_of_class[sem]

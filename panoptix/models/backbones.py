@@ -1,7 +1,9 @@
 """Backbones: timm ``features_only`` networks returning C2..C5, with frozen norms and freeze-at-stage.
 
-Weights load only from a local file the user names (``.safetensors`` or a torch state dict read
-with ``weights_only=True``); nothing is downloaded.
+Weights come from a local file the user names (``.safetensors`` or a torch state dict read with
+``weights_only=True``), or, when the user opts in with ``weights: timm`` or ``weights: hf-hub:...``,
+from timm's download into its cache. Offline, that download fails with one line naming the
+local-file alternative.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from panoptix.errors import PanoptixError
 from panoptix.models.layers import group_norm
+from panoptix.models.registry import BACKBONES, Configurable
 
 Norm = Literal["frozen_bn", "bn", "gn"]
 
@@ -28,30 +31,49 @@ _CLASSIFIER_PREFIXES = ("fc.", "last_linear.", "head.", "classifier.")
 
 
 class BackboneWeightsError(PanoptixError, ValueError):
-    """A backbone weights file is missing, unreadable, or does not fit the network."""
+    """A backbone weights file is missing, unreadable, cannot be fetched, or does not fit the network."""
 
 
-class TimmBackbone(nn.Module):
+def is_hub_weights(weights: Optional[str | Path]) -> bool:
+    """Whether ``weights`` asks timm to fetch them (``"timm"`` or an ``"hf-hub:"`` name)."""
+    return isinstance(weights, str) and (weights == "timm" or weights.startswith("hf-hub:"))
+
+
+@BACKBONES.register("timm")
+class TimmBackbone(Configurable, nn.Module):
     """C2..C5 feature maps from a timm ``features_only`` model.
 
     Args:
-        name: timm model name (e.g. ``"resnet50"``, ``"resnext101_64x4d"``, ``"legacy_senet154"``).
-        norm: ``"frozen_bn"`` (detectron2's default with pretrained weights), ``"bn"`` (trainable)
-            or ``"gn"`` (GroupNorm, 32 groups; for training from scratch).
+        arch: timm model name (e.g. ``"resnet50"``, ``"resnext101_64x4d"``, ``"legacy_senet154"``).
+        norm: ``"frozen_bn"`` (detectron2's default with pretrained weights), ``"bn"`` (trainable;
+            SyncBatchNorm under DDP) or ``"gn"`` (GroupNorm, 32 groups; for training from scratch).
         freeze_at: 0 trains everything; 1 freezes the stem; k >= 2 freezes the stem and stages
-            2..k (detectron2's ``FREEZE_AT``; 2 is its default).
-        weights: local path of ImageNet weights for ``name`` (safetensors or torch state dict).
+            2..k (detectron2's ``FREEZE_AT``; 2 is its default). BatchNorm layers in frozen stages
+            are frozen too (their statistics would otherwise drift).
+        weights: ImageNet weights: a local file (safetensors or torch state dict), ``"timm"`` (timm's
+            default pretrained weights of ``arch``, downloaded into timm's cache) or an
+            ``"hf-hub:org/name"`` model; None for random initialisation.
         channels: optional per-stage widths, for tiny ResNets (e.g. ``(16, 32, 64, 128)``).
         stem_width: optional stem width (ResNets only).
+        allow_frozen_without_weights: frozen BN or ``freeze_at > 0`` without weights trains a
+            network whose frozen parts stay random (frozen BN of random init is the identity), so
+            it is refused unless this is set.
 
     Forward: (B, 3, H, W) normalised images -> ``OrderedDict`` ``c2..c5`` of (B, C_i, H/s_i, W/s_i),
     strides 4, 8, 16, 32.
     """
 
-    def __init__(self, name: str = "resnet50", norm: Norm = "frozen_bn", freeze_at: int = 2,
+    def __init__(self, arch: str = "resnet50", norm: Norm = "frozen_bn", freeze_at: int = 2,
                  weights: Optional[str | Path] = None, channels: Optional[Sequence[int]] = None,
-                 stem_width: Optional[int] = None) -> None:
+                 stem_width: Optional[int] = None, allow_frozen_without_weights: bool = False) -> None:
         super().__init__()
+        if norm not in ("frozen_bn", "bn", "gn"):
+            raise ValueError(f"unknown backbone norm {norm!r}; expected 'frozen_bn', 'bn' or 'gn'")
+        if weights is None and (norm == "frozen_bn" or freeze_at > 0) and not allow_frozen_without_weights:
+            raise BackboneWeightsError(
+                f"backbone {arch!r} has norm={norm} and freeze_at={freeze_at} but no weights: its frozen parts would "
+                f"stay random. Set backbone.weights (a local file, 'timm' or 'hf-hub:...'), or train from scratch "
+                f"with norm=gn and freeze_at=0, or set backbone.allow_frozen_without_weights=true")
         kwargs = {}
         if channels is not None:
             kwargs["channels"] = tuple(channels)
@@ -59,15 +81,9 @@ class TimmBackbone(nn.Module):
             kwargs["stem_width"] = stem_width
         if norm == "gn":
             kwargs["norm_layer"] = partial(_GroupNorm)
-        elif norm not in ("frozen_bn", "bn"):
-            raise ValueError(f"unknown backbone norm {norm!r}; expected 'frozen_bn', 'bn' or 'gn'")
-        try:
-            body = timm.create_model(name, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4),
-                                     **kwargs)
-        except RuntimeError as err:  # timm: "Unknown model (...)"
-            raise ValueError(f"unknown backbone {name!r}: {err}") from None
-        self.name = name
-        if weights is not None:
+        body = _create(arch, weights, kwargs)
+        self.arch = arch
+        if weights is not None and not is_hub_weights(weights):
             load_backbone_weights(body, weights)
         if norm == "frozen_bn":
             body = freeze_batch_norm_2d(body)
@@ -76,6 +92,13 @@ class TimmBackbone(nn.Module):
         self.strides: list[int] = list(body.feature_info.reduction())
         self._freeze(freeze_at)
 
+    @classmethod
+    def from_config(cls, cfg: dict, weights_from_checkpoint: bool = False, **context: object) -> "TimmBackbone":
+        """``weights_from_checkpoint``: a checkpoint will overwrite every weight, so none are loaded."""
+        if weights_from_checkpoint:
+            cfg = {**cfg, "weights": None, "allow_frozen_without_weights": True}
+        return cls(**cfg)
+
     def _freeze(self, freeze_at: int) -> None:
         stages = [m.split(".")[0] for m in self.body.feature_info.module_name()]
         if not 0 <= freeze_at <= len(stages) + 1:
@@ -83,17 +106,43 @@ class TimmBackbone(nn.Module):
         if freeze_at == 0:
             return
         last = stages[freeze_at - 2] if freeze_at >= 2 else None
-        for child_name, child in self.body.named_children():
+        for child_name, child in list(self.body.named_children()):
             if child_name == stages[0] and last is None:
                 break
             for p in child.parameters():
                 p.requires_grad_(False)
+            frozen = freeze_batch_norm_2d(child)
+            if frozen is not child:
+                setattr(self.body, child_name, frozen)
             if child_name == last:
                 break
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         feats = self.body(x)
         return OrderedDict((f"c{i + 2}", f) for i, f in enumerate(feats))
+
+
+def _create(arch: str, weights: Optional[str], kwargs: dict) -> nn.Module:
+    """The timm features_only network; with hub weights, fetched by timm (one-line error offline)."""
+    name = weights if isinstance(weights, str) and weights.startswith("hf-hub:") else arch
+    hub = is_hub_weights(weights)
+    try:
+        return timm.create_model(name, pretrained=hub, features_only=True, out_indices=(1, 2, 3, 4), **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ValueError(f"unknown backbone {name!r}: {err}") from None
+        if not hub:
+            raise
+        reason = err
+    except Exception as err:  # hub/network errors come from huggingface_hub, requests, urllib or OSError
+        if not hub:
+            raise
+        reason = err
+    first = (str(reason).strip().splitlines() or [type(reason).__name__])[0][:160]
+    raise BackboneWeightsError(
+        f"could not fetch ImageNet weights {weights!r} for {arch!r} ({type(reason).__name__}: {first}); without "
+        f"internet, download them once elsewhere and pass the file: backbone.weights=/path/to/{arch}.safetensors"
+    ) from None
 
 
 class _GroupNorm(nn.GroupNorm):

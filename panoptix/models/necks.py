@@ -11,12 +11,14 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from panoptix.models.layers import DeformConv3x3
+from panoptix.models.registry import NECKS, Configurable
 
 # Names of the FPN outputs in the order torchvision's detection heads expect them (P2..P5, P6).
 FPN_LEVELS = ("p2", "p3", "p4", "p5", "p6")
 
 
-class FPN(nn.Module):
+@NECKS.register("fpn")
+class FPN(Configurable, nn.Module):
     """Feature pyramid P2-P6 (P6 = stride-2 max-pool of P5, as in Mask R-CNN).
 
     Args:
@@ -27,6 +29,8 @@ class FPN(nn.Module):
 
     Forward: ``{c2..c5}`` -> ``OrderedDict`` ``p2..p6`` of (B, out_channels, H/s, W/s), s = 4..64.
     """
+
+    derived = ("in_channels",)
 
     def __init__(self, in_channels: Sequence[int], out_channels: int = 256,
                  deformable_levels: Sequence[str] = ()) -> None:

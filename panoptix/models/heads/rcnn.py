@@ -1,6 +1,13 @@
 """Mask R-CNN instance branch on a shared FPN, assembled from torchvision's RPN, RoIHeads and
 MultiScaleRoIAlign (not re-implemented). Thing classes come from `DatasetMeta` (contiguous thing
 index ``k`` is torchvision label ``k + 1``; 0 is background).
+
+Two departures from torchvision's defaults, both detectron2's behaviour:
+- anchors use the fixed strides 4..64 of P2..P6; torchvision derives a level's stride from the
+  padded image size (a 96 px batch puts P6 anchors at stride 48);
+- box geometry stays float32 under autocast: anchors are generated in float32, and the RPN head's
+  and box predictor's outputs are cast to float32 before decoding and NMS (in float16 a box
+  coordinate near 1000 px has a resolution of 0.5 px and offsets round away).
 """
 
 from __future__ import annotations
@@ -18,12 +25,46 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from panoptix.models.layers import group_norm
+from panoptix.models.registry import INSTANCE_HEADS, Configurable
 from panoptix.structures import Instances
 
 _POOLED_LEVELS = ["p2", "p3", "p4", "p5"]
+FPN_STRIDES = (4, 8, 16, 32, 64)
 
 
-class MaskRCNNBranch(nn.Module):
+class FixedStrideAnchorGenerator(AnchorGenerator):
+    """torchvision's `AnchorGenerator` with fixed per-level strides and float32 anchors.
+
+    Forward: (`ImageList`, feature maps) -> one (sum_l H_l W_l A, 4) float32 anchor tensor per image.
+    """
+
+    def __init__(self, sizes: Sequence[Sequence[int]], aspect_ratios: Sequence[Sequence[float]],
+                 strides: Sequence[int] = FPN_STRIDES) -> None:
+        super().__init__(tuple(tuple(s) for s in sizes), tuple(tuple(a) for a in aspect_ratios))
+        if len(strides) != len(sizes):
+            raise ValueError(f"{len(sizes)} anchor levels but {len(strides)} strides")
+        self.strides = tuple(int(s) for s in strides)
+
+    def forward(self, image_list: ImageList, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        grid_sizes = [list(f.shape[-2:]) for f in feature_maps]
+        device = feature_maps[0].device
+        strides = [[torch.tensor(s, dtype=torch.int64, device=device)] * 2 for s in self.strides]
+        self.set_cell_anchors(torch.float32, device)
+        per_level = self.grid_anchors(grid_sizes, strides)
+        return [torch.cat(per_level) for _ in image_list.image_sizes]
+
+
+def _float32_outputs(module: nn.Module, inputs: object, output: object) -> object:
+    """Forward hook: every tensor of a module's (nested list/tuple) output as float32."""
+    if isinstance(output, torch.Tensor):
+        return output.float()
+    if isinstance(output, (list, tuple)):
+        return type(output)(_float32_outputs(module, inputs, o) for o in output)
+    return output
+
+
+@INSTANCE_HEADS.register("mask_rcnn")
+class MaskRCNNBranch(Configurable, nn.Module):
     """RPN + box head + mask head. Defaults are Mask R-CNN's (He et al.; torchvision/detectron2).
 
     Args:
@@ -45,6 +86,8 @@ class MaskRCNNBranch(nn.Module):
         inference: ``([Instances in resized-image coordinates, masks (N, 1, 28, 28) probabilities], {})``.
     """
 
+    derived = ("in_channels", "num_things")
+
     def __init__(self, in_channels: int, num_things: int,
                  anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
                  aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
@@ -58,7 +101,7 @@ class MaskRCNNBranch(nn.Module):
         super().__init__()
         if len(anchor_sizes) != 5:
             raise ValueError(f"anchor_sizes needs one size per level P2..P6 (5), got {len(anchor_sizes)}")
-        anchors = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (tuple(aspect_ratios),) * 5)
+        anchors = FixedStrideAnchorGenerator([(int(s),) for s in anchor_sizes], [tuple(aspect_ratios)] * 5)
         self.rpn = RegionProposalNetwork(
             anchors, RPNHead(in_channels, anchors.num_anchors_per_location()[0]), rpn_fg_iou, rpn_bg_iou,
             rpn_batch_size, rpn_positive_fraction, dict(training=rpn_pre_nms_train, testing=rpn_pre_nms_test),
@@ -77,6 +120,8 @@ class MaskRCNNBranch(nn.Module):
             mask_head=MaskRCNNHeads(in_channels, [mask_conv_dim] * mask_convs, 1, norm_layer=norm),
             mask_predictor=MaskRCNNPredictor(mask_conv_dim, mask_conv_dim, num_things + 1))
         self.num_things = num_things
+        self.rpn.head.register_forward_hook(_float32_outputs)
+        self.roi_heads.box_predictor.register_forward_hook(_float32_outputs)
 
     def forward(self, images: ImageList, features: Mapping[str, torch.Tensor],
                 targets: Optional[list[dict[str, torch.Tensor]]] = None
@@ -88,4 +133,5 @@ class MaskRCNNBranch(nn.Module):
         detections, roi_losses = self.roi_heads(dict(features), proposals, images.image_sizes, tv_targets)
         if self.training:
             return [], {**rpn_losses, **roi_losses}
-        return [Instances(d["boxes"], d["scores"], d["labels"] - 1, d["masks"]) for d in detections], {}
+        return [Instances(d["boxes"], d["scores"], d["labels"] - 1, d["masks"], image_size=tuple(size))
+                for d, size in zip(detections, images.image_sizes)], {}

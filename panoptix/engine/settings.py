@@ -1,0 +1,77 @@
+"""The non-model sections of a config: ``data``, ``solver`` and ``engine``, with their defaults.
+
+Plain dataclasses (their fields are the config keys, checked like a component's constructor);
+no torch import, so a config can be validated before anything heavy is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Optional, Sequence
+
+from panoptix.data.spec import DatasetSpec
+
+
+@dataclass
+class DataSettings:
+    """Datasets and training-time augmentation.
+
+    Attributes:
+        train, val: `DatasetSpec` sections (``val`` may name no data).
+        min_size_train, max_size_train: multi-scale jitter (short side drawn from the list, long side capped).
+        flip: horizontal flip probability.
+        num_workers: data-loader processes.
+        group_by_aspect_ratio: batches hold only landscape or only portrait images (detectron2's
+            default), so little of a padded batch is padding.
+    """
+
+    components: ClassVar[dict[str, Any]] = {"train": (DatasetSpec, {"split": "train"}),
+                                            "val": (DatasetSpec, {"split": "val"})}
+    train: dict[str, Any] = field(default_factory=lambda: {"split": "train"})
+    val: dict[str, Any] = field(default_factory=lambda: {"split": "val"})
+    min_size_train: Sequence[int] = (640, 672, 704, 736, 768, 800)
+    max_size_train: int = 1333
+    flip: float = 0.5
+    num_workers: int = 2
+    group_by_aspect_ratio: bool = True
+
+
+@dataclass
+class SolverSettings:
+    """Optimisation settings (detectron2's defaults for a 16-image batch).
+
+    Attributes:
+        weight_decay_norm: weight decay of normalisation parameters (detectron2: 0).
+        weight_decay_bias: weight decay of biases; None = ``weight_decay`` (detectron2's default).
+        amp: mixed precision on CUDA; ``amp_dtype`` float16 (with loss scaling) or bfloat16.
+    """
+
+    batch_size: int = 16
+    base_lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0
+    weight_decay_bias: Optional[float] = None
+    max_iter: int = 90000
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    steps: Sequence[int] = (60000, 80000)
+    gamma: float = 0.1
+    clip_grad: float = 0.0
+    amp: bool = True
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"
+
+
+@dataclass
+class EngineSettings:
+    """Where and how often the trainer writes, evaluates and checkpoints."""
+
+    output_dir: str = "runs/train"
+    seed: int = 0
+    eval_period: int = 0
+    eval_images: int = 0
+    checkpoint_period: int = 5000
+    log_period: int = 20
+    resume: bool = True
+    device: str = "auto"
+    tensorboard: bool = True

@@ -1,0 +1,83 @@
+"""Input side of every system: check, normalise, resize at test time, pad into one `ImageList`."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection.image_list import ImageList
+
+from panoptix.data.meta import IGNORE_INDEX
+from panoptix.models.registry import Configurable
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+def check_images(images: Sequence[torch.Tensor]) -> None:
+    """Refuse anything but a non-empty list of (3, H, W) float tensors."""
+    if not isinstance(images, (list, tuple)) or not images:
+        raise ValueError("images must be a non-empty list of (3, H, W) float tensors in 0..1")
+    for i, im in enumerate(images):
+        if im.dim() != 3 or im.shape[0] != 3 or not im.is_floating_point():
+            raise ValueError(f"image {i}: expected a (3, H, W) float tensor in 0..1, got {tuple(im.shape)} {im.dtype}")
+
+def inference_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """Short side to ``min_size`` with the long side capped at ``max_size``; ``min_size=0`` keeps (h, w)."""
+    if not min_size:
+        return h, w
+    scale = min(min_size / min(h, w), max_size / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+def padded_size(sizes: Sequence[tuple[int, int]], divisibility: int) -> tuple[int, int]:
+    d = max(1, divisibility)
+    return -(-max(s[0] for s in sizes) // d) * d, -(-max(s[1] for s in sizes) // d) * d
+
+def pad_maps(maps: Sequence[torch.Tensor], size: tuple[int, int], fill: int = IGNORE_INDEX) -> torch.Tensor:
+    """(H_i, W_i) label maps -> (B, *size) int64, padded with ``fill`` (VOID for semantic targets)."""
+    out = torch.full((len(maps), *size), fill, dtype=torch.int64, device=maps[0].device)
+    for b, m in zip(out, maps):
+        b[: m.shape[0], : m.shape[1]] = m
+    return out
+
+class Preprocessor(Configurable, nn.Module):
+    """Normalise 0..1 RGB, resize at inference (bilinear with antialias), pad to the divisibility.
+
+    Args:
+        pixel_mean, pixel_std: normalisation of 0..1 RGB (ImageNet's by default).
+        min_size_test, max_size_test: inference resize (short side, cap on the long side), 800/1333
+            as in detectron2; ``min_size_test=0`` keeps the input size. Training images arrive
+            already resized by the data transforms.
+        size_divisibility: the padded batch is a multiple of this (32 for a P2-P5 FPN; the P6
+            anchors keep stride 64 whatever it is, see `panoptix.models.heads.rcnn`).
+
+    Forward: list of (3, H_i, W_i) float -> `ImageList` with tensors (B, 3, H_pad, W_pad) and the
+    per-image (h, w) inside the padding.
+    """
+
+    def __init__(self, pixel_mean: Sequence[float] = IMAGENET_MEAN, pixel_std: Sequence[float] = IMAGENET_STD,
+                 min_size_test: int = 800, max_size_test: int = 1333, size_divisibility: int = 32) -> None:
+        super().__init__()
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
+        self.min_size_test, self.max_size_test = min_size_test, max_size_test
+        self.size_divisibility = size_divisibility
+
+    def forward(self, images: Sequence[torch.Tensor]) -> ImageList:
+        check_images(images)
+        sizes, normed = [], []
+        for im in images:
+            if not self.training:
+                size = inference_size(*im.shape[-2:], self.min_size_test, self.max_size_test)
+                if size != tuple(im.shape[-2:]):
+                    im = F.interpolate(im[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+            sizes.append(tuple(im.shape[-2:]))
+            normed.append((im - self.pixel_mean) / self.pixel_std)
+        hp, wp = padded_size(sizes, self.size_divisibility)
+        batch = normed[0].new_zeros((len(normed), 3, hp, wp))
+        for b, im in zip(batch, normed):
+            b[:, : im.shape[1], : im.shape[2]].copy_(im)
+        return ImageList(batch, sizes)
+
+__all__ = ["Preprocessor", "check_images", "pad_maps", "padded_size", "inference_size", "IMAGENET_MEAN", "IMAGENET_STD"]

@@ -1,0 +1,231 @@
+"""Registries of named components, and the one `validate` / `build` pair that turns a config section
+into a part.
+
+A config section names its component (``{name: fpn, channels: 128}``); its other keys are the
+component's constructor keywords, so defaults live in one place, the constructor. Keys are checked
+against the constructor (unknown keys are refused, listing the valid ones) and values against its
+type annotations with pydantic (``"1e-3"`` becomes the float 0.001; a wrong type is a one-line
+`ConfigError` naming the key and the expected type). pydantic was chosen over OmegaConf structured
+configs because our defaults and types live on plain constructors and functions, not on dataclass
+schemas, and pydantic validates any annotation (``Sequence[int]``, ``Literal[...]``, ``Optional``).
+
+Registered classes receive the checked values in ``from_config(cfg, **context)``; context carries
+what a config cannot know (input channels, class counts, the dataset's categories). The
+`Configurable` mixin gives the usual body: ``cls(**cfg, **context values named in derived)``.
+Registered functions (fusion methods) are built into ``functools.partial(fn, **cfg)``; their
+configurable keys are the parameters that have defaults.
+
+A system declares its sub-components in ``components``: config key -> (registry, or a fixed
+class, and the default section). `validate` walks them recursively, so a whole model config is
+checked, and filled with every default, before anything is built.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import typing
+from typing import Any, Callable, ClassVar, Iterable, Optional
+
+from panoptix.errors import PanoptixError
+
+
+class ConfigError(PanoptixError, ValueError):
+    """An unknown key or component, a value of the wrong type, a bad override or an unreadable file."""
+
+
+class Registry:
+    """Named components of one kind (``register`` is a decorator for classes and functions)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, Any] = {}
+
+    def register(self, name: str) -> Callable[[Any], Any]:
+        def add(obj: Any) -> Any:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is already registered ({self._items[name]!r})")
+            self._items[name] = obj
+            return obj
+        return add
+
+    def get(self, name: str, where: str = "") -> Any:
+        import_builtin_components()
+        if name not in self._items:
+            raise ConfigError(f"{where + '.name' if where else 'name'}: unknown {self.kind} {name!r}; registered: "
+                              f"{', '.join(sorted(self._items))} (register your own and load it with --import)")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        import_builtin_components()
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names()
+
+
+SYSTEMS = Registry("system")
+BACKBONES = Registry("backbone")
+NECKS = Registry("neck")
+INSTANCE_HEADS = Registry("instance head")
+SEMANTIC_HEADS = Registry("semantic head")
+FUSIONS = Registry("fusion method")
+
+# Modules whose import registers panoptix's own components.
+_BUILTIN = ("panoptix.models.backbones", "panoptix.models.necks", "panoptix.models.heads.rcnn",
+            "panoptix.models.heads.semantic", "panoptix.models.heads.oanet_stuff", "panoptix.fusion.heuristic",
+            "panoptix.models.systems.two_stage")
+
+
+@functools.lru_cache(maxsize=None)
+def import_builtin_components() -> None:
+    for module in _BUILTIN:
+        importlib.import_module(module)
+
+
+def import_modules(names: Iterable[str]) -> None:
+    """Import user modules that register components (``--import`` / ``imports:``)."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"imports: cannot import {name!r} ({err}); is it on PYTHONPATH?") from None
+
+
+class Configurable:
+    """Mixin: ``from_config`` = the checked config values plus the context values named in ``derived``.
+
+    ``derived`` lists constructor keywords that come from the context (channels, class counts),
+    never from a config file; ``components`` lists sub-component sections (see module docstring).
+    """
+
+    derived: ClassVar[tuple[str, ...]] = ()
+    components: ClassVar[dict[str, tuple[Any, dict[str, Any]]]] = {}
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], **context: Any) -> Any:
+        return cls(**cfg, **{k: v for k, v in context.items() if k in cls.derived})
+
+
+# --------------------------------------------------------------------------- checking
+def config_parameters(obj: Any) -> dict[str, inspect.Parameter]:
+    """The keyword parameters a config may set: a class's constructor keywords minus ``derived``;
+    a function's parameters that have defaults."""
+    sig = inspect.signature(obj)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = {n: p for n, p in sig.parameters.items() if p.kind in kinds}
+    if isinstance(obj, type):
+        return {n: p for n, p in params.items() if n not in getattr(obj, "derived", ())}
+    return {n: p for n, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(obj: Any) -> dict[str, Any]:
+    target = obj.__init__ if isinstance(obj, type) and "__init__" in vars(obj) else obj
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # an annotation that cannot be resolved is not checked
+        return {}
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(annotation: Any) -> Any:
+    from pydantic import ConfigDict, TypeAdapter
+
+    return TypeAdapter(annotation, config=ConfigDict(arbitrary_types_allowed=True))
+
+
+def type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("pathlib.", "").replace("NoneType", "None")
+
+
+def check_value(annotation: Any, value: Any, where: str) -> Any:
+    """``value`` converted to ``annotation`` (pydantic's lax mode), or a one-line `ConfigError`."""
+    from pydantic import ValidationError
+    from pydantic.errors import PydanticSchemaGenerationError
+
+    try:
+        adapter = _adapter(annotation)
+    except (PydanticSchemaGenerationError, TypeError):
+        return value
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as err:
+        first = err.errors()[0]["msg"]
+        raise ConfigError(f"{where}: expected {type_name(annotation)}, got {value!r} ({first})") from None
+
+
+def check_section(obj: Any, section: dict[str, Any], where: str) -> dict[str, Any]:
+    """Keys and values of ``section`` checked against ``obj``'s parameters, defaults filled in.
+
+    Sub-component sections named in ``obj.components`` are checked recursively.
+    """
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {section!r}")
+    params = config_parameters(obj)
+    unknown = sorted(set(section) - set(params))
+    if unknown:
+        shown = ", ".join(f"{where}.{k}" if where else k for k in unknown)
+        raise ConfigError(f"unknown config key(s) {shown} for {_label(obj)}; valid keys: "
+                          f"{', '.join(sorted(params)) or 'none'}")
+    hints = _hints(obj)
+    components = getattr(obj, "components", {})
+    out: dict[str, Any] = {}
+    for key, param in params.items():
+        here = f"{where}.{key}" if where else key
+        if key in components:
+            spec, default = components[key]
+            out[key] = validate(spec, _merged(default, section.get(key)), here)
+        elif key in section:
+            out[key] = check_value(hints[key], section[key], here) if key in hints else section[key]
+        elif param.default is not inspect.Parameter.empty:
+            out[key] = param.default
+        else:
+            raise ConfigError(f"{here}: required by {_label(obj)} but not set")
+    return out
+
+
+def _merged(default: dict[str, Any], section: Optional[dict[str, Any]]) -> dict[str, Any]:
+    if section is None:
+        return dict(default)
+    if not isinstance(section, dict):
+        return section  # check_section reports it
+    if "name" in section and section["name"] != default.get("name"):
+        return dict(section)  # another component: the default's keys may not apply
+    return {**default, **section}
+
+
+def _label(obj: Any) -> str:
+    return getattr(obj, "__name__", repr(obj))
+
+
+def validate(spec: Any, section: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """The checked section with defaults filled in: ``spec`` is a `Registry` (the section names its
+    component with ``name``) or a fixed class (no ``name``)."""
+    if not isinstance(spec, Registry):
+        return check_section(spec, section, where)
+    if not isinstance(section, dict) or not section.get("name"):
+        raise ConfigError(f"{where or 'section'}: name the {spec.kind} with a 'name' key; registered: "
+                          f"{', '.join(spec.names())}")
+    rest = {k: v for k, v in section.items() if k != "name"}
+    return {"name": section["name"], **check_section(spec.get(section["name"], where), rest, where)}
+
+
+def build(spec: Any, section: dict[str, Any], where: str = "", **context: Any) -> Any:
+    """The component a section names, built with ``from_config`` (classes) or bound with
+    ``functools.partial`` (functions). Context values reach ``from_config``."""
+    values = validate(spec, section, where)
+    obj = spec.get(values.pop("name"), where) if isinstance(spec, Registry) else spec
+    if isinstance(obj, type):
+        if hasattr(obj, "from_config"):
+            return obj.from_config(values, **context)
+        return obj(**values)
+    return functools.partial(obj, **values)
+
+
+__all__ = ["Registry", "Configurable", "ConfigError", "SYSTEMS", "BACKBONES", "NECKS", "INSTANCE_HEADS",
+           "SEMANTIC_HEADS", "FUSIONS", "build", "validate", "check_section", "check_value", "import_modules",
+           "import_builtin_components", "config_parameters"]
