@@ -28,6 +28,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/pq_speed.py
 	$(BIN)/python bench/latency.py
 
