@@ -91,8 +91,10 @@ def main() -> int:
     from torchvision.ops.misc import FrozenBatchNorm2d
 
     torch.manual_seed(0)
-    ours = build_model(load_config("panoptic_fpn_r50", [f"model.input.min_size_test={min(h, w)}",
-                                                        f"model.input.max_size_test={max(h, w)}"]), meta).to(device)
+    # random weights: latency does not depend on them, and the bench never downloads
+    cfg = load_config("panoptic_fpn_r50", [f"model.preprocess.min_size_test={min(h, w)}",
+                                           f"model.preprocess.max_size_test={max(h, w)}"])
+    ours = build_model(cfg, meta, weights_from_checkpoint=True).to(device)
     # maskrcnn_resnet50_fpn as torchvision builds it with pretrained weights: frozen BatchNorm, stem and
     # res2 frozen (its builder would switch to trainable BatchNorm everywhere without weights).
     peer_backbone = _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), trainable_layers=3)

@@ -174,17 +174,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_ddp_two_processes_gloo(synth_root, tmp_path):
-    out = tmp_path / "ddp"
+def _torchrun(synth_root, out, **extra) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "panoptix.cli", "train", "--config", "panoptic_fpn_tiny",
-           *tiny_overrides(synth_root, out, solver__batch_size=4, solver__max_iter=6, engine__checkpoint_period=3)]
+           *tiny_overrides(synth_root, out, solver__batch_size=4, engine__checkpoint_period=3, **extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((out / "train_summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo_and_exact_resume(synth_root, tmp_path):
+    """2 gloo ranks: replicas stay in sync, and a run stopped at 3 and resumed to 6 ends with the very
+    weights of a straight run (every rank gets back its own RNG state: RoI sampling draws on it)."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    _torchrun(synth_root, straight, solver__max_iter=6)
+    summary = json.loads((straight / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["replicas_in_sync"] is True
     assert summary["iterations"] == 6
-    assert last_checkpoint(out) == Path(out / "model_0000006.pth")
-    assert (out / "model_0000003.pth").is_file()
+    assert last_checkpoint(straight) == Path(straight / "model_0000006.pth")
+    assert (straight / "model_0000003.pth").is_file()
+    rng = safe_torch_load(straight / "model_0000003.pth")["rng"]
+    assert isinstance(rng, list) and len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
+    _torchrun(synth_root, split, solver__max_iter=3)
+    _torchrun(synth_root, split, solver__max_iter=6)
+    assert json.loads((split / "train_summary.json").read_text())["started_at"] == 3
+    a = safe_torch_load(straight / "model_0000006.pth")["model"]
+    b = safe_torch_load(split / "model_0000006.pth")["model"]
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
