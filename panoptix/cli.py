@@ -128,8 +128,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = build_trainer(cfg, model, train_set, val_set)
     try:
         summary = trainer.train()
-    finally:
-        dist.cleanup()
+    except BaseException:
+        dist.cleanup(barrier=False)
+        raise
+    dist.cleanup()
     if trainer.rank == 0:
         print(f"trained {summary['iterations']} iterations ({summary['started_at']} resumed) in "
               f"{summary['seconds']} s, {summary['images_per_second']} images/s on {summary['device']} "

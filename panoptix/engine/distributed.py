@@ -82,6 +82,12 @@ def replicas_in_sync(model: torch.nn.Module, device: Optional[torch.device] = No
     return bool((hi - lo).abs().item() == 0)
 
 
-def cleanup() -> None:
+def cleanup(barrier: bool = True) -> None:
+    """Leave the process group. After a normal end, a barrier first: gloo's worker thread may still
+    be freeing the last collective's Python-owned tensors, and tearing the group down then
+    deadlocks on the GIL (seen with DDP's reducer freed at exit). After an error there is no
+    barrier (the other ranks may never reach it)."""
     if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()

@@ -72,16 +72,19 @@ INSTANCE_HEADS = Registry("instance head")
 SEMANTIC_HEADS = Registry("semantic head")
 FUSIONS = Registry("fusion method")
 
-# Modules whose import registers panoptix's own components.
-_BUILTIN = ("panoptix.models.backbones", "panoptix.models.necks", "panoptix.models.heads.rcnn",
-            "panoptix.models.heads.semantic", "panoptix.models.heads.oanet_stuff", "panoptix.fusion.heuristic",
-            "panoptix.models.systems.two_stage")
+# Packages whose modules register panoptix's own components: every module in them is imported
+# before a name is looked up, so an in-tree component is a new file, with no list to edit.
+_BUILTIN_PACKAGES = ("panoptix.models", "panoptix.fusion")
 
 
 @functools.lru_cache(maxsize=None)
 def import_builtin_components() -> None:
-    for module in _BUILTIN:
-        importlib.import_module(module)
+    import pkgutil
+
+    for package_name in _BUILTIN_PACKAGES:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.walk_packages(package.__path__, package_name + "."):
+            importlib.import_module(info.name)
 
 
 def import_modules(names: Iterable[str]) -> None:
