@@ -100,7 +100,7 @@ def whole_process_table(d: dict[str, Path], n: int, repeat: int, tmp: Path) -> l
         import hotcoco  # noqa: F401
         names.append("hotcoco")
     except ImportError:
-        print("hotcoco is not installed (pip install hotcoco): left out")
+        print("hotcoco is not installed (pip install -e .[bench], or make bench): left out")
     best: dict[tuple[str, int], tuple[float, float]] = {}
     for _ in range(repeat):                    # interleaved, so that drift hits every evaluator alike
         for workers in (1, 2):
