@@ -105,6 +105,17 @@ def model_state(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
     return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
+def state_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+                   ignore: tuple[str, ...] = ()) -> str:
+    """How ``state`` fails to fit ``own`` (missing, unexpected and wrong-shape keys, 5 of each
+    shown), or "" when it fits. Own keys ending in one of ``ignore`` may be missing."""
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith(ignore))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    return "; ".join(f"{len(v)} {label}: {', '.join(v[:5])}{f' (+{len(v) - 5} more)' if len(v) > 5 else ''}"
+                     for label, v in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if v)
+
+
 def load_model_weights(model: torch.nn.Module, path: str | Path, loaded: Any = None) -> dict[str, Any]:
     """Load weights into ``model`` (strict: missing or unexpected keys are listed); returns the checkpoint.
 
@@ -112,13 +123,8 @@ def load_model_weights(model: torch.nn.Module, path: str | Path, loaded: Any = N
     """
     obj = safe_torch_load(path) if loaded is None else loaded
     state = model_state(obj, path)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = [f"{len(v)} {label}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}"
-                 for label, v in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if v]
-        raise CheckpointError(f"{path} does not fit this model (is it the same config?): " + "; ".join(parts))
+    mismatch = state_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise CheckpointError(f"{path} does not fit this model (is it the same config?): {mismatch}")
     model.load_state_dict(state)
     return obj if isinstance(obj, dict) else {}

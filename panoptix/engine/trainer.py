@@ -97,19 +97,20 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
+        """Everything a checkpoint holds; ``rng`` is one RNG state per rank."""
         return {"model": self.model.state_dict(), "meta": self.stream.dataset.meta.to_json(), "config": self.config,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng": dist.all_gather_objects(capture_rng()), "iteration": self.iteration}
+                "rng": rng, "iteration": self.iteration}
 
     def save(self) -> Optional[Path]:
         """Atomic checkpoint of everything needed to resume exactly (rank 0 writes; every rank's RNG
         state is in it)."""
         path = None
-        state = self.state_dict()  # a collective: every rank takes part
+        rng = dist.all_gather_objects(capture_rng())  # a collective: every rank takes part
         if dist.is_main():
-            path = atomic_save(state, self.out / f"model_{self.iteration:07d}.pth")
+            path = atomic_save(self.state_dict(rng), self.out / f"model_{self.iteration:07d}.pth")
             atomic_write_text(path.name, self.out / LAST)
         dist.barrier()
         return path

@@ -187,18 +187,12 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     Raises:
         BackboneWeightsError: file missing or unreadable, or keys/shapes that do not fit (listed).
     """
+    from panoptix.engine.checkpoint import state_mismatch
+
     state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(_CLASSIFIER_PREFIXES)}
-    own = body.state_dict()
-    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if keys:
-                more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
-                parts.append(f"{len(keys)} {label}: {', '.join(keys[:5])}{more}")
-        raise BackboneWeightsError(f"{path} does not fit this backbone: " + "; ".join(parts))
+    mismatch = state_mismatch(body.state_dict(), state, ignore=("num_batches_tracked",))
+    if mismatch:
+        raise BackboneWeightsError(f"{path} does not fit this backbone: {mismatch}")
     body.load_state_dict(state, strict=False)
 
 
