@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from panoptix.engine.optim import parameter_groups, prepare_norms
+from panoptix.engine.optim import build_optimizer, parameter_groups, prepare_norms
+from panoptix.engine.settings import SolverSettings
 from panoptix.engine.sampler import StreamBatchSampler, TrainingStream
 from panoptix.models.postprocess import detector_postprocess, paste_masks, resize_boxes
 from panoptix.models.preprocess import Preprocessor, pad_maps
@@ -98,6 +99,18 @@ def test_no_weight_decay_on_norms_and_the_bias_option():
     groups = {g["weight_decay"]: g["params"] for g in parameter_groups(model, 1e-4, weight_decay_bias=0.0)}
     assert [p.shape for p in groups[1e-4]] == [torch.Size([4, 3, 3, 3])]
     assert sum(len(g["params"]) for g in parameter_groups(model, 1e-4, 1e-4)) == 6  # each trainable param once
+
+
+def test_optimizer_choice_keeps_the_decay_groups():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4))
+    sgd = build_optimizer(model, SolverSettings(base_lr=0.02, weight_decay=1e-4))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9 and sgd.defaults["lr"] == 0.02
+    adamw = build_optimizer(model, SolverSettings(optimizer="adamw", base_lr=1e-3, weight_decay=0.05,
+                                                  betas=(0.9, 0.99)))
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.9, 0.99)
+    assert sorted(g["weight_decay"] for g in adamw.param_groups) == [0.0, 0.05]  # norms still undecayed
+    with pytest.raises(ValueError, match="two values"):
+        build_optimizer(model, SolverSettings(optimizer="adamw", betas=(0.9,)))
 
 
 def test_sync_batchnorm_under_ddp_only():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Optional
 
+import torch
 from torch import nn
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm,
@@ -34,6 +35,18 @@ def parameter_groups(model: nn.Module, weight_decay: float, weight_decay_norm: f
     return [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()]
 
 
+def build_optimizer(model: nn.Module, solver: Any) -> torch.optim.Optimizer:
+    """SGD with momentum or AdamW (``solver.optimizer``) over `parameter_groups` at ``solver.base_lr``."""
+    groups = parameter_groups(model, solver.weight_decay, solver.weight_decay_norm, solver.weight_decay_bias)
+    if solver.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=solver.base_lr, momentum=solver.momentum)
+    if solver.optimizer == "adamw":
+        if len(solver.betas) != 2:
+            raise ValueError(f"solver.betas needs two values, got {list(solver.betas)}")
+        return torch.optim.AdamW(groups, lr=solver.base_lr, betas=tuple(solver.betas))
+    raise ValueError(f"solver.optimizer must be 'sgd' or 'adamw', got {solver.optimizer!r}")
+
+
 def prepare_norms(model: nn.Module, world_size: int, device_type: str = "cuda") -> nn.Module:
     """Under DDP, trainable BatchNorm layers become SyncBatchNorm (statistics over the whole batch,
     not each process's few images). PyTorch syncs only on accelerators; on CPU the layers stay
@@ -49,4 +62,4 @@ def prepare_norms(model: nn.Module, world_size: int, device_type: str = "cuda") 
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-__all__ = ["parameter_groups", "prepare_norms", "NORM_TYPES"]
+__all__ = ["build_optimizer", "parameter_groups", "prepare_norms", "NORM_TYPES"]

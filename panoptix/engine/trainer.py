@@ -20,7 +20,7 @@ from panoptix.engine import distributed as dist
 from panoptix.engine.checkpoint import (LAST, atomic_save, atomic_write_text, capture_rng, last_checkpoint,
                                         load_model_weights, restore_rng)
 from panoptix.engine.logger import MetricsLogger, plot_curves
-from panoptix.engine.optim import parameter_groups, prepare_norms
+from panoptix.engine.optim import build_optimizer, prepare_norms
 from panoptix.engine.predictor import Predictor, evaluate_dataset, to_tensor
 from panoptix.engine.sampler import TrainingStream, stream_loader
 from panoptix.engine.settings import DataSettings, EngineSettings, SolverSettings
@@ -77,9 +77,7 @@ class Trainer:
                                      group_size=self.batch_per_rank if data.group_by_aspect_ratio else 0)
         self.val_set = val_set
         self.out = Path(engine.output_dir)
-        self.optimizer = torch.optim.SGD(
-            parameter_groups(self.model, solver.weight_decay, solver.weight_decay_norm, solver.weight_decay_bias),
-            lr=solver.base_lr, momentum=solver.momentum)
+        self.optimizer = build_optimizer(self.model, solver)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(it, solver.warmup_iters, solver.warmup_factor, solver.steps,
                                                  solver.gamma))
