@@ -176,6 +176,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- demo
+class PhaseClock:
+    """Wall seconds of consecutive phases: ``lap(name)`` closes the phase that began at the last lap."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._t, 1)
+        self._t = now
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic set (if absent) -> train the tiny system -> predict val -> PQ -> overlays and curves."""
     from panoptix.data.synthetic import synthetic_paths
@@ -185,33 +198,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     data = out / "synthetic"
     val = synthetic_paths(data, "val")
+    clock = PhaseClock()
     if not val["gt_json"].is_file():
         print(f"[1/5] generating the synthetic dataset in {data}")
         cmd_synth(build_parser().parse_args(["synth", "--out", str(data), "--train", str(args.train), "--val",
                                              str(args.val), "--size", str(args.size), "--seed", str(args.seed)]))
     else:
         print(f"[1/5] synthetic dataset present: {data}")
+    clock.lap("data")
     train_dir = out / "train"
     print(f"[2/5] training {args.config} on CPU-sized settings (resumes if interrupted): {train_dir}")
     overrides = [f"data.train.root={data}", f"data.val.root={data}", f"engine.output_dir={train_dir}",
                  *args.overrides]
     imports = [f"--import={m}" for m in args.imports]
     cmd_train(build_parser().parse_args(["train", "--config", args.config, *imports, *overrides]))
+    clock.lap("training")
     pred_dir = out / "predictions"
     print("[3/5] predicting the val split")
     cmd_predict(build_parser().parse_args(["predict", "--weights", str(last_checkpoint(train_dir)), "--input",
                                            str(val["image_dir"]), "--output", str(pred_dir), "--gt-json",
                                            str(val["gt_json"]), "--no-overlays", *imports]))
+    clock.lap("prediction")
     pred_json = pred_dir / "panoptic_pred.json"
     print("[4/5] evaluating PQ")
     results = evaluate_coco_panoptic(val["gt_json"], pred_json, val["gt_dir"], workers=2, progress=True)
     write_json(out / "pq_results.json", results)
+    clock.lap("evaluation")
     print("[5/5] writing overlays (ground truth | prediction)")
     cmd_viz(build_parser().parse_args(["viz", "--gt-json", str(val["gt_json"]), "--images", str(val["image_dir"]),
                                        "--pred-json", str(pred_json), "--out", str(out / "overlays"),
                                        "--limit", str(args.overlays)]))
+    clock.lap("overlays")
+    write_json(out / "demo_summary.json", {"config": args.config, "seconds": clock.laps,
+                                           "pq": {k: results[k] for k in ("All", "Things", "Stuff")}})
     print()
     print(format_table(results))
+    print("wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in clock.laps.items()))
     print(f"PQ results: {out / 'pq_results.json'}; overlays: {out / 'overlays'}; "
           f"training curve: {train_dir / 'curves.png'}")
     return 0

@@ -106,3 +106,20 @@ def test_evaluate_warns_about_an_id_0_segment_and_strict_refuses_it(id0_predicti
     assert main(["evaluate", "--gt-json", str(gt_json), "--pred-json", str(pred_json), "--strict"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "segment id 0" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_reports_its_phases(tmp_path, capsys):
+    """`panoptix demo` with a 2-iteration schedule: data -> train -> predict -> PQ -> overlays, a
+    table and the wall time of each phase, in the terminal and in demo_summary.json."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--train", "6", "--val", "4", "--size", "64", "--overlays", "2",
+                 "solver.max_iter=2", "solver.batch_size=2", "solver.warmup_iters=1", "data.min_size_train=[64]",
+                 "data.num_workers=0", "engine.eval_period=0", "engine.checkpoint_period=0"]) == 0
+    text = capsys.readouterr().out
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert list(summary["seconds"]) == ["data", "training", "prediction", "evaluation", "overlays"]
+    assert all(v >= 0 for v in summary["seconds"].values())
+    pq = json.loads((out / "pq_results.json").read_text())
+    assert summary["pq"]["All"] == pq["All"] and "wall time (s): data" in text
+    assert len(list((out / "overlays").glob("*.png"))) == 2
