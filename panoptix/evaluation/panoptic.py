@@ -271,7 +271,8 @@ def _run(files: _FileSet, workers: int, progress: bool) -> Iterator[tuple[np.nda
         # fork: the workers inherit `files` as it is; spawn pickles it once per worker.
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         with ctx.Pool(min(workers, len(chunks)), initializer=_init_worker, initargs=(files,)) as pool:
-            for result in pool.imap_unordered(_worker_chunk, chunks):
+            # imap, not imap_unordered: chunks are summed in a fixed order, so a re-run gives the same floats
+            for result in pool.imap(_worker_chunk, chunks):
                 yield result
                 bar.update(result[1])
     bar.close()
