@@ -76,8 +76,9 @@ def test_defaults_live_in_the_constructors():
     assert cfg["solver"]["momentum"] == 0.9 and cfg["solver"]["warmup_factor"] == 0.001  # paper defaults kept
     r50 = load_config("panoptic_fpn_r50")["solver"]  # the tiny recipe's AdamW does not leak into the papers' configs
     assert (r50["optimizer"], r50["weight_decay"], r50["base_lr"]) == ("sgd", 1e-4, 0.02)
-    assert load_config("panoptic_fpn_r50")["model"]["instance_head"]["roi_align"] == "torchvision"
-    assert cfg["model"]["instance_head"]["rpn_nms"] == 0.7 and cfg["model"]["instance_head"]["mask_convs"] == 4
+    r50_head = load_config("panoptic_fpn_r50")["model"]["instance_head"]
+    assert r50_head["roi_align"] == "torchvision" and r50_head["mask_convs"] == 4
+    assert cfg["model"]["instance_head"]["rpn_nms"] == 0.7 and cfg["model"]["instance_head"]["box_convs"] == 0
     oanet = load_config("oanet_r50")["model"]
     assert oanet["semantic_head"] == {"name": "oanet", "channels": 128, "loss_weight": 0.25}  # OANet Table 1
     assert oanet["fusion"]["stuff_min_area"] == 4900 and oanet["fusion"]["stuff_source"] == "stuff_only"
