@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/pq_speed.py
 	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/roi_align.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
