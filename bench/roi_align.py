@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -35,8 +36,7 @@ SETTINGS = {  # name: (images, height, width, channels, [(rois per image, output
 
 def _boxes(n: int, h: int, w: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
     """(n, 4) boxes of side lo..hi (log-uniform) inside an (h, w) image."""
-    side = torch.exp(torch.empty(n, 2).uniform_(float(torch.tensor(lo).log()), float(torch.tensor(hi).log()),
-                                                generator=gen))
+    side = torch.empty(n, 2).uniform_(math.log(lo), math.log(hi), generator=gen).exp()
     xy = torch.rand(n, 2, generator=gen) * (torch.tensor([w, h]) - side).clamp(min=1)
     return torch.cat([xy, xy + side], 1)
 
