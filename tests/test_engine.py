@@ -18,7 +18,7 @@ from conftest import REPO, tiny_overrides
 from panoptix.cli import main
 from panoptix.config import build_dataset, build_model, build_trainer, load_config
 from panoptix.engine.checkpoint import (CheckpointError, atomic_save, capture_rng, last_checkpoint, restore_rng,
-                                        safe_torch_load)
+                                        safe_torch_load, seed_all_rng)
 from panoptix.engine.trainer import TrainingDiverged, lr_factor
 
 
@@ -41,6 +41,17 @@ def test_atomic_save_and_rng_roundtrip(tmp_path):
     torch.rand(5), random.random(), np.random.rand()  # move every generator on
     restore_rng(safe_torch_load(path)["rng"])
     assert (torch.rand(2).tolist(), random.random(), float(np.random.rand())) == expected
+
+
+def test_seed_all_rng_seeds_every_generator_a_checkpoint_saves():
+    import random
+
+    import numpy as np
+
+    seed_all_rng(5)
+    first = (torch.rand(2).tolist(), random.random(), float(np.random.rand()))
+    seed_all_rng(5)
+    assert (torch.rand(2).tolist(), random.random(), float(np.random.rand())) == first
 
 
 class _Evil:

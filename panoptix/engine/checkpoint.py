@@ -75,6 +75,15 @@ def capture_rng() -> dict[str, Any]:
     return state
 
 
+def seed_all_rng(seed: int) -> None:
+    """Seed every global RNG that `capture_rng` saves (torch, CUDA, numpy, random), so that a fresh
+    run is reproducible bit for bit, checkpoints included, even if a component draws from numpy's
+    or Python's global generator."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(_tuplify(state["python"]))

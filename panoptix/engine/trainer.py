@@ -18,7 +18,7 @@ from panoptix.data.datasets import PanopticDataset
 from panoptix.data.transforms import TrainTransform
 from panoptix.engine import distributed as dist
 from panoptix.engine.checkpoint import (LAST, atomic_save, atomic_write_text, capture_rng, last_checkpoint,
-                                        load_model_weights, restore_rng)
+                                        load_model_weights, restore_rng, seed_all_rng)
 from panoptix.engine.logger import MetricsLogger, plot_curves
 from panoptix.engine.optim import build_optimizer, prepare_norms
 from panoptix.engine.predictor import Predictor, evaluate_dataset, to_tensor
@@ -138,7 +138,7 @@ class Trainer:
             if self.config is not None:
                 write_json(self.out / "config.json", self.config)
         if not (e.resume and self.resume()):
-            torch.manual_seed(e.seed + self.rank)
+            seed_all_rng(e.seed + self.rank)
         logger = MetricsLogger(self.out, e.tensorboard) if main else None
         start = self.iteration
         loader = stream_loader(self.stream, self.batch_per_rank, start, s.max_iter, self.rank, self.world,
