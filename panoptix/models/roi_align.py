@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.poolers import _filter_input, _setup_scales
+from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
 
 def _axis_weights(start: Tensor, end: Tensor, size: int, bins: int, sampling_ratio: int, aligned: bool) -> Tensor:
@@ -29,7 +29,7 @@ def _axis_weights(start: Tensor, end: Tensor, size: int, bins: int, sampling_rat
         sampling_ratio: samples per bin; <= 0 chooses ``ceil(roi_length / bins)`` per RoI.
 
     Returns:
-        (K, bins, size) float32 weights; row ``(k, i)`` sums the bilinear weights of bin ``i``'s
+        (K, bins, size) weights in ``start``'s dtype; row ``(k, i)`` sums the bilinear weights of bin ``i``'s
         samples divided by their count.
     """
     offset = 0.5 if aligned else 0.0
@@ -104,9 +104,8 @@ class MatmulMultiScaleRoIAlign(MultiScaleRoIAlign):
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(feats, image_shapes, self.canonical_scale,
                                                          self.canonical_level)
-        all_boxes = torch.cat(boxes)
-        batch_index = torch.cat([torch.full((len(bx),), i, device=all_boxes.device, dtype=torch.long)
-                                 for i, bx in enumerate(boxes)])
+        rois = _convert_to_roi_format(boxes)  # (K, 5): image index, x1, y1, x2, y2
+        all_boxes, batch_index = rois[:, 1:], rois[:, 0].long()
         levels = self.map_levels(boxes) if len(feats) > 1 else torch.zeros_like(batch_index)
         out = feats[0].new_zeros(all_boxes.shape[0], feats[0].shape[1], *self.output_size)
         for level, (feat, scale) in enumerate(zip(feats, self.scales)):
