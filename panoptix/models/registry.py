@@ -17,7 +17,8 @@ configurable keys are the parameters that have defaults.
 
 A system declares its sub-components in ``components``: config key -> (registry, or a fixed
 class, and the default section). `validate` walks them recursively, so a whole model config is
-checked, and filled with every default, before anything is built.
+checked, and filled with every default, before anything is built. A default section of None makes
+the part optional: absent (or ``null``) in the config, it is None.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ NECKS = Registry("neck")
 INSTANCE_HEADS = Registry("instance head")
 SEMANTIC_HEADS = Registry("semantic head")
 FUSIONS = Registry("fusion method")
+PANOPTIC_HEADS = Registry("panoptic head")
+REFINEMENTS = Registry("refinement")
 
 # Packages whose modules register panoptix's own components: every module in them is imported
 # before a name is looked up, so an in-tree component is a new file, with no list to edit.
@@ -181,7 +184,10 @@ def check_section(obj: Any, section: dict[str, Any], where: str) -> dict[str, An
         here = f"{where}.{key}" if where else key
         if key in components:
             spec, default = components[key]
-            out[key] = validate(spec, _merged(default, section.get(key)), here)
+            if default is None and section.get(key) is None:  # an optional part, left out
+                out[key] = None
+                continue
+            out[key] = validate(spec, _merged(default or {}, section.get(key)), here)
         elif key in section:
             out[key] = check_value(hints[key], section[key], here) if key in hints else section[key]
         elif param.default is not inspect.Parameter.empty:
@@ -217,9 +223,12 @@ def validate(spec: Any, section: dict[str, Any], where: str = "") -> dict[str, A
     return {"name": section["name"], **check_section(spec.get(section["name"], where), rest, where)}
 
 
-def build(spec: Any, section: dict[str, Any], where: str = "", **context: Any) -> Any:
+def build(spec: Any, section: Optional[dict[str, Any]], where: str = "", **context: Any) -> Any:
     """The component a section names, built with ``from_config`` (classes) or bound with
-    ``functools.partial`` (functions). Context values reach ``from_config``."""
+    ``functools.partial`` (functions). Context values reach ``from_config``. A None section (an
+    optional part left out) builds None."""
+    if section is None:
+        return None
     values = validate(spec, section, where)
     obj = spec.get(values.pop("name"), where) if isinstance(spec, Registry) else spec
     if isinstance(obj, type):
@@ -230,5 +239,6 @@ def build(spec: Any, section: dict[str, Any], where: str = "", **context: Any) -
 
 
 __all__ = ["Registry", "Configurable", "ConfigError", "SYSTEMS", "BACKBONES", "NECKS", "INSTANCE_HEADS",
-           "SEMANTIC_HEADS", "FUSIONS", "build", "validate", "check_section", "check_value", "import_modules",
+           "SEMANTIC_HEADS", "FUSIONS", "PANOPTIC_HEADS", "REFINEMENTS", "build", "validate", "check_section",
+           "check_value", "import_modules",
            "import_builtin_components", "config_parameters"]
