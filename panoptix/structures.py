@@ -100,3 +100,22 @@ class PanopticResult:
         if isinstance(ids, torch.Tensor):
             ids = ids.detach().cpu().numpy()
         return np.asarray(ids, dtype=np.int32)
+
+
+@dataclass
+class RawPanoptic:
+    """A two-stage system's output for one image before its merge (what every merge is fed).
+
+    Attributes:
+        instances: `Instances` at the image size, masks (N, H, W) probabilities; a ranking head adds
+            ``extra["rank_scores"]``.
+        semantic_logits: (K, H, W) float logits at the image size.
+        image: (3, H, W) float RGB in 0..1 (the pairwise terms of a CRF refinement).
+        ranking_seconds: wall time of the ranking head for this image (0 without one).
+    """
+
+    instances: Instances
+    semantic_logits: torch.Tensor
+    image: torch.Tensor
+    ranking_seconds: float = 0.0
+

@@ -69,3 +69,13 @@ def build_targets(sample: PanopticSample, meta: DatasetMeta, semantic: SemanticV
         if not crowd:
             out["segment_ids"] = tid
     return out
+
+
+def instance_index_map(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, H, W) non-overlapping masks -> (H, W) int64 index of the mask covering each pixel, -1
+    where none does (one matrix product: an argmax over N is slow on the CPU)."""
+    if len(masks) == 0:
+        return torch.full(size, -1, dtype=torch.int64, device=masks.device)
+    order = torch.arange(1, len(masks) + 1, dtype=torch.float32, device=masks.device)
+    return torch.einsum("n,nhw->hw", order, masks.float()).long() - 1
+

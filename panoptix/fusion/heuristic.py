@@ -84,7 +84,7 @@ def heuristic_fusion(instances: Optional[Instances], semantic_logits: torch.Tens
                      score_thresh: float = 0.5, overlap_thresh: float = 0.5, stuff_min_area: int = 4096,
                      stuff_min_area_fraction: Optional[float] = None,
                      stuff_source: Literal["argmax", "stuff_only"] = "argmax",
-                     mask_thresh: float = 0.5) -> PanopticResult:
+                     mask_thresh: float = 0.5, order_by: Optional[str] = None) -> PanopticResult:
     """Merge instances and semantic logits of one image into a panoptic segmentation.
 
     Args:
@@ -99,6 +99,9 @@ def heuristic_fusion(instances: Optional[Instances], semantic_logits: torch.Tens
         stuff_min_area_fraction: when set, the minimum is this fraction of H*W instead.
         stuff_source: ``"argmax"`` (free pixels whose argmax is a thing class stay VOID) or
             ``"stuff_only"`` (argmax over the stuff channels only).
+        order_by: None pastes in detection-score order; the name of a per-instance field of
+            ``instances.extra`` (e.g. ``"rank_scores"``) pastes in descending order of that field
+            instead (the score threshold still applies to the detection score).
 
     Returns:
         `PanopticResult` with ids (H, W) int32 (things first, in score order, then stuff).
@@ -109,7 +112,12 @@ def heuristic_fusion(instances: Optional[Instances], semantic_logits: torch.Tens
     segments: list[SegmentInfo] = []
     if instances is not None and len(instances):
         keep = instances.scores >= score_thresh
-        scores, order = instances.scores[keep].sort(descending=True)
+        if order_by is not None and order_by not in instances.extra:
+            raise ValueError(f"instances carry no {order_by!r} to order by (fields: {sorted(instances.extra)}); "
+                             f"the ranking merge needs a system with a ranking head")
+        rank = instances.scores if order_by is None else instances.extra[order_by]
+        order = rank[keep].argsort(descending=True, stable=True)
+        scores = instances.scores[keep][order]
         probs = instances.masks[keep][order]
         if probs.dim() == 4:
             probs = probs[:, 0]

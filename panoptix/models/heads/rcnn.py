@@ -142,3 +142,26 @@ class MaskRCNNBranch(Configurable, nn.Module):
             return [], {**rpn_losses, **roi_losses}
         return [Instances(d["boxes"], d["scores"], d["labels"] - 1, d["masks"], image_size=tuple(size))
                 for d, size in zip(detections, images.image_sizes)], {}
+
+    def mask_logits_for_boxes(self, images: ImageList, features: Mapping[str, torch.Tensor],
+                              boxes: list[torch.Tensor], labels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The mask head's logits of given classes on given boxes (UPSNet's and the ranking head's
+        ground-truth instances), differentiable.
+
+        Args:
+            boxes: per image (N_i, 4) xyxy in padded-batch pixels.
+            labels: per image (N_i,) contiguous thing indices.
+
+        Returns:
+            per image (N_i, M, M) logits of the labelled class (M = 28).
+        """
+        counts = [len(b) for b in boxes]
+        if sum(counts) == 0:
+            ref = features["p2"]
+            return [ref.new_zeros((0, 28, 28)) for _ in boxes]
+        heads = self.roi_heads
+        x = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(dict(features), [b.float() for b in boxes],
+                                                                     images.image_sizes)))
+        lab = torch.cat(labels) + 1
+        picked = x[torch.arange(len(lab), device=x.device), lab].float()
+        return list(picked.split(counts))

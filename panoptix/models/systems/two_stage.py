@@ -9,19 +9,25 @@ the config; the fusion is a registered function.
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Callable, Literal, Optional
 
 import torch
 from torch import nn
 
 from panoptix.data.meta import DatasetMeta
+from panoptix.data.meta import IGNORE_INDEX
 from panoptix.data.targets import build_targets, num_semantic_classes
 from panoptix.fusion.heuristic import semantic_category_table
-from panoptix.models.postprocess import detector_postprocess, resize_semantic_logits
+from panoptix.fusion.ranking import RANK_FIELD
+from panoptix.fusion.upsnet import split_channels
+from panoptix.models.heads.ranking import thing_label_map
+from panoptix.models.heads.upsnet import panoptic_target
+from panoptix.models.postprocess import detector_postprocess, paste_masks, resize_semantic_logits
 from panoptix.models.preprocess import Preprocessor, pad_maps
-from panoptix.models.registry import (BACKBONES, FUSIONS, INSTANCE_HEADS, NECKS, SEMANTIC_HEADS, SYSTEMS,
-                                      Configurable, build)
-from panoptix.structures import PanopticResult
+from panoptix.models.registry import (BACKBONES, FUSIONS, INSTANCE_HEADS, NECKS, PANOPTIC_HEADS, REFINEMENTS,
+                                      SEMANTIC_HEADS, SYSTEMS, Configurable, build)
+from panoptix.structures import PanopticResult, RawPanoptic
 
 
 @SYSTEMS.register("two_stage")
@@ -43,12 +49,17 @@ class TwoStagePanoptic(Configurable, nn.Module):
         semantic_variant: ``"stuff_things"`` (Panoptic FPN) or ``"all"`` (OANet's object context).
         keep_semantic_logits: keep the full-size (K, H, W) logits in each result (for ablations and
             ensembles; off by default: K x H x W floats per image).
+        upsnet_head: optional `UPSNetPanopticHead` (trains the logits the ``upsnet`` merge compares;
+            needs ``semantic_variant: all``).
+        ranking_head: optional `SpatialRankingHead` (OANet's ranking scores for the ``ranking`` merge).
+        refine: optional refinement of the merged result (e.g. the ``crf`` Dense CRF).
 
     Forward (torchvision detection contract): ``images`` list of (3, H_i, W_i) float in 0..1.
         Training (``targets`` from `target_builder` at each image's size): dict of losses
         ``loss_objectness``, ``loss_rpn_box_reg``, ``loss_classifier``, ``loss_box_reg``,
-        ``loss_mask``, ``loss_seg`` (already weighted by lambda).
-        Inference: one `PanopticResult` per image at its input size.
+        ``loss_mask``, ``loss_seg`` (already weighted by lambda), and ``loss_panoptic`` /
+        ``loss_srm`` with the UPSNet / ranking heads.
+        Inference: one `PanopticResult` per image at its input size (`predict_raw` then `fuse`).
     """
 
     derived = ("meta",)
@@ -59,12 +70,17 @@ class TwoStagePanoptic(Configurable, nn.Module):
         "instance_head": (INSTANCE_HEADS, {"name": "mask_rcnn"}),
         "semantic_head": (SEMANTIC_HEADS, {"name": "fpn"}),
         "fusion": (FUSIONS, {"name": "heuristic"}),
+        "upsnet_head": (PANOPTIC_HEADS, None),
+        "ranking_head": (PANOPTIC_HEADS, None),
+        "refine": (REFINEMENTS, None),
     }
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, instance_head: nn.Module, semantic_head: nn.Module,
                  fusion: Callable[..., PanopticResult], meta: DatasetMeta, preprocess: Optional[Preprocessor] = None,
                  semantic_variant: Literal["stuff_things", "all"] = "stuff_things",
-                 keep_semantic_logits: bool = False) -> None:
+                 keep_semantic_logits: bool = False, upsnet_head: Optional[nn.Module] = None,
+                 ranking_head: Optional[nn.Module] = None, refine: Optional[Callable[..., PanopticResult]] = None
+                 ) -> None:
         super().__init__()
         self.preprocess = preprocess if preprocess is not None else Preprocessor()
         self.backbone, self.neck = backbone, neck
@@ -81,6 +97,14 @@ class TwoStagePanoptic(Configurable, nn.Module):
         self.thing_categories = list(meta.thing_ids)
         self.keep_semantic_logits = keep_semantic_logits
         self.min_instance_score = float(getattr(fusion, "keywords", {}).get("score_thresh", 0.0))
+        self.upsnet_head, self.ranking_head, self.refine = upsnet_head, ranking_head, refine
+        if upsnet_head is not None:
+            stuff_ch, thing_ch = split_channels(self.semantic_categories, meta.num_things)
+            lut = torch.full((len(self.semantic_categories),), IGNORE_INDEX, dtype=torch.int64)
+            lut[stuff_ch] = torch.arange(len(stuff_ch))
+            self.register_buffer("stuff_channels", stuff_ch, persistent=False)
+            self.register_buffer("thing_channels", thing_ch, persistent=False)
+            self.register_buffer("stuff_lut", lut, persistent=False)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], meta: DatasetMeta, **context: Any) -> "TwoStagePanoptic":
@@ -92,7 +116,10 @@ class TwoStagePanoptic(Configurable, nn.Module):
                          num_classes=num_semantic_classes(meta, cfg["semantic_variant"]))
         return cls(backbone, neck, instance, semantic, build(FUSIONS, cfg["fusion"]), meta,
                    preprocess=build(Preprocessor, cfg["preprocess"]), semantic_variant=cfg["semantic_variant"],
-                   keep_semantic_logits=cfg["keep_semantic_logits"])
+                   keep_semantic_logits=cfg["keep_semantic_logits"],
+                   upsnet_head=build(PANOPTIC_HEADS, cfg["upsnet_head"], num_things=meta.num_things),
+                   ranking_head=build(PANOPTIC_HEADS, cfg["ranking_head"], num_things=meta.num_things),
+                   refine=build(REFINEMENTS, cfg["refine"]))
 
     def target_builder(self) -> Callable[..., dict[str, torch.Tensor]]:
         """``PanopticSample -> targets`` for this system (picklable, for data-loader workers)."""
@@ -112,19 +139,85 @@ class TwoStagePanoptic(Configurable, nn.Module):
                                      f"image size {tuple(im.shape[-2:])}")
             _, losses = self.instance_head(batch, feats, targets)
             sem_target = pad_maps([t["semantic"] for t in targets], tuple(batch.tensors.shape[-2:]))
-            _, sem_losses = self.semantic_head(feats, sem_target)
-            return {**losses, **sem_losses}
+            sem_logits, sem_losses = self.semantic_head(feats, sem_target)
+            losses = {**losses, **sem_losses}
+            if self.upsnet_head is not None or self.ranking_head is not None:
+                losses.update(self.panoptic_head_losses(batch, feats, sem_logits, targets))
+            return losses
+        return [self.fuse(raw) for raw in self.predict_raw(images, batch, feats)]
+
+    def panoptic_head_losses(self, batch: Any, feats: dict[str, torch.Tensor], sem_logits: torch.Tensor,
+                             targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """``loss_panoptic`` (UPSNet) and ``loss_srm`` (ranking) on the semantic head's 1/4 grid.
+
+        Both heads take the ground-truth boxes and classes with the mask head's logits on them.
+        Label maps are built at input resolution, padded, and sampled at the centre pixel of each
+        grid cell.
+        """
+        grid = tuple(sem_logits.shape[-2:])
+        padded = tuple(batch.tensors.shape[-2:])
+        stride = padded[0] // grid[0]
+        boxes, labels = [t["boxes"] for t in targets], [t["labels"] for t in targets]
+        logits = self.instance_head.mask_logits_for_boxes(batch, feats, boxes, labels)
+        grid_boxes = [b / stride for b in boxes]
+        pasted = [paste_masks(m, b, grid) for m, b in zip(logits, grid_boxes)]
+
+        def on_grid(maps: list[torch.Tensor]) -> torch.Tensor:
+            return pad_maps(maps, padded)[:, stride // 2::stride, stride // 2::stride]
+
+        losses: dict[str, torch.Tensor] = {}
+        if self.ranking_head is not None:
+            thing = [thing_label_map(t["masks"], t["labels"], tuple(t["semantic"].shape)) for t in targets]
+            losses.update(self.ranking_head.loss([p.sigmoid() for p in pasted], labels, on_grid(thing)))
+        if self.upsnet_head is not None:
+            keeps = [self.upsnet_head.keep_indices(len(b), b.device) for b in boxes]
+            target = on_grid([panoptic_target(t["semantic"], t["masks"], k, self.stuff_lut)
+                              for t, k in zip(targets, keeps)])
+            losses.update(self.upsnet_head.loss(sem_logits, self.stuff_channels, self.thing_channels, grid_boxes,
+                                                labels, pasted, list(target), keeps))
+        return losses
+
+    @torch.no_grad()
+    def predict_raw(self, images: list[torch.Tensor], batch: Any = None, feats: Optional[dict[str, torch.Tensor]] = None
+                    ) -> list[RawPanoptic]:
+        """Instances (with ranking scores when there is a ranking head) and semantic logits of each
+        image at its input size, before any merge: what `fuse` and ``panoptix ablate`` consume."""
+        if batch is None:
+            batch = self.preprocess(images)
+            feats = self.neck(self.backbone(batch.tensors))
         instances, _ = self.instance_head(batch, feats)
         sem_logits, _ = self.semantic_head(feats)
-        return [self.postprocess(inst, logits, resized, tuple(im.shape[-2:]))
+        ranking_seconds = 0.0
+        if self.ranking_head is not None:
+            start = time.perf_counter()
+            instances = [self.add_rank_scores(inst, tuple(sem_logits.shape[-2:]),
+                                              batch.tensors.shape[-2] // sem_logits.shape[-2]) for inst in instances]
+            if sem_logits.is_cuda:
+                torch.cuda.synchronize(sem_logits.device)
+            ranking_seconds = (time.perf_counter() - start) / max(len(images), 1)
+        return [RawPanoptic(detector_postprocess(inst, tuple(im.shape[-2:]), self.min_instance_score),
+                            resize_semantic_logits(logits, resized, tuple(im.shape[-2:])), im, ranking_seconds)
                 for inst, logits, resized, im in zip(instances, sem_logits, batch.image_sizes, images)]
 
-    def postprocess(self, instances: Any, sem_logits: torch.Tensor, resized: tuple[int, int],
-                    size: tuple[int, int]) -> PanopticResult:
-        """Bring one image's instances and (K, h/4, w/4) semantic logits to its input size and fuse them."""
-        inst = detector_postprocess(instances, size, self.min_instance_score)
-        logits = resize_semantic_logits(sem_logits, resized, size)
-        result = self.fusion(inst, logits, self.semantic_categories, self.thing_categories)
+    def add_rank_scores(self, instances: Any, grid: tuple[int, int], stride: int) -> Any:
+        """Instances (box-relative masks, resized-image boxes) above the merge's score threshold,
+        with ``extra["rank_scores"]`` from the ranking head on the 1/``stride`` grid."""
+        inst = instances[instances.scores >= self.min_instance_score]
+        small = paste_masks(inst.masks, inst.boxes / stride, grid)
+        inst = inst.replace()
+        inst.extra[RANK_FIELD] = self.ranking_head.rank_scores(small, inst.labels)
+        return inst
+
+    def fuse(self, raw: RawPanoptic, fusion: Optional[Callable[..., PanopticResult]] = None,
+             refine: Optional[Callable[..., PanopticResult]] | Literal["default"] = "default") -> PanopticResult:
+        """Merge one `RawPanoptic` with ``fusion`` (default: the system's) and ``refine`` (default:
+        the system's; None for none)."""
+        result = (fusion or self.fusion)(raw.instances, raw.semantic_logits, self.semantic_categories,
+                                         self.thing_categories)
+        refine = self.refine if refine == "default" else refine
+        if refine is not None:
+            result = refine(result, raw.image)
         if not self.keep_semantic_logits:
             result.semantic_logits = None
+            result.extra.pop("panoptic_logits", None)
         return result
