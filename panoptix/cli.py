@@ -1,4 +1,4 @@
-"""The ``panoptix`` command: synth, perturb, evaluate, viz, train, predict, demo.
+"""The ``panoptix`` command: synth, perturb, evaluate, viz, train, predict, ablate, demo.
 
 Every command shows progress on long work, ends with a readable summary and writes its
 machine-readable results as JSON.
@@ -175,6 +175,83 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- ablate
+def _variant_overrides(fusion: str, model_cfg: dict) -> list[str]:
+    """Overrides giving the model a merge needs and nothing more (``--train-variants``)."""
+    def head(key: str, name: str) -> str:
+        current = model_cfg.get(key)
+        return f"model.{key}.name={name if current is None else current['name']}"
+    if fusion == "ranking":
+        return ["model.upsnet_head=null", head("ranking_head", "spatial_ranking")]
+    if fusion == "upsnet":
+        return ["model.ranking_head=null", head("upsnet_head", "upsnet")]
+    return ["model.upsnet_head=null", "model.ranking_head=null"]
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    """Every merge on one trained model (or, with --train-variants, one model per merge)."""
+    import torch
+
+    from panoptix.config import (ConfigError, build_dataset, build_model, build_trainer, load_config,
+                                 load_model)
+    from panoptix.engine.ablation import ablate_merges, markdown_table, parse_merges
+    from panoptix.engine.trainer import pick_device
+
+    specs = parse_merges(args.fusions, args.crf_backend)
+    overrides = list(args.overrides)
+    if args.data:
+        overrides += [f"data.val.root={args.data}", f"data.train.root={args.data}"]
+    out = Path(args.out)
+    t0 = time.time()
+
+    def evaluate(model, cfg, rows_specs):
+        dataset = build_dataset(cfg["data"]["val"])
+        if dataset is None:
+            raise ConfigError("no evaluation data: pass --data ROOT (a synthetic set) or data.val.* overrides")
+        if dataset.meta.to_json() != model.meta.to_json():
+            raise ConfigError(f"data.val has different categories from the model's ({model.meta.name})")
+        indices = list(range(len(dataset)))[: args.limit] if args.limit else None
+        return ablate_merges(model, cfg["model"]["fusion"], dataset, rows_specs, device, args.batch_size, indices)
+
+    if args.train_variants:
+        if not args.config:
+            raise ConfigError("--train-variants needs --config (the recipe every variant is trained with)")
+        device = pick_device(args.device)
+        base = load_config(args.config, overrides, args.imports)
+        report, trained = None, {}
+        for fusion in dict.fromkeys(s.fusion for s in specs):
+            cfg = load_config(args.config, overrides + _variant_overrides(fusion, base["model"])
+                              + [f"engine.output_dir={out / 'variants' / fusion}"], args.imports)
+            train_set = build_dataset(cfg["data"]["train"])
+            if train_set is None:
+                raise ConfigError("--train-variants needs training data: --data ROOT or data.train.* overrides")
+            print(f"training the {fusion} variant in {cfg['engine']['output_dir']}")
+            torch.manual_seed(cfg["engine"]["seed"])
+            model = build_model(cfg, train_set.meta)
+            trained[fusion] = build_trainer(cfg, model, train_set, build_dataset(cfg["data"]["val"])).train()
+            part = evaluate(model, cfg, [s for s in specs if s.fusion == fusion])
+            report = part if report is None else {**report, "rows": report["rows"] + part["rows"]}
+        order = [s.name for s in specs]
+        report["rows"].sort(key=lambda r: order.index(r["merge"]))
+        report["training_seconds"] = {k: v["seconds"] for k, v in trained.items()}
+        title = f"one model per merge, trained with {args.config}"
+    else:
+        if not args.weights:
+            raise ConfigError("pass --weights (a checkpoint trained with the heads the merges need), "
+                              "or --train-variants with --config")
+        model, _, cfg, device = load_model(args.weights, args.config, overrides, args.device, args.imports)
+        report = evaluate(model, cfg, specs)
+        title = f"one model ({args.weights}), every merge on the same predictions"
+    report.update({"weights": args.weights, "config": args.config, "fusions": [s.name for s in specs],
+                   "train_variants": bool(args.train_variants), "seconds": round(time.time() - t0, 1)})
+    table = markdown_table(report, title)
+    write_json(out / "ablation.json", report)
+    (out / "ablation.md").write_text(table + "\n")
+    print(table)
+    print(f"results: {out / 'ablation.json'}, {out / 'ablation.md'}")
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 class PhaseClock:
     """Wall seconds of consecutive phases: ``lap(name)`` closes the phase that began at the last lap."""
@@ -307,6 +384,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="key=value config overrides")
     _add_import(s)
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("ablate", help="compare merges (heuristic, ranking, upsnet, upsnet+crf) on one trained "
+                                      "model, or train one model per merge (--train-variants)")
+    s.add_argument("--weights", default=None, help="a checkpoint trained with the heads the merges need")
+    s.add_argument("--config", default=None, help="default: the config stored in --weights")
+    s.add_argument("--fusions", default="heuristic,ranking,upsnet,upsnet+crf",
+                   help="comma-separated merges: a fusion name, optionally +crf or +crf:BACKEND (torch, densecrf)")
+    s.add_argument("--crf-backend", default="torch", choices=("torch", "densecrf"),
+                   help="the CRF backend of a bare +crf")
+    s.add_argument("--data", default=None, help="root of a synthetic dataset (sets data.val.root and data.train.root)")
+    s.add_argument("--out", default="runs/ablate")
+    s.add_argument("--train-variants", action="store_true",
+                   help="train one model per merge with --config (same recipe and seed), then evaluate each")
+    s.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--device", default="auto")
+    s.add_argument("overrides", nargs="*", help="key=value config overrides")
+    _add_import(s)
+    s.set_defaults(func=cmd_ablate)
 
     s = sub.add_parser("demo", help="synthetic data -> train the tiny system -> predict -> PQ -> overlays")
     s.add_argument("--out", default="runs/demo")

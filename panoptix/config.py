@@ -131,8 +131,21 @@ def load_predictor(weights: str | Path, config: Optional[str | Path] = None, ove
 
     The config and categories stored in the checkpoint are used unless ``config`` is given.
     """
-    from panoptix.engine.checkpoint import load_model_weights, safe_torch_load
     from panoptix.engine.predictor import Predictor
+
+    model, meta, cfg, dev = load_model(weights, config, overrides, device, imports)
+    solver = cfg["solver"]
+    return Predictor(model, dev, batch_size=batch_size, amp=solver["amp"], amp_dtype=solver["amp_dtype"]), meta
+
+
+def load_model(weights: str | Path, config: Optional[str | Path] = None, overrides: Sequence[str] = (),
+               device: str = "auto", imports: Sequence[str] = ()):
+    """(model on the device, `DatasetMeta`, config, device) from a training checkpoint.
+
+    The config (model, solver and data sections) and categories stored in the checkpoint are used
+    unless ``config`` is given; ``overrides`` apply either way.
+    """
+    from panoptix.engine.checkpoint import load_model_weights, safe_torch_load
     from panoptix.engine.trainer import pick_device
 
     ckpt = safe_torch_load(weights)
@@ -140,7 +153,8 @@ def load_predictor(weights: str | Path, config: Optional[str | Path] = None, ove
         cfg = load_config(config, overrides, imports)
     elif isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
         stored = ckpt["config"]
-        raw = {"imports": stored.get("imports", []), "model": stored["model"], "solver": stored.get("solver", {})}
+        raw = {"imports": stored.get("imports", []), "model": stored["model"], "solver": stored.get("solver", {}),
+               "data": stored.get("data", {})}
         for text in overrides:
             raw = merge_config(raw, parse_override(text))
         cfg = validate_config(raw, imports)
@@ -156,6 +170,4 @@ def load_predictor(weights: str | Path, config: Optional[str | Path] = None, ove
     model = build_model(cfg, meta, weights_from_checkpoint=True)
     load_model_weights(model, weights, ckpt)
     dev = pick_device(device)
-    solver = cfg["solver"]
-    return Predictor(model.to(dev), dev, batch_size=batch_size, amp=solver["amp"],
-                     amp_dtype=solver["amp_dtype"]), meta
+    return model.to(dev), meta, cfg, dev

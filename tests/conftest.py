@@ -49,6 +49,26 @@ def perturbed(tmp_path: Path, gt_json: Path, gt_dir: Path, seed: int, strength: 
     return pj, pd
 
 
+def seeded_model(meta, config: str, *overrides: str):
+    """A system built from a bundled config with seed 0 (same weights in every test)."""
+    import torch
+
+    from panoptix.config import build_model, load_config
+
+    torch.manual_seed(0)
+    return build_model(load_config(config, list(overrides)), meta)
+
+
+def image_batch(ds, n: int = 2):
+    """The first ``n`` samples of a dataset and their images as (3, H, W) float tensors in 0..1."""
+    import numpy as np
+    import torch
+
+    samples = [ds[i] for i in range(n)]
+    images = [torch.from_numpy(np.array(s.image)).permute(2, 0, 1).float() / 255 for s in samples]
+    return samples, images
+
+
 def tiny_overrides(synth_root: Path, out: Path, **extra) -> list[str]:
     """``key=value`` overrides that make the tiny config train in seconds on the 96 px fixture set."""
     values = {"data.train.root": synth_root, "data.val.root": synth_root, "engine.output_dir": out,

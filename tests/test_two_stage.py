@@ -7,23 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from panoptix.config import build_model, load_config
 from panoptix.data.datasets import PanopticDataset
 from panoptix.data.targets import build_targets
 from panoptix.structures import PanopticResult
+
+from conftest import image_batch, seeded_model
 
 LOSSES = {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask", "loss_seg"}
 
 
 def _model(meta, *overrides):
-    torch.manual_seed(0)
-    return build_model(load_config("panoptic_fpn_tiny", list(overrides)), meta)
+    return seeded_model(meta, "panoptic_fpn_tiny", *overrides)
 
 
-def _batch(ds, n=2):
-    samples = [ds[i] for i in range(n)]
-    images = [torch.from_numpy(np.array(s.image)).permute(2, 0, 1).float() / 255 for s in samples]
-    return samples, images
+_batch = image_batch
 
 
 @pytest.mark.parametrize("overrides", [("model.semantic_variant=stuff_things",),
