@@ -167,12 +167,14 @@ def test_upsnet_head_drops_instances_and_its_loss_trains_the_unknown_channel():
         UPSNetPanopticHead(drop_fraction=1.0)
 
 
-def test_upsnet_merge_removes_same_class_duplicates_by_mask_iou():
+def test_upsnet_merge_removes_duplicates_by_mask_iou():
     masks = torch.zeros(3, 8, 8, dtype=torch.bool)
     masks[0, 0:4, 0:4] = True
     masks[1, 0:4, 0:3] = True        # IoU 0.75 with 0, same class: removed
     masks[2, 0:4, 0:3] = True        # same pixels, other class: kept
     assert remove_duplicates(masks, torch.tensor([0, 0, 1]), 0.5).tolist() == [True, False, True]
+    # class-agnostic (UPSNet's code, the merge's default): the other-class duplicate goes too
+    assert remove_duplicates(masks, torch.tensor([0, 0, 1]), 0.5, class_agnostic=True).tolist() == [True, False, False]
 
 
 def test_upsnet_merge_needs_the_semantic_head_on_all_classes():

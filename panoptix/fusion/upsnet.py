@@ -77,10 +77,12 @@ def panoptic_logits(semantic_logits: torch.Tensor, stuff_channels: torch.Tensor,
     return torch.cat([semantic_logits[stuff_channels], sem_term + mask_term, (thing_max - inst_max)[None]])
 
 
-def remove_duplicates(masks: torch.Tensor, labels: torch.Tensor, iou_thresh: float) -> torch.Tensor:
-    """Greedy mask-IoU suppression within a class: (N, H, W) bool masks, highest score first ->
-    (N,) bool keep. Instance i goes when its mask IoU with a kept, higher-ranked instance of its
-    class exceeds ``iou_thresh`` (computed as a fixed point, like the heuristic's overlap rule)."""
+def remove_duplicates(masks: torch.Tensor, labels: torch.Tensor, iou_thresh: float,
+                      class_agnostic: bool = False) -> torch.Tensor:
+    """Greedy mask-IoU suppression: (N, H, W) bool masks, highest score first -> (N,) bool keep.
+    Instance i goes when its mask IoU with a kept, higher-ranked instance of its class (of any
+    class when ``class_agnostic``) exceeds ``iou_thresh`` (a fixed point, like the heuristic's
+    overlap rule)."""
     n = len(masks)
     if n == 0:
         return torch.zeros(0, dtype=torch.bool, device=masks.device)
@@ -89,7 +91,9 @@ def remove_duplicates(masks: torch.Tensor, labels: torch.Tensor, iou_thresh: flo
     area = flat.sum(1)
     iou = inter / (area[:, None] + area[None] - inter).clamp(min=1)
     earlier = torch.ones(n, n, dtype=torch.bool, device=masks.device).tril(-1)  # [i, j]: j ranked before i
-    dup = (iou > iou_thresh) & (labels[:, None] == labels[None]) & earlier
+    dup = (iou > iou_thresh) & earlier
+    if not class_agnostic:
+        dup &= labels[:, None] == labels[None]
     keep = torch.ones(n, dtype=torch.bool, device=masks.device)
     for _ in range(n + 1):
         new = ~(dup & keep[None]).any(1)
@@ -111,12 +115,17 @@ def mask_logits_of(instances: Instances) -> torch.Tensor:
 @FUSIONS.register("upsnet")
 def upsnet_fusion(instances: Optional[Instances], semantic_logits: torch.Tensor,
                   semantic_categories: Sequence[int], thing_categories: Sequence[int],
-                  score_thresh: float = 0.5, duplicate_iou: float = 0.5, stuff_min_area: int = 4096,
-                  stuff_min_area_fraction: Optional[float] = None, mask_thresh: float = 0.5) -> PanopticResult:
+                  score_thresh: float = 0.5, duplicate_iou: float = 0.5, class_agnostic: bool = True,
+                  stuff_min_area: int = 4096, stuff_min_area_fraction: Optional[float] = None,
+                  mask_thresh: float = 0.5) -> PanopticResult:
     """Merge one image with UPSNet's panoptic logits: argmax over stuff, instance and unknown channels.
 
     Instances under ``score_thresh`` are dropped, then duplicates of a class (binary-mask IoU above
-    ``duplicate_iou``, masks at ``mask_thresh``) keep only the higher-scored one. Each remaining
+    ``duplicate_iou``, masks at ``mask_thresh``) keep only the higher-scored one; with
+    ``class_agnostic`` (the default) duplicates of any class go. UPSNet's code runs a
+    class-agnostic NMS at 0.5 before its panoptic head: cross-class duplicates (a square detected
+    again as a disc) would otherwise split one object into fragments that are all false positives
+    (issue 10's ablation: PQ_th 30.6 same-class only, 36.5 class-agnostic). Each remaining
     instance's segment is where its channel wins (instances that win nowhere are dropped); stuff
     classes winning fewer pixels than the area limit (``stuff_min_area`` px, or
     ``stuff_min_area_fraction`` of the image) and the unknown channel become VOID.
@@ -144,7 +153,7 @@ def upsnet_fusion(instances: Optional[Instances], semantic_logits: torch.Tensor,
         if logits.shape[-2:] != (h, w):
             raise ValueError(f"instance masks are {tuple(logits.shape[-2:])}, semantic logits {(h, w)}")
         thresh = 0.0 if inst.mask_logits else float(torch.logit(torch.tensor(mask_thresh)))
-        unique = remove_duplicates(logits > thresh, inst.labels, duplicate_iou)
+        unique = remove_duplicates(logits > thresh, inst.labels, duplicate_iou, class_agnostic)
         inst, logits = inst[unique], logits[unique]
         boxes, labels, scores = inst.boxes, inst.labels, inst.scores
     else:

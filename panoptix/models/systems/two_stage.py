@@ -182,6 +182,8 @@ class TwoStagePanoptic(Configurable, nn.Module):
                     ) -> list[RawPanoptic]:
         """Instances (with ranking scores when there is a ranking head) and semantic logits of each
         image at its input size, before any merge: what `fuse` and ``panoptix ablate`` consume."""
+        if self.training:
+            raise RuntimeError("predict_raw runs in eval mode: call model.eval() first")
         if batch is None:
             batch = self.preprocess(images)
             feats = self.neck(self.backbone(batch.tensors))
