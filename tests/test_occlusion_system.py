@@ -94,3 +94,21 @@ def test_ablate_command_writes_one_row_per_merge(heavy_root, tmp_path, capsys):
     for row in report["rows"]:
         assert 0 <= row["pq"] <= 100 and row["merge_ms"] > 0
     assert "| upsnet+crf:torch |" in printed and (out / "ablation.md").is_file()
+
+
+@pytest.mark.slow
+def test_train_variants_trains_one_model_per_merge_with_only_its_head(heavy_root, tmp_path, capsys):
+    from panoptix.cli import main
+
+    out = tmp_path / "variants"
+    overrides = tiny_overrides(heavy_root, tmp_path / "unused", **{"data.train.split": "val"})
+    assert main(["ablate", "--train-variants", "--config", "upsnet_srm_tiny", "--data", str(heavy_root),
+                 "--out", str(out), "--limit", "2", "--fusions", "heuristic,ranking", "--device", "cpu",
+                 *overrides]) == 0
+    report = json.loads((out / "ablation.json").read_text())
+    assert [r["merge"] for r in report["rows"]] == ["heuristic", "ranking"]
+    assert set(report["training_seconds"]) == {"heuristic", "ranking"}
+    heuristic = last_checkpoint(out / "variants" / "heuristic")
+    ranking = last_checkpoint(out / "variants" / "ranking")
+    assert not any(k.startswith(("ranking_head", "upsnet_head")) for k in torch.load(heuristic)["model"])
+    assert any(k.startswith("ranking_head") for k in torch.load(ranking)["model"])
