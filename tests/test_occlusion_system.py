@@ -13,7 +13,7 @@ from panoptix.config import ConfigError, load_config
 from panoptix.data.datasets import PanopticDataset
 from panoptix.data.targets import build_targets
 from panoptix.engine.ablation import MergeSpec, build_merge, parse_merges
-from panoptix.engine.checkpoint import last_checkpoint
+from panoptix.engine.checkpoint import last_checkpoint, safe_torch_load
 from panoptix.fusion.ranking import RANK_FIELD
 
 from conftest import image_batch, seeded_model, tiny_overrides
@@ -110,5 +110,5 @@ def test_train_variants_trains_one_model_per_merge_with_only_its_head(heavy_root
     assert set(report["training_seconds"]) == {"heuristic", "ranking"}
     heuristic = last_checkpoint(out / "variants" / "heuristic")
     ranking = last_checkpoint(out / "variants" / "ranking")
-    assert not any(k.startswith(("ranking_head", "upsnet_head")) for k in torch.load(heuristic)["model"])
-    assert any(k.startswith("ranking_head") for k in torch.load(ranking)["model"])
+    assert not any(k.startswith(("ranking_head", "upsnet_head")) for k in safe_torch_load(heuristic)["model"])
+    assert any(k.startswith("ranking_head") for k in safe_torch_load(ranking)["model"])
