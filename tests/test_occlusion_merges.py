@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from panoptix.data.meta import IGNORE_INDEX
+from panoptix.data.targets import instance_index_map
 from panoptix.data.synthetic import synthetic_meta
 from panoptix.fusion.crf import crf_refine
 from panoptix.fusion.heuristic import heuristic_fusion, semantic_category_table
@@ -135,7 +136,7 @@ def test_unknown_channel_takes_the_thing_pixels_of_a_dropped_instance():
     masks[2, 4:6, 4:6] = 1
     semantic[masks.bool().any(0)] = 0       # thing class 0
     lut = torch.tensor([IGNORE_INDEX, IGNORE_INDEX, 0, 1])   # classes 2, 3 are stuff channels 0, 1
-    target = panoptic_target(semantic, masks, torch.tensor([0, 2]), lut)
+    target = panoptic_target(semantic, instance_index_map(masks, (6, 6)), 3, torch.tensor([0, 2]), lut)
     assert (target[0:2, 2:4] == 2).all() and (target[4:6, 4:6] == 3).all()   # kept: channels S+0, S+1
     assert (target[3:5, 0:2] == 2 + 2).all()                                  # dropped: unknown = S+N_k
     assert target[0, 0] == IGNORE_INDEX and target[5, 0] == 1                 # VOID ignored; stuff channel

@@ -151,8 +151,9 @@ def crf_refine(result: PanopticResult, image: torch.Tensor, backend: Literal["to
         q = _potts_densecrf(unary, image, *args)
     else:
         raise ValueError(f"CRF backend must be 'torch' or 'densecrf', got {backend!r}")
-    ids = labels[q.argmax(0)].to(torch.int32)
-    areas = torch.bincount(q.argmax(0).flatten(), minlength=len(labels))[1:].tolist()
+    slot = q.argmax(0)
+    ids = labels[slot].to(torch.int32)
+    areas = torch.bincount(slot.flatten(), minlength=len(labels))[1:].tolist()
     segments = [SegmentInfo(s.id, s.category_id, s.isthing, s.score, int(a))
                 for s, a in zip(result.segments, areas) if a > 0]
     if ids.is_cuda:

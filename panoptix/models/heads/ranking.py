@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from panoptix.data.meta import IGNORE_INDEX
-from panoptix.data.targets import instance_index_map
 from panoptix.models.registry import PANOPTIC_HEADS, Configurable
 
 
@@ -43,12 +42,11 @@ def scatter_masks(masks: torch.Tensor, labels: torch.Tensor, num_things: int) ->
     return (torch.einsum("nt,nhw->thw", onehot, masks.float()) > 0).float()
 
 
-def thing_label_map(masks: torch.Tensor, labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, H, W) non-overlapping instance masks and their (N,) classes -> (H, W) int64 class per
-    pixel, IGNORE_INDEX where no instance is."""
-    index = instance_index_map(masks, size)
+def thing_label_map(index: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(H, W) instance index per pixel (-1 = none, `panoptix.data.targets.instance_index_map`) and
+    the (N,) classes -> (H, W) int64 class per pixel, IGNORE_INDEX where no instance is."""
     if len(labels) == 0:
-        return torch.full(size, IGNORE_INDEX, dtype=torch.int64, device=labels.device)
+        return torch.full_like(index, IGNORE_INDEX)
     return torch.where(index >= 0, labels[index.clamp(min=0)], IGNORE_INDEX)
 
 

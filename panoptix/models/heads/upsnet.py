@@ -20,18 +20,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from panoptix.data.meta import IGNORE_INDEX
-from panoptix.data.targets import instance_index_map
 from panoptix.fusion.upsnet import panoptic_logits
 from panoptix.models.registry import PANOPTIC_HEADS, Configurable
 
 
-def panoptic_target(semantic: torch.Tensor, masks: torch.Tensor, keep: torch.Tensor, stuff_lut: torch.Tensor
-                    ) -> torch.Tensor:
-    """The UPSNet label map of one image (at its own resolution).
+def panoptic_target(semantic: torch.Tensor, index: torch.Tensor, num_instances: int, keep: torch.Tensor,
+                    stuff_lut: torch.Tensor) -> torch.Tensor:
+    """The UPSNet label map of one image (at the resolution of its inputs).
 
     Args:
         semantic: (H, W) int64 semantic target over all classes (IGNORE_INDEX = VOID/padding).
-        masks: (N, H, W) masks of the non-crowd ground-truth instances.
+        index: (H, W) int64 index of the non-crowd ground-truth instance at each pixel, -1 for none
+            (`panoptix.data.targets.instance_index_map`).
+        num_instances: N, the number of those instances.
         keep: (N_k,) indices of the kept instances, in channel order.
         stuff_lut: (K,) int64: semantic class -> stuff channel (0..S-1), IGNORE_INDEX for things
             (so crowd pixels, thing pixels of no listed instance, are ignored).
@@ -43,10 +44,9 @@ def panoptic_target(semantic: torch.Tensor, masks: torch.Tensor, keep: torch.Ten
     n_stuff = int((stuff_lut != IGNORE_INDEX).sum())
     valid = semantic != IGNORE_INDEX
     label = torch.where(valid, stuff_lut[semantic.clamp(0, len(stuff_lut) - 1)], IGNORE_INDEX)
-    if len(masks):
-        channel = torch.full((len(masks),), n_stuff + len(keep), dtype=torch.int64, device=semantic.device)
+    if num_instances:
+        channel = torch.full((num_instances,), n_stuff + len(keep), dtype=torch.int64, device=semantic.device)
         channel[keep] = n_stuff + torch.arange(len(keep), device=semantic.device)
-        index = instance_index_map(masks, tuple(semantic.shape))
         label = torch.where(index >= 0, channel[index.clamp(min=0)], label)
     return label
 

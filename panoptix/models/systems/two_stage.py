@@ -15,9 +15,8 @@ from typing import Any, Callable, Literal, Optional
 import torch
 from torch import nn
 
-from panoptix.data.meta import DatasetMeta
-from panoptix.data.meta import IGNORE_INDEX
-from panoptix.data.targets import build_targets, num_semantic_classes
+from panoptix.data.meta import IGNORE_INDEX, DatasetMeta
+from panoptix.data.targets import build_targets, instance_index_map, num_semantic_classes
 from panoptix.fusion.heuristic import semantic_category_table
 from panoptix.fusion.ranking import RANK_FIELD
 from panoptix.fusion.upsnet import split_channels
@@ -151,28 +150,29 @@ class TwoStagePanoptic(Configurable, nn.Module):
         """``loss_panoptic`` (UPSNet) and ``loss_srm`` (ranking) on the semantic head's 1/4 grid.
 
         Both heads take the ground-truth boxes and classes with the mask head's logits on them.
-        Label maps are built at input resolution, padded, and sampled at the centre pixel of each
-        grid cell.
+        Label maps take each grid cell's centre pixel: the targets are sampled first, the instance
+        index of each sample is found once for both heads, and the maps are padded to the grid.
         """
         grid = tuple(sem_logits.shape[-2:])
-        padded = tuple(batch.tensors.shape[-2:])
-        stride = padded[0] // grid[0]
+        stride = batch.tensors.shape[-2] // grid[0]
         boxes, labels = [t["boxes"] for t in targets], [t["labels"] for t in targets]
         logits = self.instance_head.mask_logits_for_boxes(batch, feats, boxes, labels)
         grid_boxes = [b / stride for b in boxes]
         pasted = [paste_masks(m, b, grid) for m, b in zip(logits, grid_boxes)]
 
-        def on_grid(maps: list[torch.Tensor]) -> torch.Tensor:
-            return pad_maps(maps, padded)[:, stride // 2::stride, stride // 2::stride]
+        def sample(x: torch.Tensor) -> torch.Tensor:
+            return x[..., stride // 2::stride, stride // 2::stride]
 
+        semantic = [sample(t["semantic"]) for t in targets]
+        index = [instance_index_map(sample(t["masks"]), tuple(s.shape)) for t, s in zip(targets, semantic)]
         losses: dict[str, torch.Tensor] = {}
         if self.ranking_head is not None:
-            thing = [thing_label_map(t["masks"], t["labels"], tuple(t["semantic"].shape)) for t in targets]
-            losses.update(self.ranking_head.loss([p.sigmoid() for p in pasted], labels, on_grid(thing)))
+            thing = pad_maps([thing_label_map(i, t["labels"]) for i, t in zip(index, targets)], grid)
+            losses.update(self.ranking_head.loss([p.sigmoid() for p in pasted], labels, thing))
         if self.upsnet_head is not None:
             keeps = [self.upsnet_head.keep_indices(len(b), b.device) for b in boxes]
-            target = on_grid([panoptic_target(t["semantic"], t["masks"], k, self.stuff_lut)
-                              for t, k in zip(targets, keeps)])
+            target = pad_maps([panoptic_target(s, i, len(b), k, self.stuff_lut)
+                               for s, i, b, k in zip(semantic, index, boxes, keeps)], grid)
             losses.update(self.upsnet_head.loss(sem_logits, self.stuff_channels, self.thing_channels, grid_boxes,
                                                 labels, pasted, list(target), keeps))
         return losses
