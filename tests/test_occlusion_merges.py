@@ -10,7 +10,7 @@ from panoptix.data.targets import instance_index_map
 from panoptix.data.synthetic import synthetic_meta
 from panoptix.fusion.crf import crf_refine
 from panoptix.fusion.heuristic import heuristic_fusion, semantic_category_table
-from panoptix.fusion.ranking import ranking_fusion
+from panoptix.fusion.ranking import ranking_fusion, ranking_x_score_fusion
 from panoptix.fusion.upsnet import panoptic_logits, remove_duplicates, split_channels, upsnet_fusion
 from panoptix.models.heads.ranking import SpatialRankingHead, conflict_labels, scatter_masks
 from panoptix.models.heads.upsnet import UPSNetPanopticHead, panoptic_target
@@ -53,6 +53,22 @@ def test_ranking_keeps_a_small_instance_on_top_that_score_order_loses():
     assert things[star].area == 36 and things[META.thing_ids[DISC]].area == 400 - 36
     assert things[star].score == pytest.approx(0.6)          # the written score stays the detection score
     assert (by_rank.ids[9:15, 9:15] == things[star].id).all()
+
+
+def test_rank_x_score_order_weighs_the_ranking_score_by_the_detection_score():
+    inst = _tie_on_person()                                  # detection scores: disc 0.95, star 0.6
+    inst.extra["rank_scores"] = torch.tensor([0.5, 0.7])     # products: disc 0.475, star 0.42
+    star, disc = META.thing_ids[STAR], META.thing_ids[DISC]
+    by_rank = ranking_fusion(inst, _stuff_logits(), TABLE, META.thing_ids, stuff_min_area=1)
+    by_product = ranking_x_score_fusion(inst, _stuff_logits(), TABLE, META.thing_ids, stuff_min_area=1)
+    assert sorted(s.category_id for s in by_rank.segments if s.isthing) == sorted([star, disc])
+    assert [s.category_id for s in by_product.segments if s.isthing] == [disc]
+    inst.extra["rank_scores"] = torch.tensor([0.3, 0.9])     # products: disc 0.285, star 0.54
+    by_product = ranking_x_score_fusion(inst, _stuff_logits(), TABLE, META.thing_ids, stuff_min_area=1)
+    assert {s.category_id: s.area for s in by_product.segments if s.isthing} == {star: 36, disc: 364}
+    assert "rank_x_score" not in inst.extra                  # the caller's instances are left alone
+    with pytest.raises(ValueError, match="order"):
+        ranking_fusion(inst, _stuff_logits(), TABLE, META.thing_ids, order="product")
 
 
 def test_ranking_merge_refuses_instances_without_ranking_scores():
