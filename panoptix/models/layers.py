@@ -45,3 +45,25 @@ class ConvGNReLU(nn.Sequential):
         conv = (DeformConv3x3(in_channels, out_channels, bias=False) if deformable
                 else nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False))
         super().__init__(conv, group_norm(out_channels), nn.ReLU(inplace=True))
+
+
+def coordinate_channels(x: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W) normalised x and y coordinates in -1..1 for a (B, C, H, W) map (CoordConv)."""
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xx, yy]).unsqueeze(0).expand(b, -1, -1, -1)
+
+
+class CoordConvGNReLU(ConvGNReLU):
+    """`ConvGNReLU` whose convolution also sees two coordinate channels (CoordConv, Liu et al. 2018).
+
+    Shapes: (B, C_in, H, W) -> (B, C_out, H, W).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels + 2, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.cat([x, coordinate_channels(x)], dim=1))

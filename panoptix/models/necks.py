@@ -1,50 +1,55 @@
-"""Necks: FPN P2-P6 on ``torchvision.ops.FeaturePyramidNetwork``, optionally deformable on P3-P5."""
+"""Necks: FPN P2-P6 (or P2-P7) on ``torchvision.ops.FeaturePyramidNetwork``, optionally deformable on P3-P5."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from panoptix.models.layers import DeformConv3x3
 from panoptix.models.registry import NECKS, Configurable
 
-# Names of the FPN outputs in the order torchvision's detection heads expect them (P2..P5, P6).
-FPN_LEVELS = ("p2", "p3", "p4", "p5", "p6")
+# Names of the FPN outputs in the order torchvision's detection heads expect them (P2..P5, P6, P7).
+FPN_LEVELS = ("p2", "p3", "p4", "p5", "p6", "p7")
 
 
 @NECKS.register("fpn")
 class FPN(Configurable, nn.Module):
-    """Feature pyramid P2-P6 (P6 = stride-2 max-pool of P5, as in Mask R-CNN).
+    """Feature pyramid P2-P6 (P6 = stride-2 max-pool of P5, as in Mask R-CNN) or P2-P7.
 
     Args:
         in_channels: channels of C2..C5.
         out_channels: width of every pyramid level (256 in the papers).
         deformable_levels: pyramid levels whose 3x3 output convolution is deformable
             (seed 000 uses P3, P4 and P5); offsets start at zero.
+        top_levels: ``"maxpool"`` (P6, Mask R-CNN) or ``"p6p7"`` (P6 = stride-2 3x3 conv of P5,
+            P7 = the same on ReLU(P6): FCOS, whose detector runs on P3-P7).
 
-    Forward: ``{c2..c5}`` -> ``OrderedDict`` ``p2..p6`` of (B, out_channels, H/s, W/s), s = 4..64.
+    Forward: ``{c2..c5}`` -> ``OrderedDict`` ``p2..p6`` (or ``p2..p7``) of (B, out_channels, H/s, W/s),
+    s = 4..64 (128).
     """
 
     derived = ("in_channels",)
 
     def __init__(self, in_channels: Sequence[int], out_channels: int = 256,
-                 deformable_levels: Sequence[str] = ()) -> None:
+                 deformable_levels: Sequence[str] = (), top_levels: Literal["maxpool", "p6p7"] = "maxpool") -> None:
         super().__init__()
         if len(in_channels) != 4:
             raise ValueError(f"FPN expects 4 input levels (C2..C5), got {len(in_channels)}")
         unknown = set(deformable_levels) - set(FPN_LEVELS[:4])
         if unknown:
             raise ValueError(f"deformable_levels must be among p2..p5, got {sorted(unknown)}")
-        self.fpn = FeaturePyramidNetwork(list(in_channels), out_channels, extra_blocks=LastLevelMaxPool())
+        top = LastLevelMaxPool() if top_levels == "maxpool" else LastLevelP6P7(out_channels, out_channels)
+        self.fpn = FeaturePyramidNetwork(list(in_channels), out_channels, extra_blocks=top)
         for level in deformable_levels:
             self.fpn.layer_blocks[FPN_LEVELS.index(level)] = DeformConv3x3(out_channels, out_channels)
         self.out_channels = out_channels
         self.deformable_levels = tuple(deformable_levels)
+        self.top_levels = top_levels
 
     def forward(self, feats: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
         out = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats.values())))

@@ -9,14 +9,14 @@ variant of the system (``"stuff_things"``: stuff + one "things" class; ``"all"``
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from panoptix.data.meta import IGNORE_INDEX
-from panoptix.models.layers import ConvGNReLU
+from panoptix.models.layers import ConvGNReLU, CoordConvGNReLU
 from panoptix.models.registry import SEMANTIC_HEADS, Configurable
 
 LEVELS = ("p2", "p3", "p4", "p5")
@@ -39,6 +39,31 @@ def upsample_concat(maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Te
     """Bilinear upsampling of each map to ``size``, concatenated on channels."""
     return torch.cat([m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
                       for m in maps], dim=1)
+
+
+def fpn_towers(in_channels: int, channels: int, coord_levels: Sequence[str] = ()) -> nn.ModuleList:
+    """Panoptic FPN's towers on P2-P5: max(1, i) conv3x3-GN-ReLU layers for level i (CoordConv
+    layers on the levels named in ``coord_levels``); `aggregate_levels` runs them."""
+    def block(level: str, k: int) -> nn.Module:
+        cin = in_channels if k == 0 else channels
+        return CoordConvGNReLU(cin, channels) if level in coord_levels else ConvGNReLU(cin, channels)
+
+    return nn.ModuleList(nn.Sequential(*[block(level, k) for k in range(max(1, i))]) for i, level in enumerate(LEVELS))
+
+
+def aggregate_levels(towers: nn.ModuleList, feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Each level through its tower with a 2x bilinear upsampling after every layer (none for P2),
+    brought to P2's size and summed: (B, channels, H/4, W/4)."""
+    size = feats["p2"].shape[-2:]
+    out = 0
+    for i, (level, tower) in enumerate(zip(LEVELS, towers)):
+        x = feats[level]
+        for block in tower:
+            x = block(x)
+            if i > 0:
+                x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        out = out + (x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+    return out
 
 
 class SemanticHead(Configurable, nn.Module):
@@ -80,23 +105,11 @@ class FPNSemanticHead(SemanticHead):
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 128, loss_weight: float = 0.5) -> None:
         super().__init__(num_classes, loss_weight)
-        self.towers = nn.ModuleList(
-            nn.Sequential(*[ConvGNReLU(in_channels if k == 0 else channels, channels) for k in range(max(1, i))])
-            for i in range(len(LEVELS)))
+        self.towers = fpn_towers(in_channels, channels)
         self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
 
     def features(self, feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        size = feats["p2"].shape[-2:]
-        out = 0
-        for i, (level, tower) in enumerate(zip(LEVELS, self.towers)):
-            x = feats[level]
-            for block in tower:
-                x = block(x)
-                if i > 0:
-                    x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-            out = out + (x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear",
-                                                                      align_corners=False))
-        return out
+        return aggregate_levels(self.towers, feats)
 
 
 @SEMANTIC_HEADS.register("deformable")
@@ -121,4 +134,5 @@ class DeformableSemanticHead(SemanticHead):
         return upsample_concat([self.shared(feats[level]) for level in LEVELS], feats["p2"].shape[-2:])
 
 
-__all__ = ["SemanticHead", "FPNSemanticHead", "DeformableSemanticHead", "semantic_loss", "upsample_concat", "LEVELS"]
+__all__ = ["SemanticHead", "FPNSemanticHead", "DeformableSemanticHead", "semantic_loss", "upsample_concat", "LEVELS",
+           "fpn_towers", "aggregate_levels"]
