@@ -107,7 +107,11 @@ def validate_config(raw: dict[str, Any], imports: Sequence[str] = ()) -> dict[st
 
 # --------------------------------------------------------------------------- building
 def build_model(cfg: dict[str, Any], meta: DatasetMeta, **context: Any):
-    """The system ``cfg["model"]`` names, for the dataset's categories (context reaches from_config)."""
+    """The system ``cfg["model"]`` names, for the dataset's categories (context reaches from_config;
+    it includes ``total_iters``, the solver's ``max_iter``, for parts that follow the schedule)."""
+    solver = cfg.get("solver") or {}
+    if solver.get("max_iter"):
+        context.setdefault("total_iters", int(solver["max_iter"]))
     return build(SYSTEMS, cfg["model"], "model", meta=meta, **context)
 
 

@@ -185,13 +185,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(synth_root, out, **extra) -> None:
+def _torchrun(synth_root, out, config: str = "panoptic_fpn_tiny", **extra) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "panoptix.cli", "train", "--config", "panoptic_fpn_tiny",
+           "--master_port", str(_free_port()), "-m", "panoptix.cli", "train", "--config", config,
            *tiny_overrides(synth_root, out, solver__batch_size=4, engine__checkpoint_period=3, **extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_ddp_ciae_memory_embeddings_stay_identical_on_every_rank(synth_root, tmp_path):
+    """CIAE's memory is updated from the categories of every rank's images (all-reduced), so the
+    ranks end with the same memory (``replicas_in_sync`` checks buffers too), moved from M_0."""
+    _torchrun(synth_root, tmp_path / "ciae", config="ciae_tiny", solver__max_iter=3, engine__checkpoint_period=0)
+    summary = json.loads((tmp_path / "ciae" / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["replicas_in_sync"] is True
+    state = safe_torch_load(tmp_path / "ciae" / "model_0000003.pth")["model"]
+    assert int(state["loss.step"]) == 3
 
 
 @pytest.mark.slow

@@ -72,10 +72,12 @@ def any_rank(flag: bool, device: Optional[torch.device] = None) -> bool:
 
 
 def replicas_in_sync(model: torch.nn.Module, device: Optional[torch.device] = None) -> bool:
-    """Whether every rank holds the same parameters (max - min of a checksum over ranks is 0)."""
+    """Whether every rank holds the same parameters and floating-point buffers (memory embeddings,
+    norm statistics): max - min of a checksum over ranks is 0."""
     if get_world_size() == 1:
         return True
-    s = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1).to(device)
+    tensors = [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())]
+    s = torch.stack([t.detach().double().sum() for t in tensors]).sum().reshape(1).to(device)
     hi, lo = s.clone(), s.clone()
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)

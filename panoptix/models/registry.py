@@ -74,6 +74,7 @@ SEMANTIC_HEADS = Registry("semantic head")
 FUSIONS = Registry("fusion method")
 PANOPTIC_HEADS = Registry("panoptic head")
 REFINEMENTS = Registry("refinement")
+EMBEDDING_HEADS = Registry("embedding head")
 
 # Packages whose modules register panoptix's own components: every module in them is imported
 # before a name is looked up, so an in-tree component is a new file, with no list to edit.
@@ -239,6 +240,7 @@ def build(spec: Any, section: Optional[dict[str, Any]], where: str = "", **conte
 
 
 __all__ = ["Registry", "Configurable", "ConfigError", "SYSTEMS", "BACKBONES", "NECKS", "INSTANCE_HEADS",
-           "SEMANTIC_HEADS", "FUSIONS", "PANOPTIC_HEADS", "REFINEMENTS", "build", "validate", "check_section",
+           "SEMANTIC_HEADS", "FUSIONS", "PANOPTIC_HEADS", "REFINEMENTS", "EMBEDDING_HEADS", "build", "validate",
+           "check_section",
            "check_value", "import_modules",
            "import_builtin_components", "config_parameters"]

@@ -1,0 +1,1 @@
+"""Losses shared by systems (CIAE's embedding loss, ...)."""
