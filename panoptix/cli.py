@@ -1,4 +1,4 @@
-"""The ``panoptix`` command: synth, perturb, evaluate, viz, train, predict, ablate, demo.
+"""The ``panoptix`` command: synth, perturb, evaluate, viz, train, predict, ablate, export, demo.
 
 Every command shows progress on long work, ends with a readable summary and writes its
 machine-readable results as JSON.
@@ -252,6 +252,33 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    """A trained CIAE system to one ONNX graph, checked against PyTorch with onnxruntime when installed."""
+    from panoptix.config import load_model
+    from panoptix.engine.export import check_onnx, export_onnx
+
+    model, meta, _, _ = load_model(args.weights, args.config, args.overrides, "cpu", args.imports)
+    out = Path(args.out)
+    report = export_onnx(model, out, tuple(args.size))
+    print(f"wrote {out} with the {report['exporter']} exporter in {report['seconds']} s "
+          f"(image size {report['size'][0]}x{report['size'][1]})")
+    if report["dynamo_error"]:
+        print(f"  torch.export failed first: {report['dynamo_error']}")
+    if not args.no_check:
+        check = check_onnx(model, out, repeat=args.repeat)
+        report["check"] = check
+        if check.get("skipped"):
+            print(f"  check skipped: {check['skipped']}")
+        else:
+            print(f"  onnxruntime vs PyTorch on a random image: segment maps equal on {check['equal_fraction']:.4%} "
+                  f"of pixels; onnxruntime {check['onnxruntime_ms']:.1f} ms/image, PyTorch {check['torch_ms']:.1f} "
+                  f"ms/image (CPU, median of {check['repeat']})")
+    write_json(out.with_suffix(".json"), report)
+    print(f"results: {out.with_suffix('.json')}")
+    return 0
+
+
 # --------------------------------------------------------------------------- demo
 class PhaseClock:
     """Wall seconds of consecutive phases: ``lap(name)`` closes the phase that began at the last lap."""
@@ -403,6 +430,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="key=value config overrides")
     _add_import(s)
     s.set_defaults(func=cmd_ablate)
+
+    s = sub.add_parser("export", help="export a trained CIAE system whole (network and merge) to ONNX")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--config", default=None, help="default: the config stored in --weights")
+    s.add_argument("--format", default="onnx", choices=("onnx",))
+    s.add_argument("--out", default="runs/export/model.onnx")
+    s.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"),
+                   help="the image size the graph takes (resize images to it before running the graph)")
+    s.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with PyTorch")
+    s.add_argument("--repeat", type=int, default=10, help="timed runs of the check")
+    s.add_argument("overrides", nargs="*", help="key=value config overrides")
+    _add_import(s)
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("demo", help="synthetic data -> train the tiny system -> predict -> PQ -> overlays")
     s.add_argument("--out", default="runs/demo")

@@ -1,0 +1,150 @@
+"""Export a CIAE system whole to ONNX: normalisation, network, detection with NMS, and the merge up to
+the segment map, in one graph.
+
+The graph takes one (3, H, W) float RGB image in 0..1 at the size it was exported for (resize
+before calling it) and returns:
+
+    ids        (H, W) int32   segment id per pixel, 0 = VOID
+    categories (Q,) int64     category id of segment q + 1 (stuff classes first, then detections)
+    scores     (Q,) float32   1 for stuff, the detection score for things
+    areas      (Q,) int64     pixels of segment q + 1 (0: absent, e.g. stuff under the area limit)
+
+Q = stuff classes + detections, data-dependent (NMS keeps a variable number): ONNX carries it as a
+dynamic dimension, and `segments_from_outputs` (numpy) turns the outputs into COCO
+``segments_info``. ``torch.onnx.export(dynamo=True)`` (torch.export) is tried first; where it
+fails (torchvision's NMS and data-dependent shapes), the TorchScript-based exporter is used, and
+the result says which one wrote the file.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from panoptix.errors import PanoptixError
+from panoptix.fusion.embedding import assign_segments
+from panoptix.models.heads.fcos import LOCATION_FIELD
+from panoptix.models.preprocess import padded_size
+from panoptix.models.systems.ciae import CIAEPanoptic, image_embeddings, read_queries
+
+OUTPUT_NAMES = ("ids", "categories", "scores", "areas")
+
+
+class ExportError(PanoptixError, TypeError):
+    """The model cannot be exported (a system without an exportable merge)."""
+
+OPSET = 17
+
+
+class CIAEGraph(nn.Module):
+    """A `CIAEPanoptic` on one image of a fixed ``size``: (3, H, W) float 0..1 -> ``OUTPUT_NAMES``."""
+
+    def __init__(self, model: CIAEPanoptic, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.model, self.size = model.eval(), (int(size[0]), int(size[1]))
+        self.padded = padded_size([self.size], model.preprocess.size_divisibility)
+        self.register_buffer("stuff_categories", torch.as_tensor(model.stuff_categories, dtype=torch.int64))
+        self.register_buffer("thing_categories", torch.as_tensor(model.thing_categories, dtype=torch.int64))
+        h, w = self.size
+        frac = model.stuff_min_area_fraction
+        self.stuff_min_area = float(frac * h * w if frac is not None else model.stuff_min_area)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        h, w = self.size
+        pre = self.model.preprocess
+        x = (image - pre.pixel_mean) / pre.pixel_std
+        x = F.pad(x, (0, self.padded[1] - w, 0, self.padded[0] - h))[None]
+        out, raw = self.model.network(x)
+        det = self.model.detector.detect(out, [self.size])[0]
+        stride = self.padded[0] // raw.shape[-2]
+        emb = image_embeddings(raw[0], self.size, self.size, stride)
+        query = read_queries(emb, det.extra[LOCATION_FIELD], self.size)
+        ids, areas = assign_segments(emb, self.model.stuff_queries(), query, det.boxes, self.stuff_min_area,
+                                     self.model.box_filter)
+        labels = self.model.instance_labels(det.labels, query)
+        categories = torch.cat([self.stuff_categories, self.thing_categories[labels]])
+        scores = torch.cat([torch.ones_like(self.stuff_categories, dtype=torch.float32), det.scores.float()])
+        return ids, categories, scores, areas
+
+
+def segments_from_outputs(ids: np.ndarray, categories: np.ndarray, scores: np.ndarray, areas: np.ndarray,
+                          thing_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """COCO-style ``segments_info`` of the exported graph's outputs (the numpy post-process)."""
+    things = set(int(c) for c in thing_ids)
+    return [{"id": q + 1, "category_id": int(categories[q]), "isthing": int(categories[q]) in things,
+             "score": float(scores[q]), "area": int(areas[q])} for q in np.flatnonzero(np.asarray(areas) > 0)]
+
+
+def export_onnx(model: CIAEPanoptic, path: str | Path, size: tuple[int, int], opset: int = OPSET) -> dict[str, Any]:
+    """Write the whole model to ``path``; returns {"path", "exporter", "size", "seconds", "dynamo_error"}."""
+    if not isinstance(model, CIAEPanoptic):
+        raise ExportError(f"ONNX export covers the CIAE system (its merge is one matrix product); got "
+                        f"{type(model).__name__}. The two-stage system's merge is not exportable yet.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = CIAEGraph(model.cpu(), size).eval()
+    example = (torch.rand(3, *graph.size),)
+    start = time.perf_counter()
+    dynamo_error = None
+    exporter = "torch.export (dynamo)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(graph, example, dynamo=True, input_names=["image"],
+                                        output_names=list(OUTPUT_NAMES), opset_version=max(opset, 18))
+        program.save(str(path))
+    except Exception as err:  # noqa: BLE001 - any dynamo failure falls back to the legacy exporter
+        dynamo_error = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+        exporter = "torchscript (legacy)"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, example, str(path), dynamo=False, input_names=["image"],
+                              output_names=list(OUTPUT_NAMES), opset_version=opset,
+                              dynamic_axes={"categories": {0: "segments"}, "scores": {0: "segments"},
+                                            "areas": {0: "segments"}})
+    return {"path": str(path), "exporter": exporter, "size": list(graph.size),
+            "seconds": round(time.perf_counter() - start, 2), "dynamo_error": dynamo_error}
+
+
+def check_onnx(model: CIAEPanoptic, path: str | Path, image: torch.Tensor | None = None, repeat: int = 10,
+               seed: int = 0) -> dict[str, Any]:
+    """Run the graph with onnxruntime (CPU) and the PyTorch model on the same image; the share of
+    pixels whose segment ids agree and the median ms/image of each. ``{"skipped": why}`` without
+    onnxruntime."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {"skipped": "onnxruntime is not installed (pip install 'panoptix[export]')"}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    shape = session.get_inputs()[0].shape
+    if image is None:
+        image = torch.rand(3, int(shape[1]), int(shape[2]), generator=torch.Generator().manual_seed(seed))
+    feed = {"image": image.numpy().astype(np.float32)}
+    model = model.cpu().eval()
+    ours = model([image])[0].ids.numpy()
+    theirs = session.run(None, feed)[0]
+
+    def median_ms(fn) -> float:
+        fn()
+        times = []
+        for _ in range(max(1, repeat)):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return 1000 * float(np.median(times))
+
+    with torch.no_grad():
+        torch_ms = median_ms(lambda: model([image]))
+    ort_ms = median_ms(lambda: session.run(None, feed))
+    return {"equal_fraction": float((ours == theirs).mean()), "equal": bool(np.array_equal(ours, theirs)),
+            "onnxruntime_ms": ort_ms, "torch_ms": torch_ms, "repeat": repeat}
+
+
+__all__ = ["ExportError", "CIAEGraph", "export_onnx", "check_onnx", "segments_from_outputs", "OUTPUT_NAMES"]
