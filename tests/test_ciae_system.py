@@ -99,7 +99,7 @@ def test_ablation_switches_change_the_model(synth_root):
 def test_instance_category_from_the_embedding_reads_the_thing_memory(synth_root):
     ds = PanopticDataset.synthetic(synth_root, "val")
     with pytest.raises(ValueError, match="merge_things: false"):
-        _model(ds.meta, "model.instance_category=embedding")
+        _model(ds.meta, "model.instance_category=embedding", "model.merge_things=true")
     model = _model(ds.meta, "model.instance_category=embedding", "model.merge_things=false")
     rows = model.thing_rows
     queries = model.loss.memory[[rows[3], rows[0]]]                          # exactly thing classes 3 and 0

@@ -18,6 +18,9 @@ the result says which one wrote the file.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import time
 import warnings
 from pathlib import Path
@@ -90,18 +93,23 @@ def export_onnx(model: CIAEPanoptic, path: str | Path, size: tuple[int, int], op
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = CIAEGraph(model.cpu(), size).eval()
-    example = (torch.rand(3, *graph.size),)
+    example = (torch.rand(3, *graph.size, generator=torch.Generator().manual_seed(0)),)
     start = time.perf_counter()
     dynamo_error = None
     exporter = "torch.export (dynamo)"
     try:
-        with warnings.catch_warnings():
+        # torch.export reports a failure by printing the whole graph: kept out of the user's terminal
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(graph, example, dynamo=True, input_names=["image"],
-                                        output_names=list(OUTPUT_NAMES), opset_version=max(opset, 18))
+                                        output_names=list(OUTPUT_NAMES), opset_version=max(opset, 18),
+                                        verbose=False)
         program.save(str(path))
     except Exception as err:  # noqa: BLE001 - any dynamo failure falls back to the legacy exporter
-        dynamo_error = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+        root = err.__cause__ or err  # torch.onnx wraps the torch.export error that says why
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(root)).strip().splitlines()
+        dynamo_error = f"{type(root).__name__}: {first[0][:300] if first else ''}"
         exporter = "torchscript (legacy)"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -19,13 +19,14 @@ from panoptix.structures import PanopticResult, SegmentInfo
 
 
 def box_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, H, W) bool: pixel centres inside each (N, 4) xyxy box."""
+    """(H, W, N) bool: pixel centres inside each (N, 4) xyxy box (instances last, the layout of
+    `assign_segments`' similarity matrix)."""
     h, w = size
     ys = torch.arange(h, device=boxes.device, dtype=torch.float32) + 0.5
     xs = torch.arange(w, device=boxes.device, dtype=torch.float32) + 0.5
-    in_x = (xs[None] >= boxes[:, 0:1]) & (xs[None] <= boxes[:, 2:3])            # (N, W)
-    in_y = (ys[None] >= boxes[:, 1:2]) & (ys[None] <= boxes[:, 3:4])            # (N, H)
-    return in_y[:, :, None] & in_x[:, None, :]
+    in_x = (xs[:, None] >= boxes[None, :, 0]) & (xs[:, None] <= boxes[None, :, 2])   # (W, N)
+    in_y = (ys[:, None] >= boxes[None, :, 1]) & (ys[:, None] <= boxes[None, :, 3])   # (H, N)
+    return in_y[:, None, :] & in_x[None, :, :]
 
 
 def assign_segments(embeddings: torch.Tensor, stuff_queries: torch.Tensor, instance_queries: torch.Tensor,
@@ -48,16 +49,15 @@ def assign_segments(embeddings: torch.Tensor, stuff_queries: torch.Tensor, insta
     s, n = stuff_queries.shape[0], instance_queries.shape[0]
     h, w = embeddings.shape[-2:]
     queries = torch.cat([stuff_queries, instance_queries]).float()
-    sim = torch.einsum("qe,ehw->qhw", queries, embeddings.float())          # S = P V^T
-    if box_filter:
-        inside = torch.cat([torch.ones((s, h, w), dtype=torch.bool, device=sim.device), box_masks(boxes, (h, w))])
-        sim = torch.where(inside, sim, torch.zeros_like(sim))
-    best = sim.argmax(0)
-    onehot = best[None] == torch.arange(s + n, device=best.device)[:, None, None]
-    areas = onehot.sum((1, 2))
+    # (H*W, Q) with queries last: the product and the argmax both run over contiguous memory.
+    sim = embeddings.float().flatten(1).T @ queries.T                       # S = P V^T
+    if box_filter:  # no test of n: a traced export must keep the filter whatever its example detected
+        outside = ~box_masks(boxes, (h, w)).reshape(h * w, n)              # (H*W, N), contiguous
+        sim[:, s:].masked_fill_(outside, 0.0)                               # in place: no (H*W, Q) copy
+    best = sim.argmax(1)                                                     # (H*W,)
+    areas = torch.zeros(s + n, dtype=torch.int64, device=best.device).scatter_add_(0, best, torch.ones_like(best))
     small = (torch.arange(s + n, device=best.device) < s) & (areas < stuff_min_area)
-    void = small[best]
-    ids = torch.where(void, torch.zeros_like(best), best + 1).to(torch.int32)
+    ids = torch.where(small[best], torch.zeros_like(best), best + 1).to(torch.int32).reshape(h, w)
     areas = torch.where(small, torch.zeros_like(areas), areas)
     return ids, areas
 

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, sigmoid_focal_loss
+from torchvision.ops import nms, sigmoid_focal_loss
 
 from panoptix.data.targets import instance_index_map
 from panoptix.models.layers import group_norm
@@ -72,10 +72,11 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-def _tower(in_channels: int, num_convs: int) -> nn.Sequential:
+def _tower(in_channels: int, num_convs: int, groups: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for _ in range(num_convs):
-        layers += [nn.Conv2d(in_channels, in_channels, 3, padding=1), group_norm(in_channels), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(in_channels, in_channels, 3, padding=1), group_norm(in_channels, groups),
+                   nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
@@ -89,6 +90,7 @@ class FCOSHead(Configurable, nn.Module):
         size_bounds: FCOS's regression ranges between levels: a positive on level i has its largest
             distance in (bounds[i-1], bounds[i]] (64, 128, 256, 512 in the paper).
         num_convs: conv layers per tower (4).
+        norm_groups: GroupNorm groups in the towers (32, FCOS's: 8 channels a group at width 256).
         embed_dim: box-embedding channels (32, the seed's embedding dimension); 0 for none.
         prior_prob: initial class probability (0.01, RetinaNet's initialisation).
         focal_alpha, focal_gamma: focal loss (0.25, 2).
@@ -108,9 +110,10 @@ class FCOSHead(Configurable, nn.Module):
 
     def __init__(self, in_channels: int, num_things: int, levels: Sequence[str] = ("p3", "p4", "p5", "p6", "p7"),
                  strides: Sequence[int] = (8, 16, 32, 64, 128), size_bounds: Sequence[float] = (64, 128, 256, 512),
-                 num_convs: int = 4, embed_dim: int = 32, prior_prob: float = 0.01, focal_alpha: float = 0.25,
+                 num_convs: int = 4, norm_groups: int = 32, embed_dim: int = 32, prior_prob: float = 0.01, focal_alpha: float = 0.25,
                  focal_gamma: float = 2.0, score_thresh: float = 0.2, topk_candidates: int = 1000,
-                 nms_thresh: float = 0.6, class_agnostic_nms: bool = False, detections_per_img: int = 100) -> None:
+                 nms_thresh: float = 0.6, class_agnostic_nms: bool = False,
+                 detections_per_img: int = 100) -> None:
         super().__init__()
         if len(levels) != len(strides) or len(size_bounds) != len(levels) - 1:
             raise ValueError(f"FCOS: {len(levels)} levels need as many strides and {len(levels) - 1} size bounds; "
@@ -122,7 +125,8 @@ class FCOSHead(Configurable, nn.Module):
         self.score_thresh, self.topk_candidates = score_thresh, topk_candidates
         self.nms_thresh, self.detections_per_img = nms_thresh, detections_per_img
         self.class_agnostic_nms = class_agnostic_nms
-        self.cls_tower, self.reg_tower = _tower(in_channels, num_convs), _tower(in_channels, num_convs)
+        self.cls_tower = _tower(in_channels, num_convs, norm_groups)
+        self.reg_tower = _tower(in_channels, num_convs, norm_groups)
         self.cls_logits = nn.Conv2d(in_channels, num_things, 3, padding=1)
         self.bbox_pred = nn.Conv2d(in_channels, 4, 3, padding=1)
         self.centerness = nn.Conv2d(in_channels, 1, 3, padding=1)
@@ -235,8 +239,11 @@ class FCOSHead(Configurable, nn.Module):
             labels, where = torch.cat(labels_all), torch.cat(where_all)
             keep = scores >= self.score_thresh
             boxes, scores, labels, where = boxes[keep], scores[keep], labels[keep], where[keep]
+            # torchvision's batched_nms trick without its size test (a data-dependent branch that
+            # torch.export cannot trace): classes are moved apart by more than the image size.
             groups = torch.zeros_like(labels) if self.class_agnostic_nms else labels
-            keep = batched_nms(boxes, scores, groups, self.nms_thresh)[:self.detections_per_img]
+            shifted = boxes + (groups.to(boxes.dtype) * float(max(h, w) + 1))[:, None]
+            keep = nms(shifted, scores, self.nms_thresh)[:self.detections_per_img]
             results.append(Instances(boxes[keep], scores[keep], labels[keep], None, image_size=(h, w),
                                      extra={LOCATION_FIELD: where[keep]}))
         return results
