@@ -110,8 +110,8 @@ class FCOSHead(Configurable, nn.Module):
 
     def __init__(self, in_channels: int, num_things: int, levels: Sequence[str] = ("p3", "p4", "p5", "p6", "p7"),
                  strides: Sequence[int] = (8, 16, 32, 64, 128), size_bounds: Sequence[float] = (64, 128, 256, 512),
-                 num_convs: int = 4, norm_groups: int = 32, embed_dim: int = 32, prior_prob: float = 0.01, focal_alpha: float = 0.25,
-                 focal_gamma: float = 2.0, score_thresh: float = 0.2, topk_candidates: int = 1000,
+                 num_convs: int = 4, norm_groups: int = 32, embed_dim: int = 32, prior_prob: float = 0.01,
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, score_thresh: float = 0.2, topk_candidates: int = 1000,
                  nms_thresh: float = 0.6, class_agnostic_nms: bool = False,
                  detections_per_img: int = 100) -> None:
         super().__init__()
