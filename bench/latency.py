@@ -167,7 +167,7 @@ def panoptic_rows(meta: DatasetMeta, h: int, w: int, device: torch.device, warmu
     gen = torch.Generator().manual_seed(1)
     image = torch.rand(3, h, w, generator=gen).to(device)
     systems = (("two_stage R50-FPN (Panoptic FPN, heuristic merge)", "panoptic_fpn_r50",
-                ["model.fusion.score_thresh=0.0"]),
+                ["model.fusion.score_thresh=0.0", "model.instance_head.box_score_thresh=0.0"]),
                ("CIAE R50-FPN (one-stage, embedding merge)", "ciae_r50", ["model.detector.score_thresh=0.0"]))
     rows = []
     for name, config, extra in systems:
