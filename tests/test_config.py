@@ -16,8 +16,8 @@ from conftest import REPO, tiny_overrides
 from panoptix.cli import main
 from panoptix.config import ConfigError, build_model, load_config, parse_override
 from panoptix.data.synthetic import synthetic_meta
-from panoptix.models.registry import (BACKBONES, FUSIONS, INSTANCE_HEADS, NECKS, SEMANTIC_HEADS, SYSTEMS, Registry,
-                                      build)
+from panoptix.models.registry import (BACKBONES, EMBEDDING_HEADS, FUSIONS, INSTANCE_HEADS, NECKS, SEMANTIC_HEADS,
+                                      SYSTEMS, Registry, build)
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -38,7 +38,7 @@ def test_unknown_keys_and_files(tmp_path):
     with pytest.raises(ConfigError, match=r"model.semantic_head.deform_convs for FPNSemanticHead; valid keys: "
                                           r"channels, loss_weight$"):
         load_config("panoptic_fpn_tiny", ["model.semantic_head.deform_convs=2"])
-    with pytest.raises(ConfigError, match=r"model.name: unknown system 'detr'; registered: two_stage"):
+    with pytest.raises(ConfigError, match=r"model.name: unknown system 'detr'; registered: ciae, two_stage"):
         load_config(None, ["model.name=detr"])
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) trainer; valid keys: imports, model, data"):
         load_config(None, ["trainer.x=1"])
@@ -179,6 +179,11 @@ def test_bundled_configs_build_through_the_registry(path):
     # the COCO configs name ImageNet weights through timm: a checkpoint would replace them, and
     # tests never download, so they are built as a predictor builds them
     model = build_model(cfg, meta, weights_from_checkpoint=True)
-    assert model.instance_head.num_things == meta.num_things
-    assert type(model.semantic_head) is SEMANTIC_HEADS.get(cfg["model"]["semantic_head"]["name"])
+    if cfg["model"]["name"] == "ciae":
+        assert model.detector.num_things == meta.num_things
+        assert type(model.embedding) is EMBEDDING_HEADS.get(cfg["model"]["embedding"]["name"])
+        assert model.loss.total_iters == cfg["solver"]["max_iter"]
+    else:
+        assert model.instance_head.num_things == meta.num_things
+        assert type(model.semantic_head) is SEMANTIC_HEADS.get(cfg["model"]["semantic_head"]["name"])
     assert Path(path).stem.endswith("_tiny") or cfg["model"]["backbone"]["weights"] == "timm"

@@ -198,7 +198,7 @@ def _torchrun(synth_root, out, config: str = "panoptic_fpn_tiny", **extra) -> No
 def test_ddp_ciae_memory_embeddings_stay_identical_on_every_rank(synth_root, tmp_path):
     """CIAE's memory is updated from the categories of every rank's images (all-reduced), so the
     ranks end with the same memory (``replicas_in_sync`` checks buffers too), moved from M_0."""
-    _torchrun(synth_root, tmp_path / "ciae", config="ciae_tiny", solver__max_iter=3, engine__checkpoint_period=0)
+    _torchrun(synth_root, tmp_path / "ciae", config="ciae_tiny", solver__max_iter=3)
     summary = json.loads((tmp_path / "ciae" / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["replicas_in_sync"] is True
     state = safe_torch_load(tmp_path / "ciae" / "model_0000003.pth")["model"]
