@@ -111,7 +111,8 @@ class FCOSHead(Configurable, nn.Module):
     def __init__(self, in_channels: int, num_things: int, levels: Sequence[str] = ("p3", "p4", "p5", "p6", "p7"),
                  strides: Sequence[int] = (8, 16, 32, 64, 128), size_bounds: Sequence[float] = (64, 128, 256, 512),
                  num_convs: int = 4, norm_groups: int = 32, embed_dim: int = 32, prior_prob: float = 0.01,
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, score_thresh: float = 0.2, topk_candidates: int = 1000,
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, score_thresh: float = 0.2,
+                 topk_candidates: int = 1000,
                  nms_thresh: float = 0.6, class_agnostic_nms: bool = False,
                  detections_per_img: int = 100) -> None:
         super().__init__()
@@ -163,7 +164,8 @@ class FCOSHead(Configurable, nn.Module):
     def match(self, locations: list[torch.Tensor], target: dict[str, torch.Tensor], padded: tuple[int, int]
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Targets of one image: (L,) class (``num_things`` = background, -1 = ignored, a crowd
-        region), (L, 4) distances to the matched box, (L,) matched instance (-1 none)."""
+        region), (L, 4) distances to the matched box, (L,) matched instance (-1 none). Uses the
+        target's ``instance_index`` (H, W) map when it has one."""
         h, w = target["semantic"].shape[-2:]
         pts = torch.cat(locations)
         counts = [len(p) for p in locations]
@@ -172,7 +174,10 @@ class FCOSHead(Configurable, nn.Module):
         xi, yi = pts[:, 0].long(), pts[:, 1].long()
         inside = (xi < w) & (yi < h)
         xi, yi = xi.clamp(max=w - 1), yi.clamp(max=h - 1)
-        index = instance_index_map(target["masks"], (h, w))[yi, xi]
+        index_map = target.get("instance_index")
+        if index_map is None:
+            index_map = instance_index_map(target["masks"], (h, w))
+        index = index_map[yi, xi]
         index = torch.where(inside, index, torch.full_like(index, -1))
         boxes = target["boxes"]
         cls = torch.full((len(pts),), self.num_things, dtype=torch.int64, device=pts.device)

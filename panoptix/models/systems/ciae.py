@@ -34,6 +34,20 @@ from panoptix.structures import Instances, PanopticResult
 QUERY_FIELD = "query"
 
 
+def instance_index(target: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(H, W) int64 instance of each pixel (-1 none): the target's ``instance_index``, or built from its masks."""
+    if "instance_index" in target:
+        return target["instance_index"]
+    return instance_index_map(target["masks"], tuple(target["semantic"].shape))
+
+
+def ciae_targets(sample: Any, meta: DatasetMeta, semantic: str) -> dict[str, torch.Tensor]:
+    """`build_targets` plus ``instance_index`` (see `CIAEPanoptic.target_builder`)."""
+    targets = build_targets(sample, meta, semantic)
+    targets["instance_index"] = instance_index(targets)
+    return targets
+
+
 def image_embeddings(raw: torch.Tensor, resized: tuple[int, int], size: tuple[int, int], stride: int) -> torch.Tensor:
     """P of one image: its (E, H'/s, W'/s) raw embeddings of the padded batch cropped to the resized
     image, resized to ``size`` and L2-normalised: (E, *size)."""
@@ -146,8 +160,10 @@ class CIAEPanoptic(Configurable, nn.Module):
                    instance_category=cfg["instance_category"])
 
     def target_builder(self) -> Callable[..., dict[str, torch.Tensor]]:
-        """``PanopticSample -> targets`` (picklable): the semantic map holds memory rows."""
-        return functools.partial(build_targets, meta=self.meta, semantic=self.variant)
+        """``PanopticSample -> targets`` (picklable): the semantic map holds memory rows, and
+        ``instance_index`` (H, W) the instance of each pixel (-1 none), built once in the data
+        loader for both the detector's matching and the embedding loss."""
+        return functools.partial(ciae_targets, meta=self.meta, semantic=self.variant)
 
     # ------------------------------------------------------------------ forward
     def network(self, tensors: torch.Tensor) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
@@ -168,8 +184,7 @@ class CIAEPanoptic(Configurable, nn.Module):
         out, raw = self.network(batch.tensors)
         losses = self.detector.losses(out, targets, padded)
         category = pad_maps([t["semantic"] for t in targets], padded)
-        instance = pad_maps([instance_index_map(t["masks"], tuple(t["semantic"].shape)) for t in targets], padded,
-                            fill=-1)
+        instance = pad_maps([instance_index(t) for t in targets], padded, fill=-1)
         full = F.interpolate(raw, size=padded, mode="bilinear", align_corners=False)
         losses.update(self.loss(full, category, instance, [t["boxes"] for t in targets]))
         return losses
@@ -224,4 +239,5 @@ class CIAEPanoptic(Configurable, nn.Module):
         return result
 
 
-__all__ = ["CIAEPanoptic", "RawEmbedding", "image_embeddings", "read_queries", "QUERY_FIELD"]
+__all__ = ["CIAEPanoptic", "RawEmbedding", "ciae_targets", "instance_index", "image_embeddings", "read_queries",
+           "QUERY_FIELD"]
