@@ -157,7 +157,7 @@ def test_fcos_positives_lie_inside_masks_not_just_boxes():
     target = {"semantic": torch.zeros(32, 32, dtype=torch.int64), "masks": mask,
               "boxes": torch.tensor([[0.0, 0.0, 32.0, 32.0]]), "labels": torch.tensor([1])}
     locations = head.locations({"cls": [torch.zeros(1, 2, 4, 4)]})
-    cls, ltrb, index = head.match(locations, target, (32, 32))
+    cls, ltrb, index = head.match(locations, target)
     grid = cls.reshape(4, 4)
     assert grid[:2, :2].eq(1).all() and grid[2:, 2:].eq(2).all()          # 2 = background (num_things)
     assert grid[2:, 0].eq(2).all()                                          # x = 4 is outside the 4 px strip

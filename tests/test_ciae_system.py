@@ -151,3 +151,13 @@ def test_export_command_writes_a_checked_graph_and_refuses_a_two_stage_checkpoin
     assert "segment maps equal on 100.0000% of pixels" in capsys.readouterr().out
     assert main(["export", "--weights", str(last_checkpoint(trained_tiny)), "--out", str(tmp_path / "x.onnx")]) == 2
     assert "ONNX export covers the CIAE system" in capsys.readouterr().err
+
+
+def test_export_refuses_a_size_the_model_would_resize(synth_root):
+    from panoptix.engine.export import CIAEGraph, ExportError
+
+    ds = PanopticDataset.synthetic(synth_root, "val")
+    model = _model(ds.meta, "model.preprocess.min_size_test=96").eval()
+    with pytest.raises(ExportError, match="export at --size 96 96"):
+        CIAEGraph(model, (64, 64))
+    assert CIAEGraph(model, (96, 96)).size == (96, 96)

@@ -28,20 +28,19 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from panoptix.errors import PanoptixError
 from panoptix.fusion.embedding import assign_segments
 from panoptix.models.heads.fcos import LOCATION_FIELD
-from panoptix.models.preprocess import padded_size
+from panoptix.models.preprocess import inference_size
 from panoptix.models.systems.ciae import CIAEPanoptic, image_embeddings, read_queries
 
 OUTPUT_NAMES = ("ids", "categories", "scores", "areas")
 
 
-class ExportError(PanoptixError, TypeError):
-    """The model cannot be exported (a system without an exportable merge)."""
+class ExportError(PanoptixError, ValueError):
+    """The model cannot be exported: a system without an exportable merge, or a size the model would resize."""
 
 OPSET = 17
 
@@ -52,7 +51,13 @@ class CIAEGraph(nn.Module):
     def __init__(self, model: CIAEPanoptic, size: tuple[int, int]) -> None:
         super().__init__()
         self.model, self.size = model.eval(), (int(size[0]), int(size[1]))
-        self.padded = padded_size([self.size], model.preprocess.size_divisibility)
+        pre = model.preprocess
+        resized = inference_size(*self.size, pre.min_size_test, pre.max_size_test)
+        if resized != self.size:
+            raise ExportError(f"the model resizes a {self.size[0]}x{self.size[1]} image to {resized[0]}x{resized[1]} "
+                              f"(model.preprocess.min_size_test={pre.min_size_test}); export at --size "
+                              f"{resized[0]} {resized[1]} and resize images to it, or pass "
+                              f"model.preprocess.min_size_test=0")
         self.register_buffer("stuff_categories", torch.as_tensor(model.stuff_categories, dtype=torch.int64))
         self.register_buffer("thing_categories", torch.as_tensor(model.thing_categories, dtype=torch.int64))
         h, w = self.size
@@ -60,13 +65,10 @@ class CIAEGraph(nn.Module):
         self.stuff_min_area = float(frac * h * w if frac is not None else model.stuff_min_area)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        h, w = self.size
-        pre = self.model.preprocess
-        x = (image - pre.pixel_mean) / pre.pixel_std
-        x = F.pad(x, (0, self.padded[1] - w, 0, self.padded[0] - h))[None]
-        out, raw = self.model.network(x)
+        batch = self.model.preprocess([image])       # normalisation and padding, as in PyTorch
+        out, raw = self.model.network(batch.tensors)
         det = self.model.detector.detect(out, [self.size])[0]
-        stride = self.padded[0] // raw.shape[-2]
+        stride = batch.tensors.shape[-2] // raw.shape[-2]
         emb = image_embeddings(raw[0], self.size, self.size, stride)
         query = read_queries(emb, det.extra[LOCATION_FIELD], self.size)
         ids, areas = assign_segments(emb, self.model.stuff_queries(), query, det.boxes, self.stuff_min_area,

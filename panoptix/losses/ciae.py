@@ -87,10 +87,12 @@ def inside_boxes(xy: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return (x >= boxes[None, :, 0]) & (x <= boxes[None, :, 2]) & (y >= boxes[None, :, 1]) & (y <= boxes[None, :, 3])
 
 
-def memory_momentum(step: int, total: int, base: float = 1e-4) -> float:
-    """lambda_t = 1 - base (1 - t/T)^3 (Eq. 13); t is clamped to T."""
-    t = min(max(step, 0), max(total, 1))
-    return 1.0 - base * (1.0 - t / max(total, 1)) ** 3
+def memory_momentum(step: int | torch.Tensor, total: int, base: float = 1e-4) -> float | torch.Tensor:
+    """lambda_t = 1 - base (1 - t/T)^3 (Eq. 13); t is clamped to T. A tensor step gives a tensor
+    (the training step reads it without a host sync)."""
+    total = max(total, 1)
+    t = step.clamp(0, total) if isinstance(step, torch.Tensor) else min(max(step, 0), total)
+    return 1.0 - base * (1.0 - t / total) ** 3
 
 
 class CIAELoss(Configurable, nn.Module):
@@ -141,7 +143,8 @@ class CIAELoss(Configurable, nn.Module):
         return memory_momentum(int(self.step), self.total_iters, self.momentum_base)
 
     def forward(self, raw: torch.Tensor, category: torch.Tensor, instance: torch.Tensor,
-                boxes: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+                boxes: Sequence[torch.Tensor], sizes: Optional[Sequence[tuple[int, int]]] = None
+                ) -> dict[str, torch.Tensor]:
         """Losses of a batch; updates the memory when training.
 
         Args:
@@ -149,52 +152,55 @@ class CIAELoss(Configurable, nn.Module):
             category: (B, H, W) int64 memory row of each pixel, 255 = ignored.
             instance: (B, H, W) int64 instance index of each pixel within its image, -1 = none.
             boxes: per image (N_b, 4) xyxy ground-truth boxes of its instances.
+            sizes: per image (h, w) inside the padding (default: the whole map); padding is skipped.
 
         Returns:
             ``loss_cae`` (L_CAE) and ``loss_iae`` (alpha L_IAE), both times ``loss_weight``.
         """
         b, e = raw.shape[:2]
-        flat = raw.float().flatten(2).transpose(1, 2)                        # (B, HW, E)
+        sizes = sizes or [tuple(raw.shape[-2:])] * b
         memory = self.memory.clone()                                        # M_{t-1}
-        w = raw.shape[-1]
-        cae, iae, n_cae, n_iae = flat.new_zeros(()), flat.new_zeros(()), 0, 0
-        sums = flat.new_zeros(memory.shape)
-        counts = torch.zeros(len(memory), dtype=torch.int64, device=raw.device)
-        for i in range(b):
-            cat, inst = category[i].reshape(-1), instance[i].reshape(-1)
-            valid = cat != IGNORE_INDEX
-            if not valid.any():
-                continue
-            r = flat[i][valid]
+        n_rows, n_stuff = len(memory), len(self.stuff_rows)
+        stuff_queries = memory[self.stuff_rows]
+        cae = iae = raw.new_zeros((), dtype=torch.float32)
+        n_cae = n_iae = torch.zeros((), dtype=torch.int64, device=raw.device)
+        sums = raw.new_zeros((n_rows + 1, e), dtype=torch.float32)          # row n_rows: ignored pixels
+        counts = torch.zeros(n_rows + 1, dtype=torch.int64, device=raw.device)
+        # Masks, not boolean indexing: the step needs no host sync; each image is cropped to its size.
+        for i, (h, w) in enumerate(sizes):
+            r = raw[i, :, :h, :w].float().flatten(1).T                       # (h*w, E)
             p = F.normalize(r, dim=1)
-            c, k = cat[valid], inst[valid]
-            cae = cae + triplet_embedding_loss(p, memory, c, self.margin, self.top_k).sum()
-            n_cae += int(valid.sum())
-            s, n = segment_means(r.detach(), c, len(memory))
+            cat, inst = category[i, :h, :w].reshape(-1), instance[i, :h, :w].reshape(-1)
+            valid = cat != IGNORE_INDEX
+            rows = torch.where(valid, cat, n_rows)
+            cae = cae + (triplet_embedding_loss(p, memory, rows.clamp(max=n_rows - 1), self.margin, self.top_k)
+                         * valid).sum()
+            n_cae = n_cae + valid.sum()
+            s, n = segment_means(r.detach(), rows, n_rows + 1)
             sums, counts = sums + s, counts + n
             # IAE: stuff pixels -> their stuff row's slot; instance pixels -> S + instance; others ignored.
-            slot = self.stuff_slot[c]
-            n_stuff, n_inst = len(self.stuff_rows), len(boxes[i])
-            target = torch.where(k >= 0, n_stuff + k, slot)
-            use = target >= 0
-            if not use.any():
+            n_inst = len(boxes[i])
+            target = torch.where(inst >= 0, n_stuff + inst, self.stuff_slot[rows.clamp(max=n_rows - 1)])
+            use = valid & (target >= 0)
+            if not n_stuff + n_inst:
                 continue
-            inst_sums, _ = segment_means(r[k >= 0], k[k >= 0], n_inst)
-            queries = torch.cat([memory[self.stuff_rows], F.normalize(inst_sums, dim=1)])
+            inst_sums, _ = segment_means(r, torch.where(inst >= 0, inst, n_inst), n_inst + 1)
+            queries = torch.cat([stuff_queries, F.normalize(inst_sums[:n_inst], dim=1)])
             keep = None
             if self.filter_box_scale is not None and n_inst:
-                pix = valid.nonzero()[:, 0]
-                xy = torch.stack([pix % w, pix // w], dim=1)[use]
-                near = inside_boxes(xy, expand_boxes(boxes[i].float(), self.filter_box_scale))
-                keep = torch.cat([torch.ones((len(xy), n_stuff), dtype=torch.bool, device=raw.device), near], 1)
-            weight = torch.where(k[use] >= 0, self.thing_weight, 1.0)
-            iae = iae + (weight * triplet_embedding_loss(p[use], queries, target[use], self.margin, self.top_k,
+                pix = torch.arange(h * w, device=raw.device)
+                near = inside_boxes(torch.stack([pix % w, pix // w], 1), expand_boxes(boxes[i].float(),
+                                                                                       self.filter_box_scale))
+                keep = torch.cat([torch.ones((h * w, n_stuff), dtype=torch.bool, device=raw.device), near], 1)
+            weight = torch.where(inst >= 0, self.thing_weight, 1.0) * use
+            iae = iae + (weight * triplet_embedding_loss(p, queries, target.clamp(min=0), self.margin, self.top_k,
                                                          keep)).sum()
-            n_iae += int(use.sum())
+            n_iae = n_iae + use.sum()
         if self.training:
-            self.update_memory(sums, counts)
+            self.update_memory(sums[:n_rows], counts[:n_rows])
         scale = self.loss_weight
-        return {"loss_cae": scale * cae / max(n_cae, 1), "loss_iae": scale * self.iae_weight * iae / max(n_iae, 1)}
+        return {"loss_cae": scale * cae / n_cae.clamp(min=1),
+                "loss_iae": scale * self.iae_weight * iae / n_iae.clamp(min=1)}
 
     @torch.no_grad()
     def update_memory(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
@@ -203,7 +209,8 @@ class CIAELoss(Configurable, nn.Module):
             torch_dist.all_reduce(sums)
             torch_dist.all_reduce(counts)
         present = counts > 0
-        lam = self.current_momentum()
+        lam = self.momentum if self.momentum is not None else \
+            memory_momentum(self.step.double(), self.total_iters, self.momentum_base)
         batch_means = F.normalize(sums, dim=1)                               # M_c (Eq. 3)
         moved = F.normalize(lam * self.memory + (1.0 - lam) * batch_means, dim=1)
         self.memory.copy_(torch.where(present[:, None], moved, self.memory))

@@ -161,7 +161,7 @@ class FCOSHead(Configurable, nn.Module):
         return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1)
 
     # ------------------------------------------------------------------ training
-    def match(self, locations: list[torch.Tensor], target: dict[str, torch.Tensor], padded: tuple[int, int]
+    def match(self, locations: list[torch.Tensor], target: dict[str, torch.Tensor]
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Targets of one image: (L,) class (``num_things`` = background, -1 = ignored, a crowd
         region), (L, 4) distances to the matched box, (L,) matched instance (-1 none). Uses the
@@ -194,27 +194,29 @@ class FCOSHead(Configurable, nn.Module):
             cls = torch.where(in_crowd, torch.full_like(cls, -1), cls)
         return cls, ltrb, index
 
-    def losses(self, outputs: dict[str, list[torch.Tensor]], targets: list[dict[str, torch.Tensor]],
-               padded: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """``loss_fcos_cls`` (focal), ``loss_fcos_box`` (IoU) and ``loss_fcos_ctr`` (BCE)."""
+    def losses(self, outputs: dict[str, list[torch.Tensor]], targets: list[dict[str, torch.Tensor]]
+               ) -> dict[str, torch.Tensor]:
+        """``loss_fcos_cls`` (focal), ``loss_fcos_box`` (IoU) and ``loss_fcos_ctr`` (BCE).
+
+        Every term is computed on all locations and masked, so the step needs no host sync."""
         locations = self.locations(outputs)
-        matched = [self.match(locations, t, padded) for t in targets]
+        matched = [self.match(locations, t) for t in targets]
         cls_t = torch.stack([m[0] for m in matched])                       # (B, L)
         ltrb_t = torch.stack([m[1] for m in matched])                      # (B, L, 4)
         cls_p = self.flatten(outputs["cls"]).float()
         reg_p = self.flatten(outputs["reg"]).float()
         ctr_p = self.flatten(outputs["ctr"]).float()[..., 0]
         valid = cls_t >= 0
-        pos = valid & (cls_t < self.num_things)
-        num_pos = max(int(pos.sum()), 1)
+        pos = (valid & (cls_t < self.num_things)).float()
+        num_pos = pos.sum().clamp(min=1.0)
         onehot = F.one_hot(cls_t.clamp(min=0), self.num_things + 1)[..., :self.num_things].to(cls_p.dtype)
-        loss_cls = sigmoid_focal_loss(cls_p[valid], onehot[valid], self.focal_alpha, self.focal_gamma,
-                                      reduction="sum") / num_pos
-        if pos.any():
-            loss_box = iou_loss(reg_p[pos], ltrb_t[pos]).mean()
-            loss_ctr = F.binary_cross_entropy_with_logits(ctr_p[pos], centerness_target(ltrb_t[pos]))
-        else:  # keep the graph connected (DDP) with zero-valued losses
-            loss_box, loss_ctr = reg_p.sum() * 0.0, ctr_p.sum() * 0.0
+        focal = sigmoid_focal_loss(cls_p, onehot, self.focal_alpha, self.focal_gamma, reduction="none")
+        loss_cls = (focal.sum(-1) * valid).sum() / num_pos
+        ltrb_t = ltrb_t * pos[..., None]  # negatives get zero targets: finite (-ln 1e-6) terms, weighted 0
+        loss_box = (iou_loss(reg_p.flatten(0, 1), ltrb_t.flatten(0, 1)) * pos.flatten()).sum() / num_pos
+        bce = F.binary_cross_entropy_with_logits(ctr_p, centerness_target(ltrb_t.flatten(0, 1)).view_as(ctr_p),
+                                                 reduction="none")
+        loss_ctr = (bce * pos).sum() / num_pos
         return {"loss_fcos_cls": loss_cls, "loss_fcos_box": loss_box, "loss_fcos_ctr": loss_ctr}
 
     # ------------------------------------------------------------------ inference

@@ -34,6 +34,11 @@ from panoptix.structures import Instances, PanopticResult
 QUERY_FIELD = "query"
 
 
+def stuff_rows(table: list[int]) -> list[int]:
+    """Memory rows that are stuff classes, from `semantic_category_table` (-1 marks thing rows)."""
+    return [i for i, c in enumerate(table) if c >= 0]
+
+
 def instance_index(target: dict[str, torch.Tensor]) -> torch.Tensor:
     """(H, W) int64 instance of each pixel (-1 none): the target's ``instance_index``, or built from its masks."""
     if "instance_index" in target:
@@ -127,7 +132,7 @@ class CIAEPanoptic(Configurable, nn.Module):
         self.meta, self.merge_things = meta, merge_things
         self.variant = "stuff_things" if merge_things else "all"
         table = semantic_category_table(meta, self.variant)
-        self.stuff_rows = [i for i, c in enumerate(table) if c >= 0]
+        self.stuff_rows = stuff_rows(table)
         self.stuff_categories = [table[i] for i in self.stuff_rows]
         self.thing_categories = list(meta.thing_ids)
         if detector.num_things != meta.num_things:
@@ -152,7 +157,7 @@ class CIAEPanoptic(Configurable, nn.Module):
                           box_embed_dim=getattr(detector, "embed_dim", 0))
         table = semantic_category_table(meta, "stuff_things" if cfg["merge_things"] else "all")
         loss = build(CIAELoss, cfg["loss"], num_categories=len(table), embed_dim=embedding.embed_dim,
-                     stuff_rows=[i for i, c in enumerate(table) if c >= 0],
+                     stuff_rows=stuff_rows(table),
                      **({"total_iters": total_iters} if total_iters else {}))
         return cls(backbone, neck, detector, embedding, loss, meta, preprocess=build(Preprocessor, cfg["preprocess"]),
                    merge_things=cfg["merge_things"], stuff_min_area=cfg["stuff_min_area"],
@@ -182,11 +187,12 @@ class CIAEPanoptic(Configurable, nn.Module):
         batch = self.preprocess(images)
         padded = tuple(batch.tensors.shape[-2:])
         out, raw = self.network(batch.tensors)
-        losses = self.detector.losses(out, targets, padded)
+        losses = self.detector.losses(out, targets)
         category = pad_maps([t["semantic"] for t in targets], padded)
         instance = pad_maps([instance_index(t) for t in targets], padded, fill=-1)
         full = F.interpolate(raw, size=padded, mode="bilinear", align_corners=False)
-        losses.update(self.loss(full, category, instance, [t["boxes"] for t in targets]))
+        losses.update(self.loss(full, category, instance, [t["boxes"] for t in targets],
+                                [tuple(t["semantic"].shape) for t in targets]))
         return losses
 
     @torch.no_grad()
