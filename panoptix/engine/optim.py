@@ -15,17 +15,21 @@ NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.mo
 def parameter_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float = 0.0,
                      weight_decay_bias: Optional[float] = None) -> list[dict[str, Any]]:
     """Trainable parameters in groups by weight decay: norm-layer parameters get ``weight_decay_norm``
-    (detectron2: 0), biases ``weight_decay_bias`` (None: ``weight_decay``), the rest ``weight_decay``.
-    Each parameter appears once, even when shared."""
+    (detectron2: 0), biases ``weight_decay_bias`` (None: ``weight_decay``), parameters of a module
+    that sets ``no_weight_decay = True`` (an uncertainty weighting's log-variances) 0, the rest
+    ``weight_decay``. Each parameter appears once, even when shared."""
     bias_decay = weight_decay if weight_decay_bias is None else weight_decay_bias
     groups: dict[float, list[nn.Parameter]] = {}
     seen: set[int] = set()
+    undecayed = {id(p) for m in model.modules() if getattr(m, "no_weight_decay", False) for p in m.parameters()}
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            if isinstance(module, NORM_TYPES):
+            if id(p) in undecayed:
+                decay = 0.0
+            elif isinstance(module, NORM_TYPES):
                 decay = weight_decay_norm
             elif name == "bias":
                 decay = bias_decay

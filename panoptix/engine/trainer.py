@@ -26,6 +26,7 @@ from panoptix.engine.sampler import TrainingStream, stream_loader
 from panoptix.engine.settings import DataSettings, EngineSettings, SolverSettings
 from panoptix.errors import PanoptixError
 from panoptix.jsonio import write_json
+from panoptix.losses import total_loss
 
 
 class TrainingDiverged(PanoptixError, RuntimeError):
@@ -186,7 +187,7 @@ class Trainer:
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             losses = self.ddp(images, targets)
-        total = sum(losses.values())
+        total = total_loss(losses)
         # One device sync for both the finiteness guard and the logged values.
         values = torch.stack([v.detach().float() for v in losses.values()] + [total.detach().float()]).tolist()
         if dist.any_rank(not math.isfinite(values[-1]), self.comm_device):

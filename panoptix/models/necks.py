@@ -1,4 +1,5 @@
-"""Necks: FPN P2-P6 (or P2-P7) on ``torchvision.ops.FeaturePyramidNetwork``, optionally deformable on P3-P5."""
+"""Necks: FPN P2-P6 (or P2-P7) on ``torchvision.ops.FeaturePyramidNetwork``, optionally deformable on P3-P5,
+optionally followed by Libra R-CNN's balanced feature pyramid (`panoptix.models.bfp`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
+from panoptix.models.bfp import BalancedFeaturePyramid
 from panoptix.models.layers import DeformConv3x3
 from panoptix.models.registry import NECKS, Configurable
 
@@ -28,6 +30,12 @@ class FPN(Configurable, nn.Module):
             (seed 000 uses P3, P4 and P5); offsets start at zero.
         top_levels: ``"maxpool"`` (P6, Mask R-CNN) or ``"p6p7"`` (P6 = stride-2 3x3 conv of P5,
             P7 = the same on ReLU(P6): FCOS, whose detector runs on P3-P7).
+        bfp: follow the FPN with Libra R-CNN's balanced feature pyramid (integrate, refine,
+            strengthen; Pang et al. 2019), as seed 001's E-UPS does.
+        bfp_refine_level: the pyramid level (index into the outputs: 2 = P4, stride 16) at whose
+            size the levels are integrated (Libra's ``refine_level=2``).
+        bfp_refine: ``"non_local"`` (Libra's: an embedded-Gaussian non-local block), ``"conv"`` (a
+            3x3 conv) or ``"none"``.
 
     Forward: ``{c2..c5}`` -> ``OrderedDict`` ``p2..p6`` (or ``p2..p7``) of (B, out_channels, H/s, W/s),
     s = 4..64 (128).
@@ -36,7 +44,9 @@ class FPN(Configurable, nn.Module):
     derived = ("in_channels",)
 
     def __init__(self, in_channels: Sequence[int], out_channels: int = 256,
-                 deformable_levels: Sequence[str] = (), top_levels: Literal["maxpool", "p6p7"] = "maxpool") -> None:
+                 deformable_levels: Sequence[str] = (), top_levels: Literal["maxpool", "p6p7"] = "maxpool",
+                 bfp: bool = False, bfp_refine_level: int = 2,
+                 bfp_refine: Literal["non_local", "conv", "none"] = "non_local") -> None:
         super().__init__()
         if len(in_channels) != 4:
             raise ValueError(f"FPN expects 4 input levels (C2..C5), got {len(in_channels)}")
@@ -50,7 +60,11 @@ class FPN(Configurable, nn.Module):
         self.out_channels = out_channels
         self.deformable_levels = tuple(deformable_levels)
         self.top_levels = top_levels
+        num_levels = 5 if top_levels == "maxpool" else 6
+        self.bfp = BalancedFeaturePyramid(out_channels, num_levels, bfp_refine_level, bfp_refine) if bfp else None
 
     def forward(self, feats: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
-        out = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats.values())))
-        return OrderedDict(zip(FPN_LEVELS, out.values()))
+        out = list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats.values()))).values())
+        if self.bfp is not None:
+            out = self.bfp(out)
+        return OrderedDict(zip(FPN_LEVELS, out))

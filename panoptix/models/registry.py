@@ -75,10 +75,11 @@ FUSIONS = Registry("fusion method")
 PANOPTIC_HEADS = Registry("panoptic head")
 REFINEMENTS = Registry("refinement")
 EMBEDDING_HEADS = Registry("embedding head")
+LOSS_WEIGHTINGS = Registry("loss weighting")
 
 # Packages whose modules register panoptix's own components: every module in them is imported
 # before a name is looked up, so an in-tree component is a new file, with no list to edit.
-_BUILTIN_PACKAGES = ("panoptix.models", "panoptix.fusion")
+_BUILTIN_PACKAGES = ("panoptix.models", "panoptix.fusion", "panoptix.losses")
 
 
 @functools.lru_cache(maxsize=None)
@@ -240,7 +241,6 @@ def build(spec: Any, section: Optional[dict[str, Any]], where: str = "", **conte
 
 
 __all__ = ["Registry", "Configurable", "ConfigError", "SYSTEMS", "BACKBONES", "NECKS", "INSTANCE_HEADS",
-           "SEMANTIC_HEADS", "FUSIONS", "PANOPTIC_HEADS", "REFINEMENTS", "EMBEDDING_HEADS", "build", "validate",
-           "check_section",
-           "check_value", "import_modules",
+           "SEMANTIC_HEADS", "FUSIONS", "PANOPTIC_HEADS", "REFINEMENTS", "EMBEDDING_HEADS", "LOSS_WEIGHTINGS",
+           "build", "validate", "check_section", "check_value", "import_modules",
            "import_builtin_components", "config_parameters"]

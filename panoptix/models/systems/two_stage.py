@@ -24,8 +24,8 @@ from panoptix.models.heads.ranking import thing_label_map
 from panoptix.models.heads.upsnet import panoptic_target
 from panoptix.models.postprocess import detector_postprocess, paste_masks, resize_semantic_logits
 from panoptix.models.preprocess import Preprocessor, pad_maps
-from panoptix.models.registry import (BACKBONES, FUSIONS, INSTANCE_HEADS, NECKS, PANOPTIC_HEADS, REFINEMENTS,
-                                      SEMANTIC_HEADS, SYSTEMS, Configurable, build)
+from panoptix.models.registry import (BACKBONES, FUSIONS, INSTANCE_HEADS, LOSS_WEIGHTINGS, NECKS, PANOPTIC_HEADS,
+                                      REFINEMENTS, SEMANTIC_HEADS, SYSTEMS, Configurable, build)
 from panoptix.structures import PanopticResult, RawPanoptic
 
 
@@ -52,6 +52,8 @@ class TwoStagePanoptic(Configurable, nn.Module):
             needs ``semantic_variant: all``).
         ranking_head: optional `SpatialRankingHead` (OANet's ranking scores for the ``ranking`` merge).
         refine: optional refinement of the merged result (e.g. the ``crf`` Dense CRF).
+        loss_weighting: optional learned weighting of the losses (``uncertainty``: Kendall et al.'s
+            task uncertainties, seed 001's LWL-HTC); without it the losses are summed as they are.
 
     Forward (torchvision detection contract): ``images`` list of (3, H_i, W_i) float in 0..1.
         Training (``targets`` from `target_builder` at each image's size): dict of losses
@@ -72,14 +74,15 @@ class TwoStagePanoptic(Configurable, nn.Module):
         "upsnet_head": (PANOPTIC_HEADS, None),
         "ranking_head": (PANOPTIC_HEADS, None),
         "refine": (REFINEMENTS, None),
+        "loss_weighting": (LOSS_WEIGHTINGS, None),
     }
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, instance_head: nn.Module, semantic_head: nn.Module,
                  fusion: Callable[..., PanopticResult], meta: DatasetMeta, preprocess: Optional[Preprocessor] = None,
                  semantic_variant: Literal["stuff_things", "all"] = "stuff_things",
                  keep_semantic_logits: bool = False, upsnet_head: Optional[nn.Module] = None,
-                 ranking_head: Optional[nn.Module] = None, refine: Optional[Callable[..., PanopticResult]] = None
-                 ) -> None:
+                 ranking_head: Optional[nn.Module] = None, refine: Optional[Callable[..., PanopticResult]] = None,
+                 loss_weighting: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.preprocess = preprocess if preprocess is not None else Preprocessor()
         self.backbone, self.neck = backbone, neck
@@ -97,6 +100,7 @@ class TwoStagePanoptic(Configurable, nn.Module):
         self.keep_semantic_logits = keep_semantic_logits
         self.min_instance_score = float(getattr(fusion, "keywords", {}).get("score_thresh", 0.0))
         self.upsnet_head, self.ranking_head, self.refine = upsnet_head, ranking_head, refine
+        self.loss_weighting = loss_weighting
         if upsnet_head is not None:
             stuff_ch, thing_ch = split_channels(self.semantic_categories, meta.num_things)
             lut = torch.full((len(self.semantic_categories),), IGNORE_INDEX, dtype=torch.int64)
@@ -118,7 +122,8 @@ class TwoStagePanoptic(Configurable, nn.Module):
                    keep_semantic_logits=cfg["keep_semantic_logits"],
                    upsnet_head=build(PANOPTIC_HEADS, cfg["upsnet_head"], num_things=meta.num_things),
                    ranking_head=build(PANOPTIC_HEADS, cfg["ranking_head"], num_things=meta.num_things),
-                   refine=build(REFINEMENTS, cfg["refine"]))
+                   refine=build(REFINEMENTS, cfg["refine"]),
+                   loss_weighting=build(LOSS_WEIGHTINGS, cfg["loss_weighting"]))
 
     def target_builder(self) -> Callable[..., dict[str, torch.Tensor]]:
         """``PanopticSample -> targets`` for this system (picklable, for data-loader workers)."""
@@ -142,7 +147,7 @@ class TwoStagePanoptic(Configurable, nn.Module):
             losses = {**losses, **sem_losses}
             if self.upsnet_head is not None or self.ranking_head is not None:
                 losses.update(self.panoptic_head_losses(batch, feats, sem_logits, targets))
-            return losses
+            return losses if self.loss_weighting is None else self.loss_weighting(losses)
         return [self.fuse(raw) for raw in self.predict_raw(images, batch, feats)]
 
     def panoptic_head_losses(self, batch: Any, feats: dict[str, torch.Tensor], sem_logits: torch.Tensor,
