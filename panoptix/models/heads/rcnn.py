@@ -12,7 +12,7 @@ Two departures from torchvision's defaults, both detectron2's behaviour:
 
 from __future__ import annotations
 
-from typing import Literal, Mapping, Optional, Sequence
+from typing import Callable, Literal, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -55,13 +55,51 @@ class FixedStrideAnchorGenerator(AnchorGenerator):
         return [torch.cat(per_level) for _ in image_list.image_sizes]
 
 
-def _float32_outputs(module: nn.Module, inputs: object, output: object) -> object:
+def float32_outputs(module: nn.Module, inputs: object, output: object) -> object:
     """Forward hook: every tensor of a module's (nested list/tuple) output as float32."""
     if isinstance(output, torch.Tensor):
         return output.float()
     if isinstance(output, (list, tuple)):
-        return type(output)(_float32_outputs(module, inputs, o) for o in output)
+        return type(output)(float32_outputs(module, inputs, o) for o in output)
     return output
+
+
+def build_rpn(in_channels: int, anchor_sizes: Sequence[int], aspect_ratios: Sequence[float], fg_iou: float,
+              bg_iou: float, batch_size: int, positive_fraction: float, pre_nms_train: int, pre_nms_test: int,
+              post_nms_train: int, post_nms_test: int, nms_thresh: float) -> RegionProposalNetwork:
+    """torchvision's RPN on P2..P6 with fixed-stride float32 anchors (one size per level) and its
+    head's outputs in float32."""
+    if len(anchor_sizes) != 5:
+        raise ValueError(f"anchor_sizes needs one size per level P2..P6 (5), got {len(anchor_sizes)}")
+    anchors = FixedStrideAnchorGenerator([(int(s),) for s in anchor_sizes], [tuple(aspect_ratios)] * 5)
+    rpn = RegionProposalNetwork(
+        anchors, RPNHead(in_channels, anchors.num_anchors_per_location()[0]), fg_iou, bg_iou, batch_size,
+        positive_fraction, dict(training=pre_nms_train, testing=pre_nms_test),
+        dict(training=post_nms_train, testing=post_nms_test), nms_thresh)
+    rpn.head.register_forward_hook(float32_outputs)
+    return rpn
+
+
+def roi_pools(roi_align: str) -> tuple[nn.Module, nn.Module]:
+    """The 7x7 box and 14x14 mask RoIAlign over P2..P5 (``"torchvision"`` or ``"matmul"``)."""
+    if roi_align not in ("torchvision", "matmul"):
+        raise ValueError(f"roi_align must be 'torchvision' or 'matmul', got {roi_align!r}")
+    pool = MatmulMultiScaleRoIAlign if roi_align == "matmul" else MultiScaleRoIAlign
+    return pool(_POOLED_LEVELS, output_size=7, sampling_ratio=2), pool(_POOLED_LEVELS, output_size=14, sampling_ratio=2)
+
+
+def head_norm_layer(head_norm: str) -> Optional[Callable[[int], nn.Module]]:
+    if head_norm not in ("", "gn"):
+        raise ValueError(f"head_norm must be '' or 'gn', got {head_norm!r}")
+    return group_norm if head_norm == "gn" else None
+
+
+def build_box_head(in_channels: int, fc_dim: int, convs: int, norm: Optional[Callable[[int], nn.Module]]
+                   ) -> nn.Module:
+    """(R, C, 7, 7) -> (R, fc_dim): Mask R-CNN's 2-fc head, or ``convs`` convs + 1 fc."""
+    if convs:
+        return FastRCNNConvFCHead((in_channels, 7, 7), [in_channels] * convs, [fc_dim], norm_layer=norm)
+    return TwoMLPHead(in_channels * 7 * 7, fc_dim)
 
 
 @INSTANCE_HEADS.register("mask_rcnn")
@@ -103,23 +141,12 @@ class MaskRCNNBranch(Configurable, nn.Module):
                  mask_conv_dim: int = 256, mask_convs: int = 4, head_norm: str = "",
                  roi_align: Literal["torchvision", "matmul"] = "torchvision") -> None:
         super().__init__()
-        if len(anchor_sizes) != 5:
-            raise ValueError(f"anchor_sizes needs one size per level P2..P6 (5), got {len(anchor_sizes)}")
-        anchors = FixedStrideAnchorGenerator([(int(s),) for s in anchor_sizes], [tuple(aspect_ratios)] * 5)
-        self.rpn = RegionProposalNetwork(
-            anchors, RPNHead(in_channels, anchors.num_anchors_per_location()[0]), rpn_fg_iou, rpn_bg_iou,
-            rpn_batch_size, rpn_positive_fraction, dict(training=rpn_pre_nms_train, testing=rpn_pre_nms_test),
-            dict(training=rpn_post_nms_train, testing=rpn_post_nms_test), rpn_nms)
-        if roi_align not in ("torchvision", "matmul"):
-            raise ValueError(f"roi_align must be 'torchvision' or 'matmul', got {roi_align!r}")
-        pool = MatmulMultiScaleRoIAlign if roi_align == "matmul" else MultiScaleRoIAlign
-        box_pool = pool(_POOLED_LEVELS, output_size=7, sampling_ratio=2)
-        mask_pool = pool(_POOLED_LEVELS, output_size=14, sampling_ratio=2)
-        if head_norm not in ("", "gn"):
-            raise ValueError(f"head_norm must be '' or 'gn', got {head_norm!r}")
-        norm = group_norm if head_norm == "gn" else None
-        box_head = (FastRCNNConvFCHead((in_channels, 7, 7), [in_channels] * box_convs, [box_fc_dim], norm_layer=norm)
-                    if box_convs else TwoMLPHead(in_channels * 7 * 7, box_fc_dim))
+        self.rpn = build_rpn(in_channels, anchor_sizes, aspect_ratios, rpn_fg_iou, rpn_bg_iou, rpn_batch_size,
+                             rpn_positive_fraction, rpn_pre_nms_train, rpn_pre_nms_test, rpn_post_nms_train,
+                             rpn_post_nms_test, rpn_nms)
+        box_pool, mask_pool = roi_pools(roi_align)
+        norm = head_norm_layer(head_norm)
+        box_head = build_box_head(in_channels, box_fc_dim, box_convs, norm)
         self.roi_heads = RoIHeads(
             box_pool, box_head, FastRCNNPredictor(box_fc_dim, num_things + 1),
             box_fg_iou, box_bg_iou, box_batch_size, box_positive_fraction, None, box_score_thresh, box_nms,
@@ -127,8 +154,7 @@ class MaskRCNNBranch(Configurable, nn.Module):
             mask_head=MaskRCNNHeads(in_channels, [mask_conv_dim] * mask_convs, 1, norm_layer=norm),
             mask_predictor=MaskRCNNPredictor(mask_conv_dim, mask_conv_dim, num_things + 1))
         self.num_things = num_things
-        self.rpn.head.register_forward_hook(_float32_outputs)
-        self.roi_heads.box_predictor.register_forward_hook(_float32_outputs)
+        self.roi_heads.box_predictor.register_forward_hook(float32_outputs)
 
     def forward(self, images: ImageList, features: Mapping[str, torch.Tensor],
                 targets: Optional[list[dict[str, torch.Tensor]]] = None
