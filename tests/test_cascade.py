@@ -31,10 +31,10 @@ def _feats(c=8, h=64, w=64):
 def _fix_stage(stage, deltas, logits):
     """Make a stage predict constant deltas and class logits whatever its input."""
     with torch.no_grad():
-        stage.predictor.bbox_pred.weight.zero_()
-        stage.predictor.bbox_pred.bias.copy_(torch.tensor(deltas))
-        stage.predictor.cls_score.weight.zero_()
-        stage.predictor.cls_score.bias.copy_(torch.tensor(logits))
+        stage.header.bbox_pred.weight.zero_()
+        stage.header.bbox_pred.bias.copy_(torch.tensor(deltas))
+        stage.header.cls_score.weight.zero_()
+        stage.header.cls_score.bias.copy_(torch.tensor(logits))
 
 
 def _decode(box, deltas, weights):
@@ -138,9 +138,31 @@ def test_two_stage_system_with_a_cascade_head(synth_root, mask_stages):
     assert all(torch.isfinite(v) for v in losses.values())
     total_loss(losses).backward()
     stage = model.instance_head.stages[1]
-    assert stage.mask_predictor.mask_fcn_logits.weight.grad.abs().sum() > 0
-    assert (model.instance_head.stages[0].mask_head is None) == (mask_stages == "[1]")
+    assert stage.header.mask_predictor.mask_fcn_logits.weight.grad.abs().sum() > 0
+    assert (not model.instance_head.stages[0].with_mask) == (mask_stages == "[1]")
     model.eval()
     results = model(images)
     assert len(results) == 2 and all(isinstance(r, PanopticResult) for r in results)
     assert results[0].ids.shape == tuple(images[0].shape[-2:])
+
+
+def test_lsh_shares_its_trunk_between_regression_and_mask_but_not_classification():
+    feats, images, targets = _train_case()
+    torch.manual_seed(0)
+    head = CascadeMaskRCNN(8, 2, **TINY, header="lsh", stage_ious=[0.5], stage_loss_weights=[1.0],
+                           stage_coder_weights=[[10, 10, 5, 5]], mask_stages=[0]).train()
+    header = head.stages[0].header
+    trunk_weight = header.trunk[0][0].weight
+    losses = head.stage_losses(feats, [torch.tensor([[8.0, 10.0, 38.0, 32.0], [28.0, 38.0, 52.0, 58.0]])],
+                               [(64, 64)], targets)
+    grads = {}
+    for name in ("loss_classifier_s0", "loss_box_reg_s0", "loss_mask_s0"):
+        g = torch.autograd.grad(losses[name], [trunk_weight, header.cls_score.weight], allow_unused=True,
+                                retain_graph=True)
+        grads[name] = [None if x is None else x.abs().sum().item() for x in g]
+    assert grads["loss_classifier_s0"][0] is None and grads["loss_classifier_s0"][1] > 0
+    assert grads["loss_box_reg_s0"][0] > 0 and grads["loss_box_reg_s0"][1] is None
+    assert grads["loss_mask_s0"][0] > 0
+    head.eval()
+    out = head.detect(feats, [torch.tensor([[8.0, 10.0, 38.0, 32.0]])], [(64, 64)])[0]
+    assert out.masks.shape[1:] == (1, 28, 28)

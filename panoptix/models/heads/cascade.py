@@ -23,7 +23,7 @@ positives, divided by the sampled RoIs), so cascade and plain heads compare on e
 
 from __future__ import annotations
 
-from typing import Literal, Mapping, Optional, Sequence
+from typing import Callable, Literal, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import maskrcnn_loss
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
-from panoptix.models.heads.rcnn import (build_box_head, build_rpn, float32_outputs, head_norm_layer, roi_pools)
+from panoptix.models.heads.lsh import LocationSensitiveHeader
+from panoptix.models.heads.rcnn import build_box_head, build_rpn, float32_outputs, head_norm_layer, roi_pools
 from panoptix.models.registry import INSTANCE_HEADS, Configurable
 from panoptix.structures import Instances
 
@@ -43,44 +44,55 @@ STAGE_WEIGHTS = (1.0, 0.5, 0.25)
 STAGE_CODER_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
 
 
-class AgnosticBoxPredictor(nn.Module):
-    """(R, D) -> class logits (R, K + 1) and class-agnostic deltas (R, 4) (detectron2's init:
-    normal std 0.01 / 0.001, zero bias)."""
+class FCHeader(nn.Module):
+    """Mask R-CNN's RoI header with a class-agnostic regressor: (R, C, 7, 7) -> 2 fc -> class logits
+    (R, K + 1) and deltas (R, 4) (detectron2's init: normal std 0.01 / 0.001, zero bias), and an
+    optional separate mask head on (R, C, 14, 14) -> (R, K + 1, 28, 28)."""
 
-    def __init__(self, in_dim: int, num_classes: int) -> None:
+    needs_mask_roi = False
+
+    def __init__(self, in_channels: int, num_classes: int, box_head: nn.Module, fc_dim: int, mask_conv_dim: int,
+                 mask_convs: int, norm: Optional[Callable[[int], nn.Module]], with_mask: bool) -> None:
         super().__init__()
-        self.cls_score = nn.Linear(in_dim, num_classes)
-        self.bbox_pred = nn.Linear(in_dim, 4)
+        self.box_head = box_head
+        self.cls_score = nn.Linear(fc_dim, num_classes)
+        self.bbox_pred = nn.Linear(fc_dim, 4)
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.flatten(1)
-        return self.cls_score(x), self.bbox_pred(x)
-
-
-class CascadeStage(nn.Module):
-    """One stage: box head + predictor, its matcher / sampler / coder, and optionally a mask head."""
-
-    def __init__(self, in_channels: int, num_classes: int, iou: float, coder_weights: Sequence[float],
-                 batch_size: int, positive_fraction: float, fc_dim: int, convs: int, norm: Optional[object],
-                 mask_conv_dim: int, mask_convs: int, with_mask: bool) -> None:
-        super().__init__()
-        self.box_head = build_box_head(in_channels, fc_dim, convs, norm)
-        self.predictor = AgnosticBoxPredictor(fc_dim, num_classes)
-        self.predictor.register_forward_hook(float32_outputs)
-        self.matcher = Matcher(iou, iou, allow_low_quality_matches=False)
-        self.sampler = BalancedPositiveNegativeSampler(batch_size, positive_fraction)
-        self.coder = BoxCoder(tuple(float(w) for w in coder_weights))
+        self.cls_score.register_forward_hook(float32_outputs)
+        self.bbox_pred.register_forward_hook(float32_outputs)
         self.mask_head = MaskRCNNHeads(in_channels, [mask_conv_dim] * mask_convs, 1, norm_layer=norm) \
             if with_mask else None
         self.mask_predictor = MaskRCNNPredictor(mask_conv_dim, mask_conv_dim, num_classes) if with_mask else None
 
-    def mask_logits(self, roi_feats: torch.Tensor) -> torch.Tensor:
-        """(R, C, 14, 14) RoI features -> (R, K + 1, 28, 28) logits."""
-        return self.mask_predictor(self.mask_head(roi_feats))
+    def boxes(self, box_roi: torch.Tensor, mask_roi: Optional[torch.Tensor] = None
+              ) -> tuple[torch.Tensor, torch.Tensor, None]:
+        x = self.box_head(box_roi).flatten(1)
+        return self.cls_score(x), self.bbox_pred(x), None
+
+    def mask_logits(self, mask_roi: Optional[torch.Tensor] = None, trunk: Optional[torch.Tensor] = None
+                    ) -> torch.Tensor:
+        if self.mask_predictor is None:
+            raise RuntimeError("this header has no mask head (its stage is not in mask_stages)")
+        return self.mask_predictor(self.mask_head(mask_roi))
+
+
+class CascadeStage(nn.Module):
+    """One stage: its RoI header (``fc`` or ``lsh``) and its matcher, sampler and box coder."""
+
+    def __init__(self, header: nn.Module, iou: float, coder_weights: Sequence[float], batch_size: int,
+                 positive_fraction: float) -> None:
+        super().__init__()
+        self.header = header
+        self.matcher = Matcher(iou, iou, allow_low_quality_matches=False)
+        self.sampler = BalancedPositiveNegativeSampler(batch_size, positive_fraction)
+        self.coder = BoxCoder(tuple(float(w) for w in coder_weights))
+
+    @property
+    def with_mask(self) -> bool:
+        return self.header.mask_predictor is not None
 
 
 @INSTANCE_HEADS.register("cascade_mask_rcnn")
@@ -98,6 +110,9 @@ class CascadeMaskRCNN(Configurable, nn.Module):
         box_fc_dim, box_convs, mask_conv_dim, mask_convs, head_norm, roi_align: as `MaskRCNNBranch`.
         mask_stages: stages (0-based) with a mask head ([0, 1, 2]; seed 000's middle stage: [1]).
         mask_test_stages: the heads averaged at test time (None: all of ``mask_stages``).
+        header: ``"fc"`` (Mask R-CNN's: 2-fc box head, separate mask head) or ``"lsh"`` (AntVisionPS's
+            Location Sensitive Header: regression and mask share a conv trunk of ``mask_convs``
+            convs of ``mask_conv_dim``; classification stays on the fc branch), one per stage.
 
     Forward: as `MaskRCNNBranch` (training: ``([], losses)`` with ``loss_objectness``,
     ``loss_rpn_box_reg`` and per stage t ``loss_classifier_s{t}``, ``loss_box_reg_s{t}``,
@@ -118,7 +133,8 @@ class CascadeMaskRCNN(Configurable, nn.Module):
                  box_nms: float = 0.5, detections_per_img: int = 100, box_fc_dim: int = 1024, box_convs: int = 0,
                  mask_conv_dim: int = 256, mask_convs: int = 4, head_norm: str = "",
                  roi_align: Literal["torchvision", "matmul"] = "torchvision",
-                 mask_stages: Sequence[int] = (0, 1, 2), mask_test_stages: Optional[Sequence[int]] = None) -> None:
+                 mask_stages: Sequence[int] = (0, 1, 2), mask_test_stages: Optional[Sequence[int]] = None,
+                 header: Literal["fc", "lsh"] = "fc") -> None:
         super().__init__()
         n = len(stage_ious)
         if not (len(stage_loss_weights) == len(stage_coder_weights) == n) or n == 0:
@@ -135,9 +151,18 @@ class CascadeMaskRCNN(Configurable, nn.Module):
                              rpn_post_nms_test, rpn_nms)
         self.box_pool, self.mask_pool = roi_pools(roi_align)
         norm = head_norm_layer(head_norm)
+        if header not in ("fc", "lsh"):
+            raise ValueError(f"header must be 'fc' or 'lsh', got {header!r}")
+
+        def make_header(with_mask: bool) -> nn.Module:
+            body = build_box_head(in_channels, box_fc_dim, box_convs, norm)
+            if header == "lsh":
+                return LocationSensitiveHeader(in_channels, num_things + 1, body, box_fc_dim, mask_conv_dim, mask_convs,
+                                               norm, with_mask)
+            return FCHeader(in_channels, num_things + 1, body, box_fc_dim, mask_conv_dim, mask_convs, norm, with_mask)
+
         self.stages = nn.ModuleList(
-            CascadeStage(in_channels, num_things + 1, iou, coder, box_batch_size, box_positive_fraction, box_fc_dim,
-                         box_convs, norm, mask_conv_dim, mask_convs, t in mask_stages)
+            CascadeStage(make_header(t in mask_stages), iou, coder, box_batch_size, box_positive_fraction)
             for t, (iou, coder) in enumerate(zip(stage_ious, stage_coder_weights)))
         self.num_things = num_things
         self.stage_loss_weights = tuple(float(w) for w in stage_loss_weights)
@@ -160,11 +185,13 @@ class CascadeMaskRCNN(Configurable, nn.Module):
             return [], losses
         return self.detect(feats, proposals, images.image_sizes), {}
 
-    def box_outputs(self, stage: CascadeStage, feats: dict[str, torch.Tensor], boxes: list[torch.Tensor],
-                    image_sizes: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class logits (R, K + 1) and decoded boxes (R, 4) of one stage on per-image RoIs."""
-        logits, deltas = stage.predictor(stage.box_head(self.box_pool(feats, boxes, image_sizes)))
-        return logits, stage.coder.decode_single(deltas, torch.cat(boxes))
+    def stage_outputs(self, stage: CascadeStage, feats: dict[str, torch.Tensor], boxes: list[torch.Tensor],
+                      image_sizes: Sequence[tuple[int, int]]
+                      ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Class logits (R, K + 1), deltas (R, 4) and the header's shared trunk (LSH; else None) of
+        one stage on per-image RoIs."""
+        mask_roi = self.mask_pool(feats, boxes, image_sizes) if stage.header.needs_mask_roi else None
+        return stage.header.boxes(self.box_pool(feats, boxes, image_sizes), mask_roi)
 
     # ------------------------------------------------------------------ training
     def sample(self, stage: CascadeStage, proposals: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
@@ -205,7 +232,7 @@ class CascadeMaskRCNN(Configurable, nn.Module):
         proposals = [p.detach() for p in proposals]
         for t, (stage, weight) in enumerate(zip(self.stages, self.stage_loss_weights)):
             boxes, labels, matched, is_gt = self.sample(stage, proposals, targets)
-            logits, deltas = stage.predictor(stage.box_head(self.box_pool(feats, boxes, image_sizes)))
+            logits, deltas, trunk = self.stage_outputs(stage, feats, boxes, image_sizes)
             label = torch.cat(labels)
             losses[f"loss_classifier_s{t}"] = weight * F.cross_entropy(logits, label)
             pos = label > 0
@@ -213,10 +240,11 @@ class CascadeMaskRCNN(Configurable, nn.Module):
             reg_target = stage.coder.encode_single(gt_boxes, torch.cat(boxes))
             box_loss = F.smooth_l1_loss(deltas[pos], reg_target[pos], beta=1 / 9, reduction="sum")
             losses[f"loss_box_reg_s{t}"] = weight * box_loss / max(label.numel(), 1)
-            if stage.mask_head is not None:
+            if stage.with_mask:
                 pos_boxes = [b[lab > 0] for b, lab in zip(boxes, labels)]
                 pos_matched = [m[lab > 0] for m, lab in zip(matched, labels)]
-                logits_m = stage.mask_logits(self.mask_pool(feats, pos_boxes, image_sizes))
+                logits_m = (stage.header.mask_logits(trunk=trunk[pos]) if trunk is not None
+                            else stage.header.mask_logits(self.mask_pool(feats, pos_boxes, image_sizes)))
                 losses[f"loss_mask_s{t}"] = weight * maskrcnn_loss(
                     logits_m.float(), pos_boxes, [tg["masks"] for tg in targets], [tg["labels"] for tg in targets],
                     pos_matched)
@@ -233,8 +261,9 @@ class CascadeMaskRCNN(Configurable, nn.Module):
         boxes = list(proposals)
         probs = []
         for stage in self.stages:
-            logits, decoded = self.box_outputs(stage, feats, boxes, image_sizes)
+            logits, deltas, _ = self.stage_outputs(stage, feats, boxes, image_sizes)
             probs.append(F.softmax(logits, -1))
+            decoded = stage.coder.decode_single(deltas, torch.cat(boxes))
             boxes = [clip_boxes_to_image(b, size) for b, size in zip(decoded.split(counts), image_sizes)]
         scores = torch.stack(probs).mean(0).split(counts)
         results = [self.postprocess(b, s, tuple(size)) for b, s, size in zip(boxes, scores, image_sizes)]
@@ -258,7 +287,8 @@ class CascadeMaskRCNN(Configurable, nn.Module):
         """(N, 1, 28, 28): the mean sigmoid of the test-stage heads for each box's class."""
         roi = self.mask_pool(feats, boxes, image_sizes)
         rows = torch.arange(len(labels), device=labels.device)
-        probs = [self.stages[t].mask_logits(roi)[rows, labels + 1].float().sigmoid() for t in self.mask_test_stages]
+        probs = [self.stages[t].header.mask_logits(roi)[rows, labels + 1].float().sigmoid()
+                 for t in self.mask_test_stages]
         return torch.stack(probs).mean(0)[:, None]
 
     def add_masks(self, feats: dict[str, torch.Tensor], results: list[Instances],
@@ -280,8 +310,8 @@ class CascadeMaskRCNN(Configurable, nn.Module):
         roi = self.mask_pool(dict(features), [b.float() for b in boxes], images.image_sizes)
         lab = torch.cat(labels) + 1
         rows = torch.arange(len(lab), device=lab.device)
-        logits = torch.stack([self.stages[t].mask_logits(roi)[rows, lab].float() for t in self.mask_test_stages])
+        logits = torch.stack([self.stages[t].header.mask_logits(roi)[rows, lab].float() for t in self.mask_test_stages])
         return list(logits.mean(0).split(counts))
 
 
-__all__ = ["CascadeMaskRCNN", "CascadeStage", "AgnosticBoxPredictor"]
+__all__ = ["CascadeMaskRCNN", "CascadeStage", "FCHeader"]
