@@ -124,17 +124,29 @@ def config_parameters(obj: Any) -> dict[str, inspect.Parameter]:
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     params = {n: p for n, p in sig.parameters.items() if p.kind in kinds}
     if isinstance(obj, type):
+        base = _kwargs_base(obj, sig)
+        if base is not None:  # ``**kwargs`` passed on to the base class: its keywords are ours too
+            params = {**config_parameters(base), **params}
         return {n: p for n, p in params.items() if n not in getattr(obj, "derived", ())}
     return {n: p for n, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+def _kwargs_base(cls: type, sig: inspect.Signature) -> Optional[type]:
+    """The base class whose constructor receives ``cls``'s ``**kwargs``, if it has them."""
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return next((b for b in cls.__mro__[1:] if "__init__" in vars(b) and b is not object), None)
 
 
 @functools.lru_cache(maxsize=None)
 def _hints(obj: Any) -> dict[str, Any]:
     target = obj.__init__ if isinstance(obj, type) and "__init__" in vars(obj) else obj
     try:
-        return typing.get_type_hints(target)
+        hints = typing.get_type_hints(target)
     except Exception:  # an annotation that cannot be resolved is not checked
         return {}
+    base = _kwargs_base(obj, inspect.signature(obj)) if isinstance(obj, type) else None
+    return {**_hints(base), **hints} if base is not None else hints
 
 
 @functools.lru_cache(maxsize=None)

@@ -171,8 +171,9 @@ class CascadeMaskRCNN(Configurable, nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, images: ImageList, features: Mapping[str, torch.Tensor],
-                targets: Optional[list[dict[str, torch.Tensor]]] = None
+                targets: Optional[list[dict[str, torch.Tensor]]] = None, **extra: torch.Tensor
                 ) -> tuple[list[Instances], dict[str, torch.Tensor]]:
+        """``extra``: what a subclass takes from the system (HTC's ``semantic_feature``)."""
         feats = dict(features)
         tv_targets = None
         if targets is not None:
@@ -180,10 +181,10 @@ class CascadeMaskRCNN(Configurable, nn.Module):
         proposals, losses = self.rpn(images, feats, tv_targets)
         if self.training:
             if tv_targets is None:
-                raise ValueError("cascade training needs targets")
-            losses.update(self.stage_losses(feats, proposals, images.image_sizes, tv_targets))
+                raise ValueError(f"{type(self).__name__} training needs targets")
+            losses.update(self.stage_losses(feats, proposals, images.image_sizes, tv_targets, **extra))
             return [], losses
-        return self.detect(feats, proposals, images.image_sizes), {}
+        return self.detect(feats, proposals, images.image_sizes, **extra), {}
 
     def stage_outputs(self, stage: CascadeStage, feats: dict[str, torch.Tensor], boxes: list[torch.Tensor],
                       image_sizes: Sequence[tuple[int, int]]
@@ -225,48 +226,80 @@ class CascadeMaskRCNN(Configurable, nn.Module):
             is_gt_out.append(is_gt[keep])
         return boxes_out, labels_out, matched_out, is_gt_out
 
+    def box_losses(self, t: int, logits: torch.Tensor, deltas: torch.Tensor, boxes: list[torch.Tensor],
+                   labels: list[torch.Tensor], matched: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
+                   ) -> dict[str, torch.Tensor]:
+        """Stage t's weighted CE and smooth-L1 (beta 1/9, over the positives, / sampled RoIs)."""
+        stage, weight = self.stages[t], self.stage_loss_weights[t]
+        label = torch.cat(labels)
+        pos = label > 0
+        gt_boxes = torch.cat([tg["boxes"][m] for tg, m in zip(targets, matched)]).to(deltas.dtype)
+        reg_target = stage.coder.encode_single(gt_boxes, torch.cat(boxes))
+        box_loss = F.smooth_l1_loss(deltas[pos], reg_target[pos], beta=1 / 9, reduction="sum")
+        return {f"loss_classifier_s{t}": weight * F.cross_entropy(logits, label),
+                f"loss_box_reg_s{t}": weight * box_loss / max(label.numel(), 1)}
+
+    def mask_loss(self, t: int, mask_logits: torch.Tensor, pos_boxes: list[torch.Tensor],
+                  pos_matched: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Stage t's weighted mask BCE on its positive RoIs."""
+        loss = maskrcnn_loss(mask_logits.float(), pos_boxes, [tg["masks"] for tg in targets],
+                             [tg["labels"] for tg in targets], pos_matched)
+        return {f"loss_mask_s{t}": self.stage_loss_weights[t] * loss}
+
+    @staticmethod
+    def refine(stage: CascadeStage, deltas: torch.Tensor, boxes: list[torch.Tensor], is_gt: list[torch.Tensor],
+               image_sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+        """The next stage's proposals: the sampled RoIs moved by their (detached) deltas, clipped,
+        without the RoIs that were ground truth (the next sampler adds them again)."""
+        refined = stage.coder.decode_single(deltas.detach(), torch.cat(boxes)).split([len(b) for b in boxes])
+        return [clip_boxes_to_image(r, size)[~g] for r, size, g in zip(refined, image_sizes, is_gt)]
+
+    @staticmethod
+    def positives(boxes: list[torch.Tensor], labels: list[torch.Tensor], matched: list[torch.Tensor]
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return [b[lab > 0] for b, lab in zip(boxes, labels)], [m[lab > 0] for m, lab in zip(matched, labels)]
+
     def stage_losses(self, feats: dict[str, torch.Tensor], proposals: list[torch.Tensor],
                      image_sizes: Sequence[tuple[int, int]], targets: list[dict[str, torch.Tensor]]
                      ) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
         proposals = [p.detach() for p in proposals]
-        for t, (stage, weight) in enumerate(zip(self.stages, self.stage_loss_weights)):
+        for t, stage in enumerate(self.stages):
             boxes, labels, matched, is_gt = self.sample(stage, proposals, targets)
             logits, deltas, trunk = self.stage_outputs(stage, feats, boxes, image_sizes)
-            label = torch.cat(labels)
-            losses[f"loss_classifier_s{t}"] = weight * F.cross_entropy(logits, label)
-            pos = label > 0
-            gt_boxes = torch.cat([tg["boxes"][m] for tg, m in zip(targets, matched)]).to(deltas.dtype)
-            reg_target = stage.coder.encode_single(gt_boxes, torch.cat(boxes))
-            box_loss = F.smooth_l1_loss(deltas[pos], reg_target[pos], beta=1 / 9, reduction="sum")
-            losses[f"loss_box_reg_s{t}"] = weight * box_loss / max(label.numel(), 1)
+            losses.update(self.box_losses(t, logits, deltas, boxes, labels, matched, targets))
             if stage.with_mask:
-                pos_boxes = [b[lab > 0] for b, lab in zip(boxes, labels)]
-                pos_matched = [m[lab > 0] for m, lab in zip(matched, labels)]
-                logits_m = (stage.header.mask_logits(trunk=trunk[pos]) if trunk is not None
+                pos_boxes, pos_matched = self.positives(boxes, labels, matched)
+                logits_m = (stage.header.mask_logits(trunk=trunk[torch.cat(labels) > 0]) if trunk is not None
                             else stage.header.mask_logits(self.mask_pool(feats, pos_boxes, image_sizes)))
-                losses[f"loss_mask_s{t}"] = weight * maskrcnn_loss(
-                    logits_m.float(), pos_boxes, [tg["masks"] for tg in targets], [tg["labels"] for tg in targets],
-                    pos_matched)
+                losses.update(self.mask_loss(t, logits_m, pos_boxes, pos_matched, targets))
             if t + 1 < len(self.stages):
-                refined = stage.coder.decode_single(deltas.detach(), torch.cat(boxes)).split([len(b) for b in boxes])
-                proposals = [clip_boxes_to_image(r, size)[~g] for r, size, g in zip(refined, image_sizes, is_gt)]
+                proposals = self.refine(stage, deltas, boxes, is_gt, image_sizes)
         return losses
 
     # ------------------------------------------------------------------ inference
-    @torch.no_grad()
-    def detect(self, feats: dict[str, torch.Tensor], proposals: list[torch.Tensor],
-               image_sizes: Sequence[tuple[int, int]]) -> list[Instances]:
+    def run_stages(self, proposals: list[torch.Tensor], image_sizes: Sequence[tuple[int, int]],
+                   outputs: Callable[[CascadeStage, list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
+                   ) -> list[Instances]:
+        """Inference through every stage: ``outputs(stage, boxes) -> (logits, deltas)``; boxes are
+        refined after each stage, scores are the mean of the stages' probabilities; then
+        `postprocess` (masks not yet added)."""
         counts = [len(p) for p in proposals]
         boxes = list(proposals)
         probs = []
         for stage in self.stages:
-            logits, deltas, _ = self.stage_outputs(stage, feats, boxes, image_sizes)
+            logits, deltas = outputs(stage, boxes)
             probs.append(F.softmax(logits, -1))
             decoded = stage.coder.decode_single(deltas, torch.cat(boxes))
             boxes = [clip_boxes_to_image(b, size) for b, size in zip(decoded.split(counts), image_sizes)]
         scores = torch.stack(probs).mean(0).split(counts)
-        results = [self.postprocess(b, s, tuple(size)) for b, s, size in zip(boxes, scores, image_sizes)]
+        return [self.postprocess(b, s, tuple(size)) for b, s, size in zip(boxes, scores, image_sizes)]
+
+    @torch.no_grad()
+    def detect(self, feats: dict[str, torch.Tensor], proposals: list[torch.Tensor],
+               image_sizes: Sequence[tuple[int, int]]) -> list[Instances]:
+        results = self.run_stages(proposals, image_sizes,
+                                  lambda stage, boxes: self.stage_outputs(stage, feats, boxes, image_sizes)[:2])
         return self.add_masks(feats, results, image_sizes)
 
     def postprocess(self, boxes: torch.Tensor, scores: torch.Tensor, size: tuple[int, int]) -> Instances:

@@ -96,6 +96,10 @@ class TwoStagePanoptic(Configurable, nn.Module):
                              f"of {meta.name} needs {len(self.semantic_categories)}")
         if instance_head.num_things != meta.num_things:
             raise ValueError(f"instance head has {instance_head.num_things} classes; {meta.name} has {meta.num_things}")
+        fuses = getattr(instance_head, "uses_semantic_feature", False)
+        if fuses and not hasattr(semantic_head, "forward_with_feature"):
+            raise ValueError(f"{type(instance_head).__name__} fuses the semantic head's feature; "
+                             f"{type(semantic_head).__name__} has none (use semantic_head.name: htc_fused)")
         self.thing_categories = list(meta.thing_ids)
         self.keep_semantic_logits = keep_semantic_logits
         self.min_instance_score = float(getattr(fusion, "keywords", {}).get("score_thresh", 0.0))
@@ -141,17 +145,27 @@ class TwoStagePanoptic(Configurable, nn.Module):
                 if tuple(t["semantic"].shape) != tuple(im.shape[-2:]):
                     raise ValueError(f"image {i}: semantic target {tuple(t['semantic'].shape)} does not match the "
                                      f"image size {tuple(im.shape[-2:])}")
-            _, losses = self.instance_head(batch, feats, targets)
             sem_target = pad_maps([t["semantic"] for t in targets], tuple(batch.tensors.shape[-2:]))
-            sem_logits, sem_losses = self.semantic_head(feats, sem_target)
+            sem_logits, sem_losses, extra = self.semantic_outputs(feats, sem_target)
+            _, losses = self.instance_head(batch, feats, targets, **extra)
             losses = {**losses, **sem_losses}
             if self.upsnet_head is not None or self.ranking_head is not None:
-                losses.update(self.panoptic_head_losses(batch, feats, sem_logits, targets))
+                losses.update(self.panoptic_head_losses(batch, feats, sem_logits, targets, extra))
             return losses if self.loss_weighting is None else self.loss_weighting(losses)
         return [self.fuse(raw) for raw in self.predict_raw(images, batch, feats)]
 
+    def semantic_outputs(self, feats: dict[str, torch.Tensor], target: Optional[torch.Tensor] = None
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Semantic logits, losses, and the keywords the instance head takes from the semantic head
+        (HTC's ``semantic_feature``; none for other instance heads)."""
+        if not getattr(self.instance_head, "uses_semantic_feature", False):
+            return (*self.semantic_head(feats, target), {})
+        logits, losses, feature = self.semantic_head.forward_with_feature(feats, target)
+        return logits, losses, {"semantic_feature": feature}
+
     def panoptic_head_losses(self, batch: Any, feats: dict[str, torch.Tensor], sem_logits: torch.Tensor,
-                             targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+                             targets: list[dict[str, torch.Tensor]], extra: Optional[dict[str, torch.Tensor]] = None
+                             ) -> dict[str, torch.Tensor]:
         """``loss_panoptic`` (UPSNet) and ``loss_srm`` (ranking) on the semantic head's 1/4 grid.
 
         Both heads take the ground-truth boxes and classes with the mask head's logits on them.
@@ -161,7 +175,7 @@ class TwoStagePanoptic(Configurable, nn.Module):
         grid = tuple(sem_logits.shape[-2:])
         stride = batch.tensors.shape[-2] // grid[0]
         boxes, labels = [t["boxes"] for t in targets], [t["labels"] for t in targets]
-        logits = self.instance_head.mask_logits_for_boxes(batch, feats, boxes, labels)
+        logits = self.instance_head.mask_logits_for_boxes(batch, feats, boxes, labels, **(extra or {}))
         grid_boxes = [b / stride for b in boxes]
         pasted = [paste_masks(m, b, grid) for m, b in zip(logits, grid_boxes)]
 
@@ -192,8 +206,8 @@ class TwoStagePanoptic(Configurable, nn.Module):
         if batch is None:
             batch = self.preprocess(images)
             feats = self.neck(self.backbone(batch.tensors))
-        instances, _ = self.instance_head(batch, feats)
-        sem_logits, _ = self.semantic_head(feats)
+        sem_logits, _, extra = self.semantic_outputs(feats)
+        instances, _ = self.instance_head(batch, feats, **extra)
         ranking_seconds = 0.0
         if self.ranking_head is not None:
             start = time.perf_counter()
