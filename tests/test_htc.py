@@ -122,3 +122,13 @@ def test_panoptic_system_with_htc_and_the_fused_semantic_head(synth_root):
     model.eval()
     results = model(images)
     assert all(isinstance(r, PanopticResult) for r in results)
+
+
+def test_lwl_htc_dc_head_feeds_its_feature_to_htc(synth_root):
+    ds = PanopticDataset.synthetic(synth_root, "train")
+    model = seeded_model(ds.meta, "panoptic_fpn_tiny", "model.instance_head.name=htc", "model.semantic_variant=all",
+                         "model.semantic_head={name: deformable, channels: 16, semantic_feature: true}").train()
+    samples, images = image_batch(ds, 1)
+    losses = model(images, [build_targets(samples[0], ds.meta, "all")])
+    total_loss(losses).backward()
+    assert model.semantic_head.embedding[0].weight.grad.abs().sum() > 0

@@ -11,13 +11,13 @@ HTC's; mmdet instead downsamples the labels to 1/8).
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from panoptix.models.heads.semantic import SemanticHead, semantic_loss
+from panoptix.models.heads.semantic import SemanticHead, semantic_embedding
 from panoptix.models.layers import ConvGNReLU
 from panoptix.models.registry import SEMANTIC_HEADS
 
@@ -35,8 +35,8 @@ class FusedSemanticHead(SemanticHead):
         norm: ``""`` (HTC's plain convs with ReLU) or ``"gn"`` (GroupNorm, for from-scratch models).
         loss_weight: lambda (HTC's 0.2).
 
-    ``forward(feats, targets)`` -> logits (B, K, H/4, W/4), losses; ``forward_with_feature`` also
-    returns the semantic feature (B, in_channels, H/8, W/8).
+    ``forward(feats, targets)`` -> logits (B, K, H/4, W/4: the stride-8 logits upsampled), losses;
+    ``forward_with_feature`` also returns the semantic feature (B, in_channels, H/8, W/8).
     """
 
     fusion_level = "p3"
@@ -56,7 +56,7 @@ class FusedSemanticHead(SemanticHead):
 
         self.convs = nn.Sequential(*[conv() for _ in range(num_convs)])
         self.classifier = nn.Conv2d(channels, num_classes, 1)
-        self.embedding = nn.Sequential(nn.Conv2d(channels, in_channels, 1), nn.ReLU(inplace=True))
+        self.embedding = semantic_embedding(channels, in_channels)
 
     def features(self, feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
         size = feats[self.fusion_level].shape[-2:]
@@ -67,18 +67,6 @@ class FusedSemanticHead(SemanticHead):
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=True)
             x = x + y
         return self.convs(x)
-
-    def forward_with_feature(self, feats: Mapping[str, torch.Tensor], targets: Optional[torch.Tensor] = None
-                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        x = self.features(feats)
-        logits = F.interpolate(self.classifier(x), size=feats["p2"].shape[-2:], mode="bilinear", align_corners=False)
-        losses = {} if targets is None else {"loss_seg": semantic_loss(logits, targets, self.loss_weight)}
-        return logits, losses, self.embedding(x)
-
-    def forward(self, feats: Mapping[str, torch.Tensor], targets: Optional[torch.Tensor] = None
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits, losses, _ = self.forward_with_feature(feats, targets)
-        return logits, losses
 
 
 __all__ = ["FusedSemanticHead", "FUSED_LEVELS"]

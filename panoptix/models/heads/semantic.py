@@ -69,27 +69,58 @@ def aggregate_levels(towers: nn.ModuleList, feats: Mapping[str, torch.Tensor]) -
 class SemanticHead(Configurable, nn.Module):
     """Base of the semantic heads: subclasses build ``self.classifier`` and implement `features`.
 
+    A head may also build ``self.embedding`` ((B, C', h, w) features -> (B, in_channels, h, w)):
+    then `forward_with_feature` returns that *semantic feature* at stride 8, which HTC adds to its
+    RoI features (seed 001's LWL-HTC: the fused head, or the DC head in its place).
+
     Args:
         in_channels, num_classes: from the system (FPN width; classes of the target variant).
         loss_weight: lambda of the semantic loss in the system's total.
     """
 
     derived = ("in_channels", "num_classes")
+    feature_stride = 8
 
     def __init__(self, num_classes: int, loss_weight: float) -> None:
         super().__init__()
         self.num_classes, self.loss_weight = num_classes, loss_weight
+        self.embedding: Optional[nn.Module] = None
+
+    @property
+    def provides_feature(self) -> bool:
+        return self.embedding is not None
 
     def features(self, feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """(B, C', H/4, W/4) features that ``self.classifier`` classifies."""
+        """(B, C', h, w) features that ``self.classifier`` classifies."""
         raise NotImplementedError
+
+    def forward_with_feature(self, feats: Mapping[str, torch.Tensor], targets: Optional[torch.Tensor] = None
+                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Optional[torch.Tensor]]:
+        """Logits (B, K, H/4, W/4), losses, and the semantic feature (B, in_channels, H/8, W/8), or
+        None when the head builds no ``embedding``."""
+        x = self.features(feats)
+        logits = self.classifier(x)
+        quarter = feats["p2"].shape[-2:]
+        if logits.shape[-2:] != quarter:
+            logits = F.interpolate(logits, size=quarter, mode="bilinear", align_corners=False)
+        feature = None
+        if self.embedding is not None:
+            feature = self.embedding(x)
+            eighth = feats["p3"].shape[-2:]
+            if feature.shape[-2:] != eighth:
+                feature = F.adaptive_avg_pool2d(feature, eighth)
+        losses = {} if targets is None else {"loss_seg": semantic_loss(logits, targets, self.loss_weight)}
+        return logits, losses, feature
 
     def forward(self, feats: Mapping[str, torch.Tensor], targets: Optional[torch.Tensor] = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = self.classifier(self.features(feats))
-        if targets is None:
-            return logits, {}
-        return logits, {"loss_seg": semantic_loss(logits, targets, self.loss_weight)}
+        logits, losses, _ = self.forward_with_feature(feats, targets)
+        return logits, losses
+
+
+def semantic_embedding(channels: int, out_channels: int) -> nn.Module:
+    """The semantic-feature projection: 1x1 conv + ReLU (HTC's ``conv_embedding``)."""
+    return nn.Sequential(nn.Conv2d(channels, out_channels, 1), nn.ReLU(inplace=True))
 
 
 @SEMANTIC_HEADS.register("fpn")
@@ -121,18 +152,22 @@ class DeformableSemanticHead(SemanticHead):
         channels: width of the stack (128).
         deform_convs: deformable layers in the stack (UPSNet uses 2).
         loss_weight: lambda.
+        semantic_feature: also project the features to a stride-8 semantic feature for HTC's RoI
+            fusion (seed 001's LWL-HTC "DC head" in place of HTC's fused head).
     """
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 128, deform_convs: int = 2,
-                 loss_weight: float = 0.5) -> None:
+                 loss_weight: float = 0.5, semantic_feature: bool = False) -> None:
         super().__init__(num_classes, loss_weight)
         self.shared = nn.Sequential(*[ConvGNReLU(in_channels if k == 0 else channels, channels, deformable=True)
                                       for k in range(deform_convs)])
         self.classifier = nn.Conv2d(channels * len(LEVELS), num_classes, kernel_size=1)
+        if semantic_feature:
+            self.embedding = semantic_embedding(channels * len(LEVELS), in_channels)
 
     def features(self, feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return upsample_concat([self.shared(feats[level]) for level in LEVELS], feats["p2"].shape[-2:])
 
 
-__all__ = ["SemanticHead", "FPNSemanticHead", "DeformableSemanticHead", "semantic_loss", "upsample_concat", "LEVELS",
-           "fpn_towers", "aggregate_levels"]
+__all__ = ["SemanticHead", "semantic_embedding", "FPNSemanticHead", "DeformableSemanticHead", "semantic_loss",
+           "upsample_concat", "LEVELS", "fpn_towers", "aggregate_levels"]

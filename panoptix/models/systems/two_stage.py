@@ -97,9 +97,10 @@ class TwoStagePanoptic(Configurable, nn.Module):
         if instance_head.num_things != meta.num_things:
             raise ValueError(f"instance head has {instance_head.num_things} classes; {meta.name} has {meta.num_things}")
         fuses = getattr(instance_head, "uses_semantic_feature", False)
-        if fuses and not hasattr(semantic_head, "forward_with_feature"):
+        if fuses and not getattr(semantic_head, "provides_feature", False):
             raise ValueError(f"{type(instance_head).__name__} fuses the semantic head's feature; "
-                             f"{type(semantic_head).__name__} has none (use semantic_head.name: htc_fused)")
+                             f"{type(semantic_head).__name__} has none (use semantic_head.name: htc_fused, or the "
+                             f"deformable head with semantic_feature: true)")
         self.thing_categories = list(meta.thing_ids)
         self.keep_semantic_logits = keep_semantic_logits
         self.min_instance_score = float(getattr(fusion, "keywords", {}).get("score_thresh", 0.0))
