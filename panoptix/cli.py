@@ -1,4 +1,4 @@
-"""The ``panoptix`` command: synth, perturb, evaluate, viz, train, predict, ablate, export, demo.
+"""The ``panoptix`` command: synth, perturb, evaluate, viz, train, predict, fit-fusion, ablate, export, demo.
 
 Every command shows progress on long work, ends with a readable summary and writes its
 machine-readable results as JSON.
@@ -151,8 +151,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from panoptix.engine.predictor import image_ids_from_gt, list_images, predict_files
 
     t0 = time.time()
-    predictor, meta = load_predictor(args.weights, args.config, args.overrides, args.batch_size, args.device,
-                                     args.imports)
+    if args.two_level:
+        from panoptix.config import load_two_level
+
+        predictor, meta = load_two_level(args.two_level, args.fusion, args.overrides, args.batch_size, args.device,
+                                         args.imports)
+    elif args.ensemble or args.tta or args.box_voting:
+        from panoptix.config import load_ensemble
+        from panoptix.engine.ensemble import parse_ensemble
+
+        members = parse_ensemble(args.ensemble) if args.ensemble else []
+        if args.weights:
+            members = [(args.weights, 1.0)] + members
+        predictor, meta = load_ensemble(members, args.tta, args.box_voting, args.config, args.overrides,
+                                        args.batch_size, args.device, args.imports)
+    elif args.weights:
+        predictor, meta = load_predictor(args.weights, args.config, args.overrides, args.batch_size, args.device,
+                                         args.imports)
+    else:
+        raise PanoptixError("name a checkpoint with --weights, or several with --ensemble")
     files, skipped = list_images(args.input)
     _print_lines("predict", "warning", [str(s) for s in skipped])
     ids = image_ids_from_gt(args.gt_json) if args.gt_json else None
@@ -162,7 +179,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     seconds = time.time() - t0
     summary = Path(args.output) / "predict_summary.json"
     write_json(summary, {"images": run.written, "skipped": [s.to_json() for s in skipped], "seconds": seconds,
-                         "weights": str(args.weights), "predictions": str(run.json_path)})
+                         "weights": str(args.weights), "ensemble": args.ensemble, "tta": args.tta,
+                         "box_voting": args.box_voting, "predictions": str(run.json_path)})
     overlays = "" if args.no_overlays else f", overlays in {Path(args.output) / 'overlays'}"
     print(f"predicted {run.written} image(s) in {seconds:.1f} s: {run.json_path} (+ PNGs in "
           f"{run.json_path.with_suffix('')}{overlays})" + (f"; skipped {len(skipped)} file(s), listed in {summary}"
@@ -172,6 +190,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if skipped and args.strict:
         raise PanoptixError(f"{len(skipped)} file(s) of {args.input} could not be predicted (--strict); "
                             f"the others were written; all are listed in {summary}")
+    return 0
+
+
+# --------------------------------------------------------------------------- fit-fusion
+def cmd_fit_fusion(args: argparse.Namespace) -> int:
+    """Seed 001's two-level fusion: the per-class choice of instance end, and its table."""
+    from panoptix.config import load_model
+    from panoptix.data.datasets import PanopticDataset
+    from panoptix.engine.fit_fusion import fit_two_level
+
+    t0 = time.time()
+    loaded = [load_model(w, None, args.overrides, args.device, args.imports) for w in args.ends]
+    ends, device = [m for m, *_ in loaded], loaded[0][3]
+    fit_set = PanopticDataset.synthetic(args.fit_data, args.fit_split) if args.fit_data else None
+    if fit_set is None:
+        raise PanoptixError("--fit-data: name the held-out set the per-class choice is fitted on")
+    test_set = PanopticDataset.synthetic(args.test_data, args.test_split) if args.test_data else None
+    record = fit_two_level(ends, [str(w) for w in args.ends], fit_set, test_set, device, args.fusion, args.limit,
+                           args.batch_size)
+    record["seconds"] = round(time.time() - t0, 1)
+    write_json(args.out, record)
+    width = max(len(c["name"]) for c in record["classes"])
+    print(f"per-class choice of instance end (PQ on {record['fit']['images']} held-out images of {args.fit_data}):")
+    for c in record["classes"]:
+        scores = "  ".join(f"{100 * v:5.1f}" for v in c["scores"])
+        print(f"  {c['name']:{width}s}  end {c['end']}  (PQ per end: {scores})")
+    for row in record.get("table", []):
+        print(f"{row['system']:48s} PQ {row['PQ']:5.1f}  PQ_th {row['PQ_th']:5.1f}  PQ_st {row['PQ_st']:5.1f}")
+    print(f"wrote {args.out} in {record['seconds']} s; predict with it: panoptix predict --two-level {args.out}")
     return 0
 
 
@@ -399,7 +446,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("predict", help="panoptic predictions (COCO JSON + PNGs + overlays) for images")
     s.add_argument("--config", default=None, help="default: the config stored in --weights")
-    s.add_argument("--weights", required=True, help="a checkpoint written by panoptix train")
+    s.add_argument("--weights", default=None, help="a checkpoint written by panoptix train")
+    s.add_argument("--tta", default=None, metavar="'scales=0.75,1,1.25 flip'",
+                   help="panoptic test-time augmentation (two-stage systems): scales are multiples of the test size")
+    s.add_argument("--ensemble", default=None, metavar="a.pth:0.4,b.pth:1.2",
+                   help="weighted checkpoints to ensemble (with --weights, that one joins with weight 1)")
+    s.add_argument("--box-voting", action="store_true", help="TTA/ensemble: vote the merged boxes")
+    s.add_argument("--two-level", default=None, metavar="FUSION.json",
+                   help="predict with the two-level fusion of the ends fitted by panoptix fit-fusion")
+    s.add_argument("--fusion", default=None, help="--two-level: the merge (default: the first end's)")
     s.add_argument("--input", required=True, help="an image or a folder of images")
     s.add_argument("--output", required=True)
     s.add_argument("--gt-json", default=None, help="take image ids from this COCO panoptic JSON (by file name)")
@@ -411,6 +466,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="key=value config overrides")
     _add_import(s)
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("fit-fusion", help="two-level fusion of two trained ends (seed 001): per-class choice of "
+                                          "the instance end on a held-out set, optional comparison on a test set")
+    s.add_argument("--ends", nargs="+", required=True, metavar="CKPT", help="the ends' checkpoints (two or more)")
+    s.add_argument("--fit-data", required=True, help="root of the held-out dataset the choice is fitted on")
+    s.add_argument("--fit-split", default="val")
+    s.add_argument("--test-data", default=None, help="root of a test dataset: PQ of each end and of the fusion")
+    s.add_argument("--test-split", default="val")
+    s.add_argument("--fusion", default=None, help="the merge of the fused outputs (default: the first end's)")
+    s.add_argument("--limit", type=int, default=None, help="fit on the first N held-out images")
+    s.add_argument("--out", default="runs/fusion/two_level.json")
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--device", default="auto")
+    s.add_argument("overrides", nargs="*", help="key=value overrides applied to every end")
+    _add_import(s)
+    s.set_defaults(func=cmd_fit_fusion)
 
     s = sub.add_parser("ablate", help="compare merges (heuristic, ranking, upsnet, upsnet+crf) on one trained "
                                       "model, or train one model per merge (--train-variants)")

@@ -142,6 +142,46 @@ def load_predictor(weights: str | Path, config: Optional[str | Path] = None, ove
     return Predictor(model, dev, batch_size=batch_size, amp=solver["amp"], amp_dtype=solver["amp_dtype"]), meta
 
 
+def load_ensemble(members: Sequence[tuple[str | Path, float]], tta: Optional[str] = None, box_voting: bool = False,
+                  config: Optional[str | Path] = None, overrides: Sequence[str] = (), batch_size: int = 1,
+                  device: str = "auto", imports: Sequence[str] = ()):
+    """(`Predictor` over a `PanopticEnsemble`, `DatasetMeta`): weighted checkpoints (one for plain
+    TTA) with test-time augmentation ``tta`` (``"scales=0.75,1,1.25 flip"``; None: no augmentation).
+    ``config`` and ``overrides`` apply to every member."""
+    from panoptix.engine.ensemble import PanopticEnsemble, TTASettings
+    from panoptix.engine.predictor import Predictor
+
+    loaded = [load_model(path, config, overrides, device, imports) for path, _ in members]
+    settings = TTASettings.parse(tta or "", box_voting)
+    model = PanopticEnsemble([m for m, *_ in loaded], [w for _, w in members], settings)
+    _, meta, cfg, dev = loaded[0]
+    solver = cfg["solver"]
+    return Predictor(model, dev, batch_size=batch_size, amp=solver["amp"], amp_dtype=solver["amp_dtype"]), meta
+
+
+def load_two_level(record_path: str | Path, fusion: Optional[str] = None, overrides: Sequence[str] = (),
+                   batch_size: int = 4, device: str = "auto", imports: Sequence[str] = ()):
+    """(`Predictor` over a `TwoLevelFusion`, `DatasetMeta`) from a ``panoptix fit-fusion`` record."""
+    import json
+
+    from panoptix.engine.fit_fusion import named_fusion
+    from panoptix.engine.predictor import Predictor
+    from panoptix.fusion.two_level import FusionError, TwoLevelFusion, choice_from_json
+
+    try:
+        record = json.loads(Path(record_path).read_text())
+    except (OSError, ValueError) as err:
+        raise FusionError(f"{record_path}: cannot read the fit-fusion record ({err})") from None
+    loaded = [load_model(w, None, overrides, device, imports) for w in record.get("ends", [])]
+    if len(loaded) < 2:
+        raise FusionError(f"{record_path}: names {len(loaded)} end(s); two-level fusion needs two")
+    ends = [m for m, *_ in loaded]
+    model = TwoLevelFusion(ends, choice_from_json(record), named_fusion(ends[0], fusion))
+    _, meta, cfg, dev = loaded[0]
+    return Predictor(model, dev, batch_size=batch_size, amp=cfg["solver"]["amp"],
+                     amp_dtype=cfg["solver"]["amp_dtype"]), meta
+
+
 def load_model(weights: str | Path, config: Optional[str | Path] = None, overrides: Sequence[str] = (),
                device: str = "auto", imports: Sequence[str] = ()):
     """(model on the device, `DatasetMeta`, config, device) from a training checkpoint.

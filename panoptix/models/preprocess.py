@@ -41,6 +41,13 @@ def pad_maps(maps: Sequence[torch.Tensor], size: tuple[int, int], fill: int = IG
         b[: m.shape[0], : m.shape[1]] = m
     return out
 
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(3, H, W) -> (3, *size), bilinear with antialias (unchanged when the size is the same)."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0]
+
+
 class Preprocessor(Configurable, nn.Module):
     """Normalise 0..1 RGB, resize at inference (bilinear with antialias), pad to the divisibility.
 
@@ -64,20 +71,25 @@ class Preprocessor(Configurable, nn.Module):
         self.min_size_test, self.max_size_test = min_size_test, max_size_test
         self.size_divisibility = size_divisibility
 
+    def test_size(self, h: int, w: int) -> tuple[int, int]:
+        """The size an (h, w) image is resized to at inference."""
+        return inference_size(h, w, self.min_size_test, self.max_size_test)
+
     def forward(self, images: Sequence[torch.Tensor]) -> ImageList:
         check_images(images)
-        sizes, normed = [], []
-        for im in images:
-            if not self.training:
-                size = inference_size(*im.shape[-2:], self.min_size_test, self.max_size_test)
-                if size != tuple(im.shape[-2:]):
-                    im = F.interpolate(im[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-            sizes.append(tuple(im.shape[-2:]))
-            normed.append((im - self.pixel_mean) / self.pixel_std)
+        if not self.training:
+            images = [resize_image(im, self.test_size(*im.shape[-2:])) for im in images]
+        return self.batch(images)
+
+    def batch(self, images: Sequence[torch.Tensor]) -> ImageList:
+        """Normalise and pad images as they are (no resize): (3, H_i, W_i) -> `ImageList`."""
+        sizes = [tuple(im.shape[-2:]) for im in images]
+        normed = [(im - self.pixel_mean) / self.pixel_std for im in images]
         hp, wp = padded_size(sizes, self.size_divisibility)
         batch = normed[0].new_zeros((len(normed), 3, hp, wp))
         for b, im in zip(batch, normed):
             b[:, : im.shape[1], : im.shape[2]].copy_(im)
         return ImageList(batch, sizes)
 
-__all__ = ["Preprocessor", "check_images", "pad_maps", "padded_size", "inference_size", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["Preprocessor", "resize_image", "check_images", "pad_maps", "padded_size", "inference_size",
+           "IMAGENET_MEAN", "IMAGENET_STD"]

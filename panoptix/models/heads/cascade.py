@@ -295,12 +295,24 @@ class CascadeMaskRCNN(Configurable, nn.Module):
         scores = torch.stack(probs).mean(0).split(counts)
         return [self.postprocess(b, s, tuple(size)) for b, s, size in zip(boxes, scores, image_sizes)]
 
+    def box_results(self, feats: dict[str, torch.Tensor], proposals: list[torch.Tensor],
+                    image_sizes: Sequence[tuple[int, int]]) -> list[Instances]:
+        """Detections (no masks) of the whole cascade on given proposals."""
+        return self.run_stages(proposals, image_sizes,
+                               lambda stage, boxes: self.stage_outputs(stage, feats, boxes, image_sizes)[:2])
+
+    @torch.no_grad()
+    def detect_boxes(self, images: ImageList, features: Mapping[str, torch.Tensor], **extra: torch.Tensor
+                     ) -> list[Instances]:
+        """Detections without masks, from the RPN's proposals (test-time augmentation's box pass)."""
+        feats = dict(features)
+        proposals, _ = self.rpn(images, feats)
+        return self.box_results(feats, proposals, images.image_sizes, **extra)
+
     @torch.no_grad()
     def detect(self, feats: dict[str, torch.Tensor], proposals: list[torch.Tensor],
                image_sizes: Sequence[tuple[int, int]]) -> list[Instances]:
-        results = self.run_stages(proposals, image_sizes,
-                                  lambda stage, boxes: self.stage_outputs(stage, feats, boxes, image_sizes)[:2])
-        return self.add_masks(feats, results, image_sizes)
+        return self.add_masks(feats, self.box_results(feats, proposals, image_sizes), image_sizes)
 
     def postprocess(self, boxes: torch.Tensor, scores: torch.Tensor, size: tuple[int, int]) -> Instances:
         """(R, 4) class-agnostic boxes and (R, K + 1) probabilities -> thresholded, class-wise NMS."""

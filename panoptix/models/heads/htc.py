@@ -126,11 +126,21 @@ class HybridTaskCascade(CascadeMaskRCNN):
             losses.update(self.mask_loss(t, mask_logits, pos_boxes, pos_matched, targets))
         return losses
 
+    def box_results(self, feats: dict[str, torch.Tensor], proposals: list[torch.Tensor],
+                    image_sizes: Sequence[tuple[int, int]], semantic: Optional[torch.Tensor] = None
+                    ) -> list[Instances]:
+        return self.run_stages(proposals, image_sizes, lambda stage, boxes: stage.header.boxes(
+            self.rois(feats, boxes, image_sizes, semantic, "bbox"))[:2])
+
+    @torch.no_grad()
+    def detect_boxes(self, images: ImageList, features: Mapping[str, torch.Tensor],
+                     semantic_feature: Optional[torch.Tensor] = None) -> list[Instances]:
+        return super().detect_boxes(images, features, semantic=semantic_feature)
+
     @torch.no_grad()
     def detect(self, feats: dict[str, torch.Tensor], proposals: list[torch.Tensor],
                image_sizes: Sequence[tuple[int, int]], semantic: Optional[torch.Tensor] = None) -> list[Instances]:
-        results = self.run_stages(proposals, image_sizes, lambda stage, boxes: stage.header.boxes(
-            self.rois(feats, boxes, image_sizes, semantic, "bbox"))[:2])
+        results = self.box_results(feats, proposals, image_sizes, semantic)
         n = [len(r) for r in results]
         if sum(n) == 0:
             return [r.replace(masks=r.boxes.new_zeros((0, 1, 28, 28))) for r in results]

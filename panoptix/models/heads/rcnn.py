@@ -169,6 +169,18 @@ class MaskRCNNBranch(Configurable, nn.Module):
         return [Instances(d["boxes"], d["scores"], d["labels"] - 1, d["masks"], image_size=tuple(size))
                 for d, size in zip(detections, images.image_sizes)], {}
 
+    @torch.no_grad()
+    def detect_boxes(self, images: ImageList, features: Mapping[str, torch.Tensor]) -> list[Instances]:
+        """Detections without masks (box branch only: what test-time augmentation merges across
+        views before it re-predicts the masks), in resized-image coordinates."""
+        feats = dict(features)
+        proposals, _ = self.rpn(images, feats)
+        h = self.roi_heads
+        logits, deltas = h.box_predictor(h.box_head(h.box_roi_pool(feats, proposals, images.image_sizes)))
+        boxes, scores, labels = h.postprocess_detections(logits, deltas, proposals, images.image_sizes)
+        return [Instances(b, s, lab - 1, None, image_size=tuple(size))
+                for b, s, lab, size in zip(boxes, scores, labels, images.image_sizes)]
+
     def mask_logits_for_boxes(self, images: ImageList, features: Mapping[str, torch.Tensor],
                               boxes: list[torch.Tensor], labels: list[torch.Tensor]) -> list[torch.Tensor]:
         """The mask head's logits of given classes on given boxes (UPSNet's and the ranking head's

@@ -1,0 +1,81 @@
+"""PQ and cost of panoptic test-time augmentation and weighted ensembles against the plain model,
+same checkpoints, same images, same run (seed 001's ensemble; spec section 9).
+
+    python bench/tta.py --weights A.pth --data ROOT [--split val] [--limit 100] \
+        [--ensemble A.pth:0.4,B.pth:1.2] [--device cpu]
+
+Rows: the plain model; flip; scales 0.75/1/1.25; scales + flip; scales + flip + box voting; and,
+with --ensemble, the weighted ensemble alone and with flip. Ratios are per image against the plain
+model; absolute times only mean something on a GPU. Writes bench/out/tta.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from panoptix.config import load_model  # noqa: E402
+from panoptix.data.datasets import PanopticDataset  # noqa: E402
+from panoptix.engine.ensemble import PanopticEnsemble, TTASettings, parse_ensemble  # noqa: E402
+from panoptix.engine.predictor import Predictor, evaluate_dataset  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--data", required=True, help="root of a synthetic (COCO-layout) dataset")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--ensemble", default=None, help="a.pth:0.4,b.pth:1.2 (each evaluated as one ensemble)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=str(REPO / "bench" / "out" / "tta.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    ds = PanopticDataset.synthetic(args.data, args.split)
+    idx = range(min(args.limit, len(ds)))
+    model, _, _, device = load_model(args.weights, device=args.device)
+    variants: list[tuple[str, torch.nn.Module]] = [
+        ("plain model", model),
+        ("TTA flip", PanopticEnsemble([model], tta=TTASettings(flip=True))),
+        ("TTA scales 0.75,1,1.25", PanopticEnsemble([model], tta=TTASettings((0.75, 1.0, 1.25)))),
+        ("TTA scales 0.75,1,1.25 + flip", PanopticEnsemble([model], tta=TTASettings((0.75, 1.0, 1.25), True))),
+        ("TTA scales + flip + box voting", PanopticEnsemble([model], tta=TTASettings((0.75, 1.0, 1.25), True, True))),
+    ]
+    if args.ensemble:
+        members = parse_ensemble(args.ensemble)
+        models = [load_model(p, device=args.device)[0] for p, _ in members]
+        weights = [w for _, w in members]
+        label = ", ".join(f"{Path(p).parent.name}:{w:g}" for p, w in members)
+        variants += [(f"ensemble ({label})", PanopticEnsemble(models, weights)),
+                     ("ensemble + TTA flip", PanopticEnsemble(models, weights, TTASettings(flip=True)))]
+    rows = []
+    for name, m in variants:
+        m.eval()
+        start = time.perf_counter()
+        r = evaluate_dataset(Predictor(m, device, batch_size=1), ds, idx, progress=True)
+        seconds = (time.perf_counter() - start) / len(idx)
+        rows.append({"variant": name, "PQ": 100 * r["All"]["pq"], "PQ_th": 100 * r["Things"]["pq"],
+                     "PQ_st": 100 * r["Stuff"]["pq"], "ms_per_image": 1000 * seconds})
+    base = rows[0]["ms_per_image"]
+    print(f"{len(idx)} images of {args.data} ({args.split}) on {device}; cost relative to the plain model")
+    print(f"{'variant':56s} {'PQ':>5s} {'PQ_th':>6s} {'PQ_st':>6s} {'ms/img':>8s} {'cost':>6s}")
+    for r in rows:
+        print(f"{r['variant']:56s} {r['PQ']:5.1f} {r['PQ_th']:6.1f} {r['PQ_st']:6.1f} {r['ms_per_image']:8.1f} "
+              f"{r['ms_per_image'] / base:5.2f}x")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"weights": args.weights, "data": args.data, "images": len(idx),
+                                          "device": str(device), "rows": rows}, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""``panoptix fit-fusion``: choose, per thing class, the end of a two-level fusion (seed 001) from
+each end's per-class PQ on a held-out split, and optionally compare the ends with the fused system
+on a test split (the shape of seed 001's Table 3)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Optional, Sequence
+
+from torch import nn
+
+from panoptix.data.datasets import PanopticDataset
+from panoptix.engine.predictor import Predictor, evaluate_dataset
+from panoptix.fusion.two_level import TwoLevelFusion, choice_to_json, choose_ends
+from panoptix.models.registry import FUSIONS
+
+
+def named_fusion(system: nn.Module, name: Optional[str]) -> Any:
+    """The merge ``name`` with the system's merge settings that it accepts (None: the system's own)."""
+    if name is None:
+        return None
+    fn = FUSIONS.get(name, "--fusion")
+    accepted = inspect.signature(fn).parameters
+    own = getattr(system.fusion, "keywords", {})
+    return functools.partial(fn, **{k: v for k, v in own.items() if k in accepted})
+
+
+def _row(name: str, result: dict[str, Any], images: int) -> dict[str, Any]:
+    return {"system": name, "PQ": 100 * result["All"]["pq"], "PQ_th": 100 * result["Things"]["pq"],
+            "PQ_st": 100 * result["Stuff"]["pq"], "images": images}
+
+
+def fit_two_level(ends: Sequence[nn.Module], names: Sequence[str], fit_set: PanopticDataset,
+                  test_set: Optional[PanopticDataset], device: Any, fusion: Optional[str] = None,
+                  limit: Optional[int] = None, batch_size: int = 4) -> dict[str, Any]:
+    """The per-class choice on ``fit_set`` and, with ``test_set``, a table of each end and the fused
+    system. Returns the JSON record (``choice_to_json`` plus ``fit``, ``table``)."""
+    meta = ends[0].meta
+    fit_idx = range(min(limit, len(fit_set))) if limit else None
+    per_class = []
+    for end, name in zip(ends, names):
+        result = evaluate_dataset(Predictor(end, device, batch_size), fit_set, fit_idx, progress=True)
+        per_class.append(result["per_class"])
+    choice = choose_ends(per_class, meta.thing_ids)
+    record = choice_to_json(choice, names, per_class, {c.id: c.name for c in meta.categories})
+    record["fit"] = {"images": len(fit_idx) if fit_idx is not None else len(fit_set), "fusion": fusion}
+    if test_set is not None:
+        fused = TwoLevelFusion(ends, choice, named_fusion(ends[0], fusion))
+        rows = []
+        for model, name in [*zip(ends, names), (fused, "two-level fusion")]:
+            result = evaluate_dataset(Predictor(model, device, batch_size), test_set, progress=True)
+            rows.append(_row(name, result, len(test_set)))
+        record["table"] = rows
+    return record
+
+
+__all__ = ["fit_two_level", "named_fusion"]

@@ -1,0 +1,73 @@
+"""Two-level fusion (seed 001): the per-class choice of end, instances taken per class from the
+chosen end, averaged semantic probabilities, refusals, and fit-fusion / predict --two-level."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from panoptix.cli import main
+from panoptix.fusion.two_level import FusionError, TwoLevelFusion, choose_ends, fuse_ends
+from panoptix.structures import Instances, RawPanoptic
+
+
+def test_choose_ends_takes_the_better_end_per_class():
+    a = {1: {"pq": 0.5}, 2: {"pq": 0.2}, 3: {"pq": 0.4}}
+    b = {1: {"pq": 0.3}, 2: {"pq": 0.6}, 3: {"pq": 0.4}}       # class 3: a tie keeps the first end
+    assert choose_ends([a, b], [1, 2, 3, 4]) == {1: 0, 2: 1, 3: 0, 4: 0}
+    assert choose_ends([{"7": {"pq": 0.1}}, {"7": {"pq": 0.2}}], [7]) == {7: 1}   # JSON keys are strings
+
+
+def _raw(labels, scores, sem_logits):
+    n = len(labels)
+    boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0]] * n)
+    masks = torch.zeros(n, 4, 4)
+    return RawPanoptic(Instances(boxes, torch.tensor(scores), torch.tensor(labels), masks, image_size=(4, 4)),
+                       sem_logits, torch.zeros(3, 4, 4))
+
+
+def test_fuse_ends_takes_each_class_from_its_end_and_averages_probabilities():
+    sem_a = torch.zeros(2, 4, 4)
+    sem_b = torch.zeros(2, 4, 4)
+    sem_b[0] = math.log(3.0)                                      # b: softmax (0.75, 0.25)
+    a = _raw([0, 1, 1], [0.9, 0.8, 0.7], sem_a)
+    b = _raw([0, 1], [0.6, 0.5], sem_b)
+    fused = fuse_ends([a, b], thing_ids=[10, 20], choice={10: 1, 20: 0})
+    assert fused.instances.labels.tolist() == [1, 1, 0]           # a's two class-20 instances, b's class-10 one
+    assert fused.instances.scores.tolist() == pytest.approx([0.8, 0.7, 0.6])
+    assert fused.semantic_logits.exp()[:, 0, 0].tolist() == pytest.approx([0.625, 0.375])
+
+
+def test_two_level_refuses_a_choice_that_does_not_fit(synth_root):
+    from panoptix.data.datasets import PanopticDataset
+
+    from conftest import seeded_model
+
+    meta = PanopticDataset.synthetic(synth_root, "val").meta
+    ends = [seeded_model(meta, "panoptic_fpn_tiny"), seeded_model(meta, "panoptic_fpn_tiny")]
+    with pytest.raises(FusionError, match="lacks thing categories"):
+        TwoLevelFusion(ends, {meta.thing_ids[0]: 0})
+    with pytest.raises(FusionError, match="at least two"):
+        TwoLevelFusion(ends[:1], {})
+
+
+@pytest.mark.slow
+def test_fit_fusion_and_predict_two_level(trained_tiny, synth_root, synth_val, tmp_path):
+    ckpt = str(sorted(trained_tiny.glob("model_*.pth"))[-1])
+    record_path = tmp_path / "two_level.json"
+    assert main(["fit-fusion", "--ends", ckpt, ckpt, "--fit-data", str(synth_root), "--fit-split", "val",
+                 "--limit", "4", "--test-data", str(synth_root), "--test-split", "val", "--out",
+                 str(record_path)]) == 0
+    record = json.loads(record_path.read_text())
+    assert len(record["classes"]) == 6 and all(c["end"] == 0 for c in record["classes"])  # identical ends: ties
+    table = {r["system"]: r for r in record["table"]}
+    # two identical ends fused: the same instances and semantic argmax, so the same PQ as either end
+    assert table["two-level fusion"]["PQ"] == pytest.approx(table[ckpt]["PQ"], abs=1e-6)
+    pred = tmp_path / "pred"
+    image = sorted(synth_val["image_dir"].iterdir())[0]
+    assert main(["predict", "--two-level", str(record_path), "--input", str(image), "--output", str(pred),
+                 "--no-overlays"]) == 0
+    assert json.loads((pred / "predict_summary.json").read_text())["images"] == 1
