@@ -25,12 +25,11 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, box_iou
 
 from panoptix.errors import PanoptixError
-from panoptix.models.postprocess import detector_postprocess
+from panoptix.models.postprocess import detector_postprocess, resize_semantic_logits
 from panoptix.models.preprocess import check_images, resize_image
 from panoptix.structures import Instances, PanopticResult, RawPanoptic
 
@@ -174,12 +173,9 @@ class PanopticEnsemble(nn.Module):
         total, acc = 0.0, None
         for v in views:
             stride = v["batch"].tensors.shape[-2] // v["sem_logits"].shape[-2]
-            full = F.interpolate(v["sem_logits"][None].float(), scale_factor=float(stride), mode="bilinear",
-                                 align_corners=False)[..., : v["size"][0], : v["size"][1]]
-            probs = full.softmax(1)
+            probs = resize_semantic_logits(v["sem_logits"], v["size"], size, stride).softmax(0)
             if v["flip"]:
                 probs = probs.flip(-1)
-            probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)[0]
             acc = probs * v["weight"] if acc is None else acc + probs * v["weight"]
             total += v["weight"]
         return acc / total

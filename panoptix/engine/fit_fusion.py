@@ -4,26 +4,21 @@ on a test split (the shape of seed 001's Table 3)."""
 
 from __future__ import annotations
 
-import functools
-import inspect
 from typing import Any, Optional, Sequence
 
 from torch import nn
 
 from panoptix.data.datasets import PanopticDataset
+from panoptix.engine.ablation import MergeSpec, build_merge
 from panoptix.engine.predictor import Predictor, evaluate_dataset
 from panoptix.fusion.two_level import TwoLevelFusion, choice_to_json, choose_ends
-from panoptix.models.registry import FUSIONS
 
 
 def named_fusion(system: nn.Module, name: Optional[str]) -> Any:
     """The merge ``name`` with the system's merge settings that it accepts (None: the system's own)."""
     if name is None:
         return None
-    fn = FUSIONS.get(name, "--fusion")
-    accepted = inspect.signature(fn).parameters
-    own = getattr(system.fusion, "keywords", {})
-    return functools.partial(fn, **{k: v for k, v in own.items() if k in accepted})
+    return build_merge(MergeSpec.parse(name), getattr(system.fusion, "keywords", {}))[0]
 
 
 def _row(name: str, result: dict[str, Any], images: int) -> dict[str, Any]:

@@ -107,46 +107,42 @@ class HybridTaskCascade(CascadeMaskRCNN):
         if self.semantic_fusion and semantic_feature is None:
             raise ValueError("htc with semantic_fusion needs the semantic head's feature (a semantic head with "
                              "forward_with_feature, e.g. htc_fused); or set semantic_fusion: []")
-        return super().forward(images, features, targets, semantic=semantic_feature)
+        return super().forward(images, features, targets, semantic_feature=semantic_feature)
 
     def stage_losses(self, feats: dict[str, torch.Tensor], proposals: list[torch.Tensor],
                      image_sizes: Sequence[tuple[int, int]], targets: list[dict[str, torch.Tensor]],
-                     semantic: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                     semantic_feature: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
         proposals = [p.detach() for p in proposals]
         for t, stage in enumerate(self.stages):
             boxes, labels, matched, is_gt = self.sample(stage, proposals, targets)
-            logits, deltas, _ = stage.header.boxes(self.rois(feats, boxes, image_sizes, semantic, "bbox"))
+            logits, deltas, _ = stage.header.boxes(self.rois(feats, boxes, image_sizes, semantic_feature, "bbox"))
             losses.update(self.box_losses(t, logits, deltas, boxes, labels, matched, targets))
             proposals = self.refine(stage, deltas, boxes, is_gt, image_sizes)
             if self.interleaved:
                 boxes, labels, matched, _ = self.sample(stage, proposals, targets)
             pos_boxes, pos_matched = self.positives(boxes, labels, matched)
-            mask_logits = self.mask_chain(self.rois(feats, pos_boxes, image_sizes, semantic, "mask"), t)[0]
+            mask_logits = self.mask_chain(self.rois(feats, pos_boxes, image_sizes, semantic_feature, "mask"), t)[0]
             losses.update(self.mask_loss(t, mask_logits, pos_boxes, pos_matched, targets))
         return losses
 
     def box_results(self, feats: dict[str, torch.Tensor], proposals: list[torch.Tensor],
-                    image_sizes: Sequence[tuple[int, int]], semantic: Optional[torch.Tensor] = None
+                    image_sizes: Sequence[tuple[int, int]], semantic_feature: Optional[torch.Tensor] = None
                     ) -> list[Instances]:
         return self.run_stages(proposals, image_sizes, lambda stage, boxes: stage.header.boxes(
-            self.rois(feats, boxes, image_sizes, semantic, "bbox"))[:2])
-
-    @torch.no_grad()
-    def detect_boxes(self, images: ImageList, features: Mapping[str, torch.Tensor],
-                     semantic_feature: Optional[torch.Tensor] = None) -> list[Instances]:
-        return super().detect_boxes(images, features, semantic=semantic_feature)
+            self.rois(feats, boxes, image_sizes, semantic_feature, "bbox"))[:2])
 
     @torch.no_grad()
     def detect(self, feats: dict[str, torch.Tensor], proposals: list[torch.Tensor],
-               image_sizes: Sequence[tuple[int, int]], semantic: Optional[torch.Tensor] = None) -> list[Instances]:
-        results = self.box_results(feats, proposals, image_sizes, semantic)
+               image_sizes: Sequence[tuple[int, int]], semantic_feature: Optional[torch.Tensor] = None
+               ) -> list[Instances]:
+        results = self.box_results(feats, proposals, image_sizes, semantic_feature)
         n = [len(r) for r in results]
         if sum(n) == 0:
             return [r.replace(masks=r.boxes.new_zeros((0, 1, 28, 28))) for r in results]
         labels = torch.cat([r.labels for r in results]) + 1
         rows = torch.arange(len(labels), device=labels.device)
-        roi = self.rois(feats, [r.boxes for r in results], image_sizes, semantic, "mask")
+        roi = self.rois(feats, [r.boxes for r in results], image_sizes, semantic_feature, "mask")
         chain = self.mask_chain(roi, len(self.stages) - 1, "all")
         masks = torch.stack([chain[t][rows, labels].float().sigmoid() for t in self.mask_test_stages]).mean(0)
         return [r.replace(masks=m[:, None]) for r, m in zip(results, masks.split(n))]
