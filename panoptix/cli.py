@@ -114,6 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from panoptix.config import ConfigError, build_dataset, build_model, build_trainer, load_config
     from panoptix.engine import distributed as dist
     from panoptix.evaluation.panoptic import format_table
+    from panoptix.evaluation.semantic import format_semantic_table
 
     cfg = load_config(args.config, args.overrides, args.imports)
     train_set = build_dataset(cfg["data"]["train"])
@@ -136,8 +137,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"trained {summary['iterations']} iterations ({summary['started_at']} resumed) in "
               f"{summary['seconds']} s, {summary['images_per_second']} images/s on {summary['device']} "
               f"x{summary['world_size']}")
-        if summary["final_eval"]:
-            print(format_table(summary["final_eval"]))
+        final = summary["final_eval"]
+        if final:
+            print(format_semantic_table(final) if "mIoU" in final else format_table(final))
         print(f"checkpoint: {summary['checkpoint']}; curves: {summary.get('curves')}; "
               f"summary: {Path(cfg['engine']['output_dir']) / 'train_summary.json'}")
     return 0

@@ -143,6 +143,20 @@ def test_crafted_pickle_weights_are_refused(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", KNOWN_BACKBONES)
 def test_known_backbones_build(name):
-    b = TimmBackbone(name, norm="frozen_bn", freeze_at=2, allow_frozen_without_weights=True)
+    if name.startswith("hrnet"):  # HRNet trains its BatchNorm (HRNet's segmentation recipe)
+        b = TimmBackbone(name, norm="bn", freeze_at=0)
+    else:
+        b = TimmBackbone(name, norm="frozen_bn", freeze_at=2, allow_frozen_without_weights=True)
     assert b.strides == [4, 8, 16, 32]
-    assert b.out_channels == ([64, 128, 256, 512] if name == "resnet18" else [256, 512, 1024, 2048])
+    expected = {"resnet18": [64, 128, 256, 512], "hrnet_w48": [48, 96, 192, 384], "hrnet_w18_small": [16, 32, 64, 128]}
+    assert b.out_channels == expected.get(name, [256, 512, 1024, 2048])
+
+
+def test_hrnet_gives_its_branch_outputs_and_refuses_what_it_cannot_do():
+    b = TimmBackbone("hrnet_w18_small", norm="bn", freeze_at=0)
+    feats = b(torch.randn(1, 3, 64, 96))
+    assert [tuple(f.shape) for f in feats.values()] == [(1, 16, 16, 24), (1, 32, 8, 12), (1, 64, 4, 6), (1, 128, 2, 3)]
+    with pytest.raises(ValueError, match="no norm_layer option"):
+        TimmBackbone("hrnet_w18_small", norm="gn", freeze_at=0)
+    with pytest.raises(ValueError, match="not supported for 'hrnet_w18_small'"):
+        TimmBackbone("hrnet_w18_small", norm="bn", freeze_at=2, allow_frozen_without_weights=True)

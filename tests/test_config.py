@@ -16,8 +16,8 @@ from conftest import REPO, tiny_overrides
 from panoptix.cli import main
 from panoptix.config import ConfigError, build_model, load_config, parse_override
 from panoptix.data.synthetic import synthetic_meta
-from panoptix.models.registry import (BACKBONES, EMBEDDING_HEADS, FUSIONS, INSTANCE_HEADS, NECKS, SEMANTIC_HEADS,
-                                      SYSTEMS, Registry, build)
+from panoptix.models.registry import (BACKBONES, CONTEXT_HEADS, EMBEDDING_HEADS, FUSIONS, INSTANCE_HEADS, NECKS,
+                                      SEMANTIC_HEADS, SYSTEMS, Registry, build)
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -183,6 +183,9 @@ def test_bundled_configs_build_through_the_registry(path):
         assert model.detector.num_things == meta.num_things
         assert type(model.embedding) is EMBEDDING_HEADS.get(cfg["model"]["embedding"]["name"])
         assert model.loss.total_iters == cfg["solver"]["max_iter"]
+    elif cfg["model"]["name"] == "semantic":
+        assert model.num_classes == meta.num_classes
+        assert type(model.decoder) is CONTEXT_HEADS.get(cfg["model"]["decoder"]["name"])
     else:
         assert model.instance_head.num_things == meta.num_things
         assert type(model.semantic_head) is SEMANTIC_HEADS.get(cfg["model"]["semantic_head"]["name"])

@@ -30,6 +30,14 @@ def test_lr_schedule():
     assert f(300) == pytest.approx(0.1) and f(400) == pytest.approx(0.01)
 
 
+def test_poly_lr_schedule():
+    f = lambda it: lr_factor(it, warmup_iters=10, warmup_factor=0.1, steps=(), gamma=0.1,  # noqa: E731
+                             schedule="poly", max_iter=1000, poly_power=0.9)
+    assert f(500) == pytest.approx(0.5 ** 0.9)
+    assert f(1000) == 0.0
+    assert f(5) == pytest.approx((1 - 5 / 1000) ** 0.9 * (0.1 * 0.5 + 0.5))  # warm-up times the decay
+
+
 def test_atomic_save_and_rng_roundtrip(tmp_path):
     import random
 

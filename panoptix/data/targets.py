@@ -71,6 +71,17 @@ def build_targets(sample: PanopticSample, meta: DatasetMeta, semantic: SemanticV
     return out
 
 
+def build_semantic_target(sample: PanopticSample, meta: DatasetMeta) -> dict[str, torch.Tensor]:
+    """Targets of a scene parsing system: ``semantic`` (H, W) int64, every category by its
+    contiguous id (the ``"all"`` variant), VOID = 255. Crowd segments keep their class."""
+    unknown = [s.category_id for s in sample.segments if s.category_id not in meta]
+    if unknown:
+        raise ValueError(f"image {sample.image_id!r}: category id(s) {unknown} are not in {meta.name}")
+    seg_ids = np.array([s.id for s in sample.segments], dtype=np.int64)
+    values = np.array([meta.contiguous_id[s.category_id] for s in sample.segments], dtype=np.int64)
+    return {"semantic": torch.from_numpy(map_ids(np.asarray(sample.ids), seg_ids, values, IGNORE_INDEX))}
+
+
 def instance_index_map(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(N, H, W) non-overlapping masks -> (H, W) int64 index of the mask covering each pixel, -1
     where none does (one matrix product: an argmax over N is slow on the CPU)."""

@@ -1,4 +1,4 @@
-"""Training logs: CSV files, TensorBoard scalars and a loss / PQ curve PNG (rank 0 only)."""
+"""Training logs: CSV files, TensorBoard scalars and a loss / PQ (or mIoU) curve PNG (rank 0 only)."""
 
 from __future__ import annotations
 
@@ -89,14 +89,16 @@ def plot_curves(output_dir: str | Path, out_png: str | Path | None = None) -> Pa
         ax_loss.set_yscale("log")
         ax_loss.legend(fontsize=7)
     ax_loss.set(xlabel="iteration", ylabel="loss", title="training loss")
+    semantic = bool(evals) and "mIoU" in evals[0]
     if evals:
         it = [int(r["iteration"]) for r in evals]
-        for key in ("PQ", "PQ_th", "PQ_st"):
+        for key in ("mIoU", "pixel_acc", "ADE") if semantic else ("PQ", "PQ_th", "PQ_st"):
             if key in evals[0]:
                 ax_pq.plot(it, [float(r[key]) if r[key] not in ("", "None") else float("nan") for r in evals],
                            marker="o", label=key)
         ax_pq.legend(fontsize=8)
-    ax_pq.set(xlabel="iteration", ylabel="PQ (%)", title="validation PQ")
+    metric = "mIoU / pixel acc / ADE score" if semantic else "PQ"
+    ax_pq.set(xlabel="iteration", ylabel=f"{metric} (%)", title=f"validation {metric}")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -22,6 +22,7 @@ from panoptix.data.meta import DatasetMeta
 from panoptix.data.png import read_image
 from panoptix.engine import distributed as dist
 from panoptix.evaluation.panoptic import PanopticEvaluator
+from panoptix.evaluation.semantic import SemanticEvaluator
 from panoptix.structures import PanopticResult
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -86,10 +87,12 @@ def _batches(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
 
 def evaluate_dataset(predictor: Predictor, dataset: PanopticDataset, indices: Optional[Sequence[int]] = None,
                      progress: bool = False) -> dict[str, Any]:
-    """PQ of ``predictor`` on ``dataset`` (or the given indices), sharded over ranks and all-reduced."""
+    """PQ of ``predictor`` on ``dataset`` (or the given indices), sharded over ranks and all-reduced;
+    for a scene parsing system (``model.task == "semantic"``) pixel accuracy, mIoU and the ADE score."""
     indices = list(range(len(dataset))) if indices is None else list(indices)
     mine = indices[dist.get_rank()::dist.get_world_size()]
-    evaluator = PanopticEvaluator(dataset.meta)
+    semantic = getattr(predictor.model, "task", "panoptic") == "semantic"
+    evaluator = SemanticEvaluator.for_meta(dataset.meta) if semantic else PanopticEvaluator(dataset.meta)
     bar = tqdm(total=len(mine), desc="evaluate", unit="img", disable=not progress, leave=False)
     for batch in _batches(mine, predictor.batch_size):
         samples = [dataset[i] for i in batch]

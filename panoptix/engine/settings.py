@@ -20,6 +20,9 @@ class DataSettings:
         train, val: `DatasetSpec` sections (``val`` may name no data).
         min_size_train, max_size_train: multi-scale jitter (short side drawn from the list, long side capped).
         flip: horizontal flip probability.
+        scale_range: random ratio multiplying the chosen short side (mmseg's ``ratio_range``).
+        crop_size: (h, w) random crop after the resize; None for none.
+        mosaic: probability of a 4-image Mosaic (spec section 8); ``mosaic_size`` (h, w) of a quadrant.
         num_workers: data-loader processes.
         group_by_aspect_ratio: batches hold only landscape or only portrait images (detectron2's
             default), so little of a padded batch is padding.
@@ -32,6 +35,10 @@ class DataSettings:
     min_size_train: Sequence[int] = (640, 672, 704, 736, 768, 800)
     max_size_train: int = 1333
     flip: float = 0.5
+    scale_range: Sequence[float] = (1.0, 1.0)
+    crop_size: Optional[Sequence[int]] = None
+    mosaic: float = 0.0
+    mosaic_size: Optional[Sequence[int]] = None
     num_workers: int = 2
     group_by_aspect_ratio: bool = True
 
@@ -46,6 +53,8 @@ class SolverSettings:
         amp: mixed precision on CUDA; ``amp_dtype`` float16 (with loss scaling) or bfloat16.
         optimizer: ``"sgd"`` (with ``momentum``; the papers' choice) or ``"adamw"`` (decoupled weight
             decay, ``betas``; converges in fewer iterations when training a small model from scratch).
+        lr_schedule: ``"step"`` (``gamma`` at each of ``steps``) or ``"poly"`` ((1 - it / max_iter) **
+            ``poly_power``, the scene parsing schedule).
     """
 
     optimizer: Literal["sgd", "adamw"] = "sgd"
@@ -61,6 +70,8 @@ class SolverSettings:
     warmup_factor: float = 0.001
     steps: Sequence[int] = (60000, 80000)
     gamma: float = 0.1
+    lr_schedule: Literal["step", "poly"] = "step"
+    poly_power: float = 0.9
     clip_grad: float = 0.0
     amp: bool = True
     amp_dtype: Literal["float16", "bfloat16"] = "float16"

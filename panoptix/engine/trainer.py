@@ -33,9 +33,15 @@ class TrainingDiverged(PanoptixError, RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def lr_factor(iteration: int, warmup_iters: int, warmup_factor: float, steps: Sequence[int], gamma: float) -> float:
-    """Linear warm-up from ``warmup_factor`` to 1 over ``warmup_iters``, times ``gamma`` per passed step."""
-    decay = gamma ** sum(iteration >= s for s in steps)
+def lr_factor(iteration: int, warmup_iters: int, warmup_factor: float, steps: Sequence[int], gamma: float,
+              schedule: str = "step", max_iter: int = 0, poly_power: float = 0.9) -> float:
+    """Linear warm-up from ``warmup_factor`` to 1 over ``warmup_iters``, times the decay: ``gamma`` per
+    passed step (``"step"``, detectron2), or (1 - iteration / max_iter) ** poly_power (``"poly"``, the
+    scene parsing schedule of HRNet, OCR and mmseg)."""
+    if schedule == "poly":
+        decay = max(0.0, 1.0 - iteration / max(1, max_iter)) ** poly_power
+    else:
+        decay = gamma ** sum(iteration >= s for s in steps)
     if iteration >= warmup_iters:
         return decay
     alpha = iteration / max(1, warmup_iters)
@@ -73,7 +79,8 @@ class Trainer:
             raise ValueError(f"solver.batch_size {solver.batch_size} is not divisible by {self.world} processes")
         self.batch_per_rank = solver.batch_size // self.world
         self.model = prepare_norms(model, self.world, self.device.type).to(self.device)
-        transform = TrainTransform(data.min_size_train, data.max_size_train, data.flip)
+        transform = TrainTransform(data.min_size_train, data.max_size_train, data.flip, data.scale_range,
+                                   data.crop_size, data.mosaic, data.mosaic_size)
         self.stream = TrainingStream(train_set, transform, model.target_builder(), engine.seed,
                                      group_size=self.batch_per_rank if data.group_by_aspect_ratio else 0)
         self.val_set = val_set
@@ -81,7 +88,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, solver)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(it, solver.warmup_iters, solver.warmup_factor, solver.steps,
-                                                 solver.gamma))
+                                                 solver.gamma, solver.lr_schedule, solver.max_iter, solver.poly_power))
         self.amp = bool(solver.amp) and self.device.type == "cuda"
         self.amp_dtype = getattr(torch, solver.amp_dtype)
         # Where small collective tensors live: the GPU under NCCL, the CPU (None) under gloo.
@@ -215,11 +222,16 @@ class Trainer:
                               amp_dtype=self.solver.amp_dtype)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             result = evaluate_dataset(predictor, self.val_set, range(n), progress=False)
-        row = {"PQ": 100 * result["All"]["pq"], "SQ": 100 * result["All"]["sq"], "RQ": 100 * result["All"]["rq"],
-               "PQ_th": 100 * result["Things"]["pq"], "PQ_st": 100 * result["Stuff"]["pq"], "images": n}
+        if "mIoU" in result:  # a scene parsing system
+            row = {"mIoU": 100 * result["mIoU"], "pixel_acc": 100 * result["pixel_accuracy"],
+                   "ADE": 100 * result["ade_score"], "images": n}
+            line = f"mIoU {row['mIoU']:.1f}, pixel acc {row['pixel_acc']:.1f}, ADE score {row['ADE']:.1f}"
+        else:
+            row = {"PQ": 100 * result["All"]["pq"], "SQ": 100 * result["All"]["sq"], "RQ": 100 * result["All"]["rq"],
+                   "PQ_th": 100 * result["Things"]["pq"], "PQ_st": 100 * result["Stuff"]["pq"], "images": n}
+            line = f"PQ {row['PQ']:.1f} (things {row['PQ_th']:.1f}, stuff {row['PQ_st']:.1f})"
         self.history.append({"iteration": self.iteration, **row})
         if logger:
             logger.log_eval(self.iteration, row)
-            tqdm.write(f"[iter {self.iteration}] PQ {row['PQ']:.1f} (things {row['PQ_th']:.1f}, "
-                       f"stuff {row['PQ_st']:.1f}) on {n} val images")
+            tqdm.write(f"[iter {self.iteration}] {line} on {n} val images")
         return result

@@ -13,7 +13,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from panoptix.data.meta import IGNORE_INDEX
+from panoptix.data.meta import IGNORE_INDEX, DatasetMeta
+from panoptix.data.sample import PanopticSample
+from panoptix.data.targets import build_semantic_target
+from panoptix.structures import PanopticResult
 
 
 def confusion_matrix(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray, num_classes: int,
@@ -34,6 +37,17 @@ def confusion_matrix(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndar
     if pred.numel() and (pred.min() < 0 or pred.max() >= num_classes):
         raise ValueError(f"predicted labels must lie in 0..{num_classes - 1}")
     return torch.bincount(gt * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def format_semantic_table(results: dict[str, Any], per_class: bool = True) -> str:
+    """Pixel accuracy, mIoU, mean accuracy and the ADE score (percentages), then IoU per class."""
+    lines = [f"pixel acc {100 * results['pixel_accuracy']:5.1f}   mIoU {100 * results['mIoU']:5.1f}   "
+             f"mean acc {100 * results['mean_accuracy']:5.1f}   ADE score {100 * results['ade_score']:5.1f}"]
+    if per_class:
+        width = max((len(n) for n in results["per_class_iou"]), default=5)
+        lines += [f"  {name:{width}s}  IoU {100 * v:5.1f}" for name, v in results["per_class_iou"].items()
+                  if v == v]  # NaN: the class is absent from ground truth and prediction
+    return "\n".join(lines)
 
 
 def metrics_from_confusion(conf: torch.Tensor | np.ndarray, class_names: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -63,6 +77,7 @@ class SemanticEvaluator:
         self.ignore_index = ignore_index
         self.class_names = class_names
         self.conf: Optional[torch.Tensor] = None
+        self.meta: Optional[DatasetMeta] = None
 
     def update(self, pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray) -> None:
         c = confusion_matrix(pred, gt, self.num_classes, self.ignore_index)
@@ -80,3 +95,28 @@ class SemanticEvaluator:
     def compute(self) -> dict[str, Any]:
         conf = self.conf if self.conf is not None else torch.zeros(self.num_classes, self.num_classes)
         return metrics_from_confusion(conf, self.class_names)
+
+    # The panoptic evaluator's interface, so that one evaluation loop serves both kinds of system.
+    @classmethod
+    def for_meta(cls, meta: DatasetMeta) -> "SemanticEvaluator":
+        """Every category of ``meta`` a class, in contiguous order, named by its category name."""
+        order = sorted(meta.contiguous_id.items(), key=lambda kv: kv[1])
+        evaluator = cls(meta.num_classes, class_names=[meta.by_id[c].name for c, _ in order])
+        evaluator.meta = meta
+        return evaluator
+
+    def add(self, gt: PanopticSample, pred: PanopticResult) -> None:
+        """One image: the ground truth's semantic map (every category; VOID ignored) against the
+        prediction's ``extra["semantic"]`` (H, W) contiguous class map."""
+        if "semantic" not in pred.extra:
+            raise ValueError("a semantic evaluation needs results with extra['semantic'] (a scene parsing system)")
+        if self.meta is None:
+            raise ValueError("SemanticEvaluator.add needs the dataset's categories: build it with for_meta(meta)")
+        target = build_semantic_target(gt, self.meta)["semantic"]
+        if tuple(pred.extra["semantic"].shape) != tuple(target.shape):
+            raise ValueError(f"image {gt.image_id!r}: prediction {tuple(pred.extra['semantic'].shape)} and ground "
+                             f"truth {tuple(target.shape)} differ in size")
+        self.update(pred.extra["semantic"].cpu(), target)
+
+    def summary(self) -> dict[str, Any]:
+        return self.compute()

@@ -25,7 +25,8 @@ from panoptix.models.registry import BACKBONES, Configurable
 Norm = Literal["frozen_bn", "bn", "gn"]
 
 # Names the issue and the papers use; any other timm model with features_only support works too.
-KNOWN_BACKBONES = ("resnet18", "resnet50", "resnet101", "resnext101_64x4d", "legacy_senet154")
+KNOWN_BACKBONES = ("resnet18", "resnet50", "resnet101", "resnext101_64x4d", "legacy_senet154", "hrnet_w48",
+                   "hrnet_w18_small")
 # Classifier parameters of timm models that a features_only network does not have.
 _CLASSIFIER_PREFIXES = ("fc.", "last_linear.", "head.", "classifier.")
 
@@ -79,6 +80,13 @@ class TimmBackbone(Configurable, nn.Module):
             kwargs["channels"] = tuple(channels)
         if stem_width is not None:
             kwargs["stem_width"] = stem_width
+        if arch.startswith("hrnet"):
+            # A segmentation HRNet reads its four branch outputs (HRNet-W48: 48/96/192/384 channels),
+            # not timm's default classification features (the "incre" blocks, 128..1024 channels).
+            kwargs["feature_location"] = ""
+            if norm == "gn":
+                raise ValueError(f"{arch}: timm's HRNet has no norm_layer option; use norm=bn (trainable, "
+                                 f"SyncBatchNorm under DDP) or frozen_bn")
         if norm == "gn":
             kwargs["norm_layer"] = partial(_GroupNorm)
         body = _create(arch, weights, kwargs)
@@ -105,6 +113,10 @@ class TimmBackbone(Configurable, nn.Module):
             raise ValueError(f"freeze_at must be in 0..{len(stages) + 1}, got {freeze_at}")
         if freeze_at == 0:
             return
+        children = dict(self.body.named_children())
+        if any(stage not in children for stage in stages):
+            raise ValueError(f"freeze_at={freeze_at} is not supported for {self.arch!r}: its feature stages "
+                             f"{stages} are not top-level modules; use freeze_at=0")
         last = stages[freeze_at - 2] if freeze_at >= 2 else None
         for child_name, child in list(self.body.named_children()):
             if child_name == stages[0] and last is None:

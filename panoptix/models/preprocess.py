@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,16 @@ def check_images(images: Sequence[torch.Tensor]) -> None:
     for i, im in enumerate(images):
         if im.dim() != 3 or im.shape[0] != 3 or not im.is_floating_point():
             raise ValueError(f"image {i}: expected a (3, H, W) float tensor in 0..1, got {tuple(im.shape)} {im.dtype}")
+
+def check_targets(images: Sequence[torch.Tensor], targets: Optional[Sequence[dict[str, torch.Tensor]]]) -> None:
+    """Training needs one target dict per image, its ``semantic`` map the size of the image."""
+    if targets is None or len(targets) != len(images):
+        raise ValueError("training needs one target dict per image")
+    for i, (im, t) in enumerate(zip(images, targets)):
+        if "semantic" in t and tuple(t["semantic"].shape) != tuple(im.shape[-2:]):
+            raise ValueError(f"image {i}: semantic target {tuple(t['semantic'].shape)} does not match the "
+                             f"image size {tuple(im.shape[-2:])}")
+
 
 def inference_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
     """Short side to ``min_size`` with the long side capped at ``max_size``; ``min_size=0`` keeps (h, w)."""

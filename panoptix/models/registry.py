@@ -76,6 +76,7 @@ PANOPTIC_HEADS = Registry("panoptic head")
 REFINEMENTS = Registry("refinement")
 EMBEDDING_HEADS = Registry("embedding head")
 LOSS_WEIGHTINGS = Registry("loss weighting")
+CONTEXT_HEADS = Registry("context head")  # scene parsing heads on one feature map (DANet, OCR)
 
 # Packages whose modules register panoptix's own components: every module in them is imported
 # before a name is looked up, so an in-tree component is a new file, with no list to edit.
@@ -253,6 +254,6 @@ def build(spec: Any, section: Optional[dict[str, Any]], where: str = "", **conte
 
 
 __all__ = ["Registry", "Configurable", "ConfigError", "SYSTEMS", "BACKBONES", "NECKS", "INSTANCE_HEADS",
-           "SEMANTIC_HEADS", "FUSIONS", "PANOPTIC_HEADS", "REFINEMENTS", "EMBEDDING_HEADS", "LOSS_WEIGHTINGS",
+           "CONTEXT_HEADS", "SEMANTIC_HEADS", "FUSIONS", "PANOPTIC_HEADS", "REFINEMENTS", "EMBEDDING_HEADS", "LOSS_WEIGHTINGS",
            "build", "validate", "check_section", "check_value", "import_modules",
            "import_builtin_components", "config_parameters"]

@@ -27,7 +27,7 @@ from panoptix.losses.ciae import CIAELoss
 from panoptix.models.heads.embedding import embedding_map
 from panoptix.models.heads.fcos import LOCATION_FIELD
 from panoptix.models.postprocess import resize_boxes
-from panoptix.models.preprocess import Preprocessor, pad_maps
+from panoptix.models.preprocess import Preprocessor, check_targets, pad_maps
 from panoptix.models.registry import BACKBONES, EMBEDDING_HEADS, INSTANCE_HEADS, NECKS, SYSTEMS, Configurable, build
 from panoptix.structures import Instances, PanopticResult
 
@@ -182,8 +182,7 @@ class CIAEPanoptic(Configurable, nn.Module):
                 ) -> dict[str, torch.Tensor] | list[PanopticResult]:
         if not self.training:
             return [self.fuse(raw) for raw in self.predict_raw(images)]
-        if targets is None or len(targets) != len(images):
-            raise ValueError("training needs one target dict per image")
+        check_targets(images, targets)
         batch = self.preprocess(images)
         padded = tuple(batch.tensors.shape[-2:])
         out, raw = self.network(batch.tensors)

@@ -23,7 +23,7 @@ from panoptix.fusion.upsnet import split_channels
 from panoptix.models.heads.ranking import thing_label_map
 from panoptix.models.heads.upsnet import panoptic_target
 from panoptix.models.postprocess import detector_postprocess, paste_masks, resize_semantic_logits
-from panoptix.models.preprocess import Preprocessor, pad_maps
+from panoptix.models.preprocess import Preprocessor, check_targets, pad_maps
 from panoptix.models.registry import (BACKBONES, FUSIONS, INSTANCE_HEADS, LOSS_WEIGHTINGS, NECKS, PANOPTIC_HEADS,
                                       REFINEMENTS, SEMANTIC_HEADS, SYSTEMS, Configurable, build)
 from panoptix.structures import PanopticResult, RawPanoptic
@@ -140,12 +140,7 @@ class TwoStagePanoptic(Configurable, nn.Module):
         batch = self.preprocess(images)
         feats = self.neck(self.backbone(batch.tensors))
         if self.training:
-            if targets is None or len(targets) != len(images):
-                raise ValueError("training needs one target dict per image")
-            for i, (im, t) in enumerate(zip(images, targets)):
-                if tuple(t["semantic"].shape) != tuple(im.shape[-2:]):
-                    raise ValueError(f"image {i}: semantic target {tuple(t['semantic'].shape)} does not match the "
-                                     f"image size {tuple(im.shape[-2:])}")
+            check_targets(images, targets)
             sem_target = pad_maps([t["semantic"] for t in targets], tuple(batch.tensors.shape[-2:]))
             sem_logits, sem_losses, extra = self.semantic_outputs(feats, sem_target)
             _, losses = self.instance_head(batch, feats, targets, **extra)
