@@ -1,4 +1,5 @@
-"""The ``panoptix`` command: synth, perturb, evaluate, viz, train, predict, fit-fusion, ablate, export, demo.
+"""The ``panoptix`` command: synth, perturb, evaluate, viz, train, predict, pseudo-label, self-train, fit-fusion,
+ablate, export, demo.
 
 Every command shows progress on long work, ends with a readable summary and writes its
 machine-readable results as JSON.
@@ -59,6 +60,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from panoptix.evaluation.allocator import keep_freed_memory
     from panoptix.evaluation.panoptic import evaluate_coco_panoptic, format_table
 
+    if args.gt_labels or args.pred_labels:
+        return _evaluate_labels(args)
+    if not (args.gt_json and args.pred_json):
+        raise PanoptixError("name --gt-json and --pred-json (panoptic), or --gt-labels and --pred-labels (label PNGs)")
     keep_freed_memory()
     t0 = time.time()
     results = evaluate_coco_panoptic(args.gt_json, args.pred_json, args.gt_dir, args.pred_dir,
@@ -70,6 +75,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{results['num_images']} images in {seconds:.2f} s"
           + (f"; {results['num_warnings']} warning(s), evaluated as panopticapi does (--strict refuses them)"
              if results["num_warnings"] else ""))
+    write_json(out, {**results, "seconds": seconds})
+    print(f"results: {out}")
+    return 0
+
+
+def _evaluate_labels(args: argparse.Namespace) -> int:
+    """Pixel accuracy, mIoU and the ADE score of label PNG folders (scene parsing)."""
+    from panoptix.data.meta import DatasetMeta
+    from panoptix.evaluation.semantic import evaluate_label_folders, format_semantic_table
+
+    if not (args.gt_labels and args.pred_labels):
+        raise PanoptixError("label evaluation needs both --gt-labels and --pred-labels")
+    t0 = time.time()
+    meta = DatasetMeta.from_json(args.categories) if args.categories else None
+    results = evaluate_label_folders(args.gt_labels, args.pred_labels, meta, progress=True)
+    seconds = time.time() - t0
+    print(format_semantic_table(results))
+    print(f"{results['num_images']} images, {results['num_classes']} classes in {seconds:.2f} s")
+    out = Path(args.out) if args.out else Path(args.pred_labels) / "semantic_results.json"
     write_json(out, {**results, "seconds": seconds})
     print(f"results: {out}")
     return 0
@@ -192,6 +216,43 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if skipped and args.strict:
         raise PanoptixError(f"{len(skipped)} file(s) of {args.input} could not be predicted (--strict); "
                             f"the others were written; all are listed in {summary}")
+    return 0
+
+
+# --------------------------------------------------------------------------- pseudo-label, self-train
+def cmd_pseudo_label(args: argparse.Namespace) -> int:
+    """A teacher's pseudo-labels for unlabelled images (seed 003), as a label folder."""
+    from panoptix.config import load_ensemble
+    from panoptix.engine.predictor import list_images
+    from panoptix.engine.pseudo_label import RECORD, write_pseudo_labels
+
+    t0 = time.time()
+    predictor, meta = load_ensemble([(args.weights, 1.0)], args.tta, device=args.device, imports=args.imports)
+    if getattr(predictor.model, "task", None) != "semantic":
+        raise PanoptixError(f"{args.weights} is not a scene parsing system; pseudo-labels come from semantic teachers")
+    files, skipped = list_images(args.images)
+    _print_lines("pseudo-label", "warning", [str(s) for s in skipped])
+    if not files:
+        raise PanoptixError(f"{args.images}: no images")
+    record = write_pseudo_labels(predictor.model, meta, files, args.out, args.threshold, args.split,
+                                 teacher=args.weights, tta_text=args.tta, device=str(predictor.device))
+    print(f"pseudo-labelled {record['images']} image(s) in {time.time() - t0:.1f} s at threshold {args.threshold}: "
+          f"{100 * record['ignored_fraction']:.1f}% of pixels ignored; dataset: format ade20k, root {args.out}, "
+          f"split {args.split} (record: {Path(args.out) / RECORD})")
+    return 0
+
+
+def cmd_self_train(args: argparse.Namespace) -> int:
+    """Teacher -> pseudo-labels -> student (-> fine-tune) rounds, end to end (seed 003)."""
+    from panoptix.engine.self_train import self_train
+
+    record = self_train(args.config, Path(args.images), Path(args.out), args.rounds, args.threshold, args.tta,
+                        args.finetune_iters, args.teacher, args.overrides, args.imports, device=args.device)
+    print(f"{'stage':24s} {'mIoU':>6s} {'pix acc':>8s} {'ADE':>6s}")
+    for row in record["stages"]:
+        print(f"{row['stage']:24s} {row.get('mIoU', float('nan')):6.1f} {row.get('pixel_acc', float('nan')):8.1f} "
+              f"{row.get('ADE', float('nan')):6.1f}")
+    print(f"final teacher: {record['final_teacher']}; summary: {Path(args.out) / 'self_train_summary.json'}")
     return 0
 
 
@@ -417,16 +478,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strength", type=float, default=1.0)
     s.set_defaults(func=cmd_perturb)
 
-    s = sub.add_parser("evaluate", help="COCO panoptic quality (PQ/SQ/RQ) of a prediction set")
-    s.add_argument("--gt-json", required=True)
+    s = sub.add_parser("evaluate", help="COCO panoptic quality (PQ/SQ/RQ) of a prediction set; or pixel accuracy, "
+                                        "mIoU and the ADE score of label PNG folders")
+    s.add_argument("--gt-json", default=None)
     s.add_argument("--gt-dir", default=None, help="default: --gt-json without .json")
-    s.add_argument("--pred-json", required=True)
+    s.add_argument("--pred-json", default=None)
     s.add_argument("--pred-dir", default=None, help="default: --pred-json without .json")
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--out", default=None, help="results JSON (default: pq_results.json beside --pred-json)")
     s.add_argument("--strict", action="store_true",
                    help="refuse the oddities panopticapi tolerates (id-0 segments, repeated ids, ...) "
                         "instead of warning and evaluating them as panopticapi does")
+    s.add_argument("--gt-labels", default=None, help="folder of ground-truth label PNGs (category id, 0 = ignore)")
+    s.add_argument("--pred-labels", default=None, help="folder of predicted label PNGs, same file names "
+                                                         "(panoptix predict writes them in OUTPUT/labels)")
+    s.add_argument("--categories", default=None, help="label evaluation: categories JSON (default: ids 1..max)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("viz", help="draw panoptic overlays (GT | prediction when a prediction is given)")
@@ -468,6 +534,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="key=value config overrides")
     _add_import(s)
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("pseudo-label", help="a scene parsing teacher's pseudo-labels for unlabelled images "
+                                            "(low-confidence pixels ignored), written as a label folder")
+    s.add_argument("--weights", required=True, help="the teacher checkpoint")
+    s.add_argument("--images", required=True, help="an image or a folder of unlabelled images")
+    s.add_argument("--out", required=True, help="label folder: images/SPLIT, annotations/SPLIT, categories.json")
+    s.add_argument("--threshold", type=float, default=0.5, help="ignore pixels whose top probability is below it")
+    s.add_argument("--tta", default=None, metavar="'scales=0.5,0.75,1,1.25,1.5,1.75,2 flip'",
+                   help="the teacher's test-time augmentation (softmax averaged)")
+    s.add_argument("--split", default="pseudo")
+    s.add_argument("--device", default="auto")
+    _add_import(s)
+    s.set_defaults(func=cmd_pseudo_label)
+
+    s = sub.add_parser("self-train", help="teacher-student rounds end to end (seed 003): teacher, pseudo-labels, "
+                                          "student on mixed batches, optional fine-tune, N rounds")
+    s.add_argument("--config", required=True, help="the system's config (its data.train is the labelled set)")
+    s.add_argument("--images", required=True, help="folder of unlabelled images")
+    s.add_argument("--out", required=True)
+    s.add_argument("--rounds", type=int, default=2)
+    s.add_argument("--threshold", type=float, default=0.5)
+    s.add_argument("--tta", default=None, help="the teachers' test-time augmentation")
+    s.add_argument("--finetune-iters", type=int, default=0, help="fine-tune each student on labelled data alone")
+    s.add_argument("--teacher", default=None, help="start from this teacher checkpoint instead of training one")
+    s.add_argument("--device", default="auto")
+    s.add_argument("overrides", nargs="*", help="key=value config overrides (every stage)")
+    _add_import(s)
+    s.set_defaults(func=cmd_self_train)
 
     s = sub.add_parser("fit-fusion", help="two-level fusion of two trained ends (seed 001): per-class choice of "
                                           "the instance end on a held-out set, optional comparison on a test set")

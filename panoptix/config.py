@@ -125,8 +125,12 @@ def build_trainer(cfg: dict[str, Any], model, train_set, val_set=None, progress:
     from panoptix.engine.trainer import Trainer
 
     data = DataSettings(**cfg["data"])
+    pseudo_set = build_dataset(cfg["data"]["pseudo"])
+    if pseudo_set is not None and pseudo_set.meta.to_json() != train_set.meta.to_json():
+        raise ConfigError("data.pseudo has different categories from data.train (was it labelled by a teacher "
+                          "trained on this dataset?)")
     return Trainer(model, train_set, data, SolverSettings(**cfg["solver"]), EngineSettings(**cfg["engine"]),
-                   val_set=val_set, config=cfg, progress=progress)
+                   val_set=val_set, config=cfg, progress=progress, pseudo_set=pseudo_set)
 
 
 def load_predictor(weights: str | Path, config: Optional[str | Path] = None, overrides: Sequence[str] = (),
@@ -145,16 +149,25 @@ def load_predictor(weights: str | Path, config: Optional[str | Path] = None, ove
 def load_ensemble(members: Sequence[tuple[str | Path, float]], tta: Optional[str] = None, box_voting: bool = False,
                   config: Optional[str | Path] = None, overrides: Sequence[str] = (), batch_size: int = 1,
                   device: str = "auto", imports: Sequence[str] = ()):
-    """(`Predictor` over a `PanopticEnsemble`, `DatasetMeta`): weighted checkpoints (one for plain
-    TTA) with test-time augmentation ``tta`` (``"scales=0.75,1,1.25 flip"``; None: no augmentation).
+    """(`Predictor` over a `PanopticEnsemble`, or a `SemanticTTA` for scene parsing systems, `DatasetMeta`):
+    weighted checkpoints (one for plain TTA) with test-time augmentation ``tta`` (``"scales=0.75,1,1.25
+    flip"``; None: no augmentation).
     ``config`` and ``overrides`` apply to every member."""
     from panoptix.engine.ensemble import PanopticEnsemble, TTASettings
     from panoptix.engine.predictor import Predictor
 
     loaded = [load_model(path, config, overrides, device, imports) for path, _ in members]
     settings = TTASettings.parse(tta or "", box_voting)
-    model = PanopticEnsemble([m for m, *_ in loaded], [w for _, w in members], settings)
     _, meta, cfg, dev = loaded[0]
+    if getattr(loaded[0][0], "task", "panoptic") == "semantic":
+        from panoptix.engine.semantic_tta import SemanticTTA
+
+        # scene parsing: softmax averaged over models, scales and flips; views larger than the training
+        # crop run by sliding windows (HRNet's and mmseg's test recipe)
+        model = SemanticTTA([m for m, *_ in loaded], settings.scales, settings.flip,
+                            crop_size=cfg["data"].get("crop_size"), weights=[w for _, w in members])
+    else:
+        model = PanopticEnsemble([m for m, *_ in loaded], [w for _, w in members], settings)
     solver = cfg["solver"]
     return Predictor(model, dev, batch_size=batch_size, amp=solver["amp"], amp_dtype=solver["amp_dtype"]), meta
 

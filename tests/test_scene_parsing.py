@@ -3,8 +3,10 @@ losses and results, and training + evaluation through the CLI."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import seeded_model, tiny_overrides
 from panoptix.data.synthetic import synthetic_meta
@@ -108,3 +110,12 @@ def test_train_and_evaluate_a_scene_parser(synth_root, tmp_path, capsys):
                                                                                  final["pixel_accuracy"]) / 2)
     assert set(final["per_class_iou"]) == {c.name for c in synthetic_meta().categories}
     assert [h["iteration"] for h in summary["history"]][:2] == [2, 4] and "mIoU" in summary["history"][0]
+    # predictions of a scene parser come with label PNGs (category ids), with and without TTA
+    for extra in ([], ["--tta", "scales=0.75,1 flip"]):
+        pred = tmp_path / f"pred{len(extra)}"
+        assert main(["predict", "--weights", summary["checkpoint"], "--input", str(synth_root / "val"),
+                     "--output", str(pred), "--no-overlays", *extra]) == 0
+        labels = sorted((pred / "labels").glob("*.png"))
+        assert len(labels) == 24 and (pred / "labels" / "categories.json").is_file()
+        values = set(np.unique(np.asarray(Image.open(labels[0]))).tolist())
+        assert values and values <= {c.id for c in synthetic_meta().categories}

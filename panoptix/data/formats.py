@@ -104,7 +104,7 @@ def read_sample(record: PanopticRecord, meta: DatasetMeta, load_image: bool = Tr
     """Decode a record's PNG (and image), checking the PNG against the JSON segments."""
     where = f"{record.png_path} (image {record.image_id!r})"
     if record.label_png:
-        ids = _read_label_png(record.png_path)
+        ids = read_label_png(record.png_path)
         segments = segments_from_ids(ids, {int(v): int(v) for v in np.unique(ids) if v != 0})
         unknown = [s.category_id for s in segments if s.category_id not in meta]
         if unknown:
@@ -175,6 +175,9 @@ def load_cityscapes_panoptic(root: str | Path, split: str = "val") -> tuple[Data
 ADE20K_NUM_CLASSES = 150
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
 def load_ade20k(root: str | Path, split: str = "validation",
                 num_classes: int = ADE20K_NUM_CLASSES) -> tuple[DatasetMeta, list[PanopticRecord]]:
     """ADE20K scene parsing (``ADEChallengeData2016``): ``images/{split}/*.jpg`` and
@@ -182,20 +185,30 @@ def load_ade20k(root: str | Path, split: str = "validation",
 
     Category names come from ``objectInfo150.csv``/``.txt`` in ``root`` when present; every class
     is stuff (scene parsing has no instances), so each class present in an image is one segment.
+
+    The same layout with a ``categories.json`` in ``root`` (a COCO category list; pixel value =
+    category id) is any dataset's label folder: what ``panoptix pseudo-label`` writes. Images may then
+    be of any common format.
     """
     root = Path(root)
     img_dir, ann_dir = root / "images" / split, root / "annotations" / split
     for d in (img_dir, ann_dir):
         if not d.is_dir():
             raise PanopticFormatError(f"{d}: ADE20K folder not found (expected ADEChallengeData2016 layout)")
-    names = _ade_names(root, num_classes)
-    meta = DatasetMeta([Category(i + 1, n, False, _ade_color(i + 1)) for i, n in enumerate(names)],
-                       name=f"ade20k:{root}")
+    if (root / "categories.json").is_file():
+        meta = DatasetMeta.from_json(root / "categories.json")
+        suffixes = IMAGE_SUFFIXES
+    else:
+        names = _ade_names(root, num_classes)
+        meta = DatasetMeta([Category(i + 1, n, False, _ade_color(i + 1)) for i, n in enumerate(names)],
+                           name=f"ade20k:{root}")
+        suffixes = (".jpg",)
     records = []
     for png in sorted(ann_dir.glob("*.png")):
-        image = img_dir / f"{png.stem}.jpg"
-        if not image.is_file():
-            raise PanopticFormatError(f"{png}: image {image} not found")
+        image = next((img_dir / f"{png.stem}{sfx}" for sfx in suffixes if (img_dir / f"{png.stem}{sfx}").is_file()),
+                     None)
+        if image is None:
+            raise PanopticFormatError(f"{png}: image {png.stem}{'|'.join(suffixes)} not found in {img_dir}")
         records.append(PanopticRecord(png.stem, image.name, png, image, [], label_png=True))
     if not records:
         raise PanopticFormatError(f"{ann_dir}: no annotation PNGs")
@@ -220,7 +233,8 @@ def _ade_color(class_id: int) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(30, 256, size=3))
 
 
-def _read_label_png(path: Path) -> np.ndarray:
+def read_label_png(path: Path) -> np.ndarray:
+    """(H, W) int32 values of a single-channel label PNG."""
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "P", "I", "I;16"):

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from panoptix.data.datasets import PanopticDataset
 from panoptix.data.errors import PanopticFormatError
 from panoptix.data.formats import load_json, write_coco_panoptic
+from panoptix.data.labels import category_map, write_categories, write_label_png
 from panoptix.data.meta import DatasetMeta
 from panoptix.data.png import read_image
 from panoptix.engine import distributed as dist
@@ -153,6 +154,7 @@ class PredictionRun:
     json_path: Path
     written: int = 0
     skipped: list[Skipped] = field(default_factory=list)
+    labels_dir: Optional[Path] = None  # label PNGs of a scene parsing system
 
 
 def _warn(skipped: Skipped) -> None:
@@ -162,7 +164,8 @@ def _warn(skipped: Skipped) -> None:
 def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path], out_dir: str | Path,
                   image_ids: Optional[dict[str, Any]] = None, overlays: bool = True, progress: bool = True,
                   warn: Callable[[Skipped], None] = _warn) -> PredictionRun:
-    """Predict ``files`` and write ``out_dir/panoptic_pred.json``, ``panoptic_pred/*.png`` and overlays.
+    """Predict ``files`` and write ``out_dir/panoptic_pred.json``, ``panoptic_pred/*.png`` and overlays;
+    for a scene parsing system also ``labels/*.png`` (category id per pixel) and ``labels/categories.json``.
 
     A file that cannot be decoded is skipped with one ``warn`` call and listed in the returned
     `PredictionRun`; everything else is written. Image ids come from ``image_ids`` (file stem -> id)
@@ -176,6 +179,7 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
     if overlays:
         (out / "overlays").mkdir(parents=True, exist_ok=True)
     run = PredictionRun(out / "panoptic_pred.json")
+    categories = [c for c, _ in sorted(meta.contiguous_id.items(), key=lambda kv: kv[1])]
     entries, images_json = [], []
     for batch in tqdm(list(_batches(files, predictor.batch_size)), desc="predict", unit="batch", disable=not progress):
         readable, images = [], []
@@ -195,7 +199,12 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
             images_json.append({"id": image_id, "file_name": f.name, "height": ids.shape[0], "width": ids.shape[1]})
             if overlays:
                 Image.fromarray(overlay(image, ids, result.segments, meta)).save(out / "overlays" / (stem + ".png"))
+            if "semantic" in result.extra:  # a scene parsing system: its label map too
+                write_label_png(out / "labels" / (stem + ".png"), category_map(result.extra["semantic"], categories))
+                run.labels_dir = out / "labels"
     write_coco_panoptic(run.json_path, out / "panoptic_pred", meta, entries, images=images_json)
+    if run.labels_dir is not None:
+        write_categories(run.labels_dir, meta)
     run.written = len(entries)
     return run
 

@@ -93,6 +93,36 @@ class TrainingStream(Dataset):
         return self.dataset[int(rng.integers(len(self.dataset)))]
 
 
+class MixedStream(Dataset):
+    """Two replayable streams interleaved per batch: of each per-rank batch of ``batch_size`` positions
+    the first ``round(ratio * batch_size)`` come from ``labelled`` and the rest from ``pseudo``
+    (seed 003's student batches; spec section 10's labelled ratio, 0.5 by default). Position ``g`` of
+    batch ``b`` maps to a fixed position of one sub-stream, so replay on resume stays exact.
+    """
+
+    def __init__(self, labelled: TrainingStream, pseudo: TrainingStream, ratio: float, batch_size: int) -> None:
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"labelled_ratio is a fraction in 0..1, got {ratio}")
+        self.labelled, self.pseudo = labelled, pseudo
+        self.batch_size = int(batch_size)
+        self.per_batch = min(self.batch_size, int(round(ratio * self.batch_size)))
+        self.dataset = labelled.dataset  # the categories (checkpoints store them)
+
+    def __len__(self) -> int:
+        return len(self.labelled) + len(self.pseudo)
+
+    def source(self, g: int) -> tuple[str, int]:
+        """("labelled" or "pseudo", position in that stream) of mixed position ``g``."""
+        b, k = divmod(int(g), self.batch_size)
+        if k < self.per_batch:
+            return "labelled", b * self.per_batch + k
+        return "pseudo", b * (self.batch_size - self.per_batch) + k - self.per_batch
+
+    def __getitem__(self, g: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        which, position = self.source(g)
+        return getattr(self, which)[position]
+
+
 class StreamBatchSampler(Sampler[list[int]]):
     """Batches of stream positions for one rank, iterations ``start .. stop - 1``."""
 

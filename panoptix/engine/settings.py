@@ -23,15 +23,20 @@ class DataSettings:
         scale_range: random ratio multiplying the chosen short side (mmseg's ``ratio_range``).
         crop_size: (h, w) random crop after the resize; None for none.
         mosaic: probability of a 4-image Mosaic (spec section 8); ``mosaic_size`` (h, w) of a quadrant.
+        pseudo: a label folder of pseudo-labelled images (``panoptix pseudo-label``'s output, ``root``);
+            when it names data, each batch takes ``labelled_ratio`` of its images from ``train``.
         num_workers: data-loader processes.
         group_by_aspect_ratio: batches hold only landscape or only portrait images (detectron2's
             default), so little of a padded batch is padding.
     """
 
     components: ClassVar[dict[str, Any]] = {"train": (DatasetSpec, {"split": "train"}),
-                                            "val": (DatasetSpec, {"split": "val"})}
+                                            "val": (DatasetSpec, {"split": "val"}),
+                                            "pseudo": (DatasetSpec, {"format": "ade20k", "split": "pseudo"})}
     train: dict[str, Any] = field(default_factory=lambda: {"split": "train"})
     val: dict[str, Any] = field(default_factory=lambda: {"split": "val"})
+    pseudo: dict[str, Any] = field(default_factory=lambda: {"format": "ade20k", "split": "pseudo"})
+    labelled_ratio: float = 0.5
     min_size_train: Sequence[int] = (640, 672, 704, 736, 768, 800)
     max_size_train: int = 1333
     flip: float = 0.5
@@ -79,7 +84,11 @@ class SolverSettings:
 
 @dataclass
 class EngineSettings:
-    """Where and how often the trainer writes, evaluates and checkpoints."""
+    """Where and how often the trainer writes, evaluates and checkpoints.
+
+    ``init_weights``: a checkpoint whose model weights a fresh run starts from (fine-tuning; the
+    optimizer and schedule start anew); a run that resumes from its own folder ignores it.
+    """
 
     output_dir: str = "runs/train"
     seed: int = 0
@@ -88,5 +97,6 @@ class EngineSettings:
     checkpoint_period: int = 5000
     log_period: int = 20
     resume: bool = True
+    init_weights: Optional[str] = None
     device: str = "auto"
     tensorboard: bool = True

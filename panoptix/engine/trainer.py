@@ -22,7 +22,7 @@ from panoptix.engine.checkpoint import (LAST, atomic_save, atomic_write_text, ca
 from panoptix.engine.logger import MetricsLogger, plot_curves
 from panoptix.engine.optim import build_optimizer, prepare_norms
 from panoptix.engine.predictor import Predictor, evaluate_dataset, to_tensor
-from panoptix.engine.sampler import TrainingStream, stream_loader
+from panoptix.engine.sampler import MixedStream, TrainingStream, stream_loader
 from panoptix.engine.settings import DataSettings, EngineSettings, SolverSettings
 from panoptix.errors import PanoptixError
 from panoptix.jsonio import write_json
@@ -66,11 +66,14 @@ class Trainer:
         val_set: evaluated every ``engine.eval_period`` iterations and at the end (PQ).
         config: stored in the output folder for ``panoptix predict``.
         progress: show a progress bar.
+        pseudo_set: pseudo-labelled images (a teacher's labels): each batch then takes
+            ``data.labelled_ratio`` of its images from ``train_set`` and the rest from these.
     """
 
     def __init__(self, model: nn.Module, train_set: PanopticDataset, data: DataSettings, solver: SolverSettings,
                  engine: EngineSettings, val_set: Optional[PanopticDataset] = None,
-                 config: Optional[dict[str, Any]] = None, progress: bool = True) -> None:
+                 config: Optional[dict[str, Any]] = None, progress: bool = True,
+                 pseudo_set: Optional[PanopticDataset] = None) -> None:
         self.rank, self.world, local_rank = dist.init_distributed()
         self.device = pick_device(engine.device, local_rank)
         self.data, self.solver, self.engine, self.config = data, solver, engine, config
@@ -81,8 +84,11 @@ class Trainer:
         self.model = prepare_norms(model, self.world, self.device.type).to(self.device)
         transform = TrainTransform(data.min_size_train, data.max_size_train, data.flip, data.scale_range,
                                    data.crop_size, data.mosaic, data.mosaic_size)
-        self.stream = TrainingStream(train_set, transform, model.target_builder(), engine.seed,
-                                     group_size=self.batch_per_rank if data.group_by_aspect_ratio else 0)
+        group = self.batch_per_rank if data.group_by_aspect_ratio and pseudo_set is None else 0
+        self.stream = TrainingStream(train_set, transform, model.target_builder(), engine.seed, group_size=group)
+        if pseudo_set is not None:  # a student: every batch mixes labelled and pseudo-labelled images
+            pseudo = TrainingStream(pseudo_set, transform, model.target_builder(), engine.seed + 1)
+            self.stream = MixedStream(self.stream, pseudo, data.labelled_ratio, self.batch_per_rank)
         self.val_set = val_set
         self.out = Path(engine.output_dir)
         self.optimizer = build_optimizer(self.model, solver)
@@ -147,6 +153,8 @@ class Trainer:
                 write_json(self.out / "config.json", self.config)
         if not (e.resume and self.resume()):
             seed_all_rng(e.seed + self.rank)
+            if e.init_weights:  # a fresh run that starts from trained weights (fine-tuning)
+                load_model_weights(self.model, e.init_weights)
         logger = MetricsLogger(self.out, e.tensorboard) if main else None
         start = self.iteration
         loader = stream_loader(self.stream, self.batch_per_rank, start, s.max_iter, self.rank, self.world,

@@ -8,6 +8,7 @@ of the means, as mmsegmentation and detectron2 do.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -50,15 +51,22 @@ def format_semantic_table(results: dict[str, Any], per_class: bool = True) -> st
     return "\n".join(lines)
 
 
-def metrics_from_confusion(conf: torch.Tensor | np.ndarray, class_names: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    """mIoU, per-class IoU, pixel accuracy, mean accuracy and ADE score of a confusion matrix."""
+def metrics_from_confusion(conf: torch.Tensor | np.ndarray, class_names: Optional[Sequence[str]] = None,
+                           unlabelled: Optional[torch.Tensor | np.ndarray] = None) -> dict[str, Any]:
+    """mIoU, per-class IoU, pixel accuracy, mean accuracy and ADE score of a confusion matrix.
+
+    ``unlabelled`` (K,): pixels of each ground-truth class that the prediction left unlabelled (a
+    label PNG's 0); they count against their class and against pixel accuracy.
+    """
     conf = torch.as_tensor(conf).double().cpu()
+    missed = torch.zeros(conf.shape[0], dtype=torch.float64) if unlabelled is None else \
+        torch.as_tensor(unlabelled).double().cpu()
     tp = conf.diag()
-    gt_total, pred_total = conf.sum(1), conf.sum(0)
+    gt_total, pred_total = conf.sum(1) + missed, conf.sum(0)
     union = gt_total + pred_total - tp
     iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
     acc = torch.where(gt_total > 0, tp / gt_total.clamp(min=1), torch.full_like(tp, math.nan))
-    total = conf.sum()
+    total = gt_total.sum()
     pixel_acc = float(tp.sum() / total) if total > 0 else math.nan
     miou = float(iou.nanmean()) if (union > 0).any() else math.nan
     names = list(class_names) if class_names is not None else [str(i) for i in range(len(tp))]
@@ -120,3 +128,53 @@ class SemanticEvaluator:
 
     def summary(self) -> dict[str, Any]:
         return self.compute()
+
+
+def evaluate_label_folders(gt_dir: str | Path, pred_dir: str | Path, meta: Optional[DatasetMeta] = None,
+                           progress: bool = False) -> dict[str, Any]:
+    """Pixel accuracy, mIoU and the ADE score of a folder of predicted label PNGs against a folder of
+    ground-truth label PNGs, matched by file name (pixel value = category id, 0 = unlabelled).
+
+    Ground-truth 0 is ignored; a predicted 0 is a miss. Classes are ``meta``'s categories when given,
+    else the ids 1..max seen (ADE20K's 150 classes when its labels are complete); a value outside
+    them is an error naming the file.
+    """
+    from tqdm import tqdm
+
+    from panoptix.data.errors import PanopticFormatError
+    from panoptix.data.formats import read_label_png
+
+    gt_files = sorted(Path(gt_dir).glob("*.png"))
+    if not gt_files:
+        raise PanopticFormatError(f"{gt_dir}: no label PNGs")
+    missing = [f.name for f in gt_files if not (Path(pred_dir) / f.name).is_file()]
+    if missing:
+        raise PanopticFormatError(f"{pred_dir}: no prediction for {len(missing)} ground-truth file(s), e.g. "
+                                  f"{', '.join(missing[:3])}")
+    pairs = [(read_label_png(f), read_label_png(Path(pred_dir) / f.name), f.name)
+             for f in tqdm(gt_files, desc="read labels", unit="png", disable=not progress)]
+    largest = max(int(max(g.max(initial=0), p.max(initial=0))) for g, p, _ in pairs)
+    if meta is not None:
+        ids = sorted(meta.contiguous_id, key=meta.contiguous_id.get)
+        names = [meta.by_id[c].name for c in ids]
+    else:
+        ids = list(range(1, max(largest, 1) + 1))
+        names = [str(i) for i in ids]
+    k = len(ids)
+    lut = np.full(max(max(ids), largest) + 1, -1, dtype=np.int64)
+    lut[np.asarray(ids)] = np.arange(k)
+    lut[0] = k  # unlabelled: one more column of the count matrix
+    conf = torch.zeros((k + 1) ** 2, dtype=torch.int64)
+    for gt, pred, name in pairs:
+        if gt.shape != pred.shape:
+            raise PanopticFormatError(f"{name}: prediction is {pred.shape[1]}x{pred.shape[0]}, ground truth "
+                                      f"{gt.shape[1]}x{gt.shape[0]} (WxH)")
+        g, p = lut[gt.reshape(-1)], lut[pred.reshape(-1)]
+        if (g < 0).any() or (p < 0).any():
+            bad = sorted(set(gt[lut[gt] < 0].tolist()) | set(pred[lut[pred] < 0].tolist()))
+            raise PanopticFormatError(f"{name}: label values {bad[:10]} are not categories")
+        keep = g < k
+        conf += torch.bincount(torch.from_numpy(g[keep] * (k + 1) + p[keep]), minlength=(k + 1) ** 2)
+    conf = conf.view(k + 1, k + 1)
+    results = metrics_from_confusion(conf[:k, :k], names, unlabelled=conf[:k, k])
+    return {**results, "num_images": len(pairs), "num_classes": k}

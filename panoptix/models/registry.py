@@ -254,6 +254,6 @@ def build(spec: Any, section: Optional[dict[str, Any]], where: str = "", **conte
 
 
 __all__ = ["Registry", "Configurable", "ConfigError", "SYSTEMS", "BACKBONES", "NECKS", "INSTANCE_HEADS",
-           "CONTEXT_HEADS", "SEMANTIC_HEADS", "FUSIONS", "PANOPTIC_HEADS", "REFINEMENTS", "EMBEDDING_HEADS", "LOSS_WEIGHTINGS",
-           "build", "validate", "check_section", "check_value", "import_modules",
+           "CONTEXT_HEADS", "SEMANTIC_HEADS", "FUSIONS", "PANOPTIC_HEADS", "REFINEMENTS", "EMBEDDING_HEADS",
+           "LOSS_WEIGHTINGS", "build", "validate", "check_section", "check_value", "import_modules",
            "import_builtin_components", "config_parameters"]

@@ -121,6 +121,13 @@ class SceneParser(Configurable, nn.Module):
         return [resize_semantic_logits(lg, crop, tuple(im.shape[-2:]), stride=stride)
                 for lg, crop, im in zip(final, batch.image_sizes, images)]
 
+    def view_logits(self, view: torch.Tensor) -> torch.Tensor:
+        """(3, h, w) image run as it is (no test resize) -> (K, h, w) float32 logits (what TTA's views use)."""
+        batch = self.preprocess.batch([view])
+        final = self.head_outputs(batch.tensors)["decoder"]["logits"]
+        stride = batch.tensors.shape[-2] // final.shape[-2]
+        return resize_semantic_logits(final[0], batch.image_sizes[0], tuple(view.shape[-2:]), stride=stride)
+
     def forward(self, images: list[torch.Tensor], targets: Optional[list[dict[str, torch.Tensor]]] = None
                 ) -> dict[str, torch.Tensor] | list[PanopticResult]:
         if not self.training:
