@@ -5,7 +5,9 @@ same checkpoints, same images, same run (seed 001's ensemble; spec section 9).
         [--ensemble A.pth:0.4,B.pth:1.2] [--device cpu]
 
 Rows: the plain model; flip; scales 0.75/1/1.25; scales + flip; scales + flip + box voting; and,
-with --ensemble, the weighted ensemble alone and with flip. Ratios are per image against the plain
+with --ensemble, the weighted ensemble alone and with flip. For a scene parsing checkpoint (seed 003):
+the plain model, flip, the seed's seven scales 0.5-2.0, and both, scored by mIoU, pixel accuracy and
+the ADE score. Ratios are per image against the plain
 model; absolute times only mean something on a GPU. Writes bench/out/tta.json.
 """
 
@@ -26,6 +28,36 @@ from panoptix.config import load_model  # noqa: E402
 from panoptix.data.datasets import PanopticDataset  # noqa: E402
 from panoptix.engine.ensemble import PanopticEnsemble, TTASettings, parse_ensemble  # noqa: E402
 from panoptix.engine.predictor import Predictor, evaluate_dataset  # noqa: E402
+from panoptix.engine.semantic_tta import SemanticTTA  # noqa: E402
+
+
+SEED_003_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+
+
+def panoptic_variants(model: torch.nn.Module, args: argparse.Namespace) -> list[tuple[str, torch.nn.Module]]:
+    """The plain two-stage model, its TTA views and, with --ensemble, the weighted ensemble."""
+    variants: list[tuple[str, torch.nn.Module]] = [
+        ("plain model", model),
+        ("TTA flip", PanopticEnsemble([model], tta=TTASettings(flip=True))),
+        ("TTA scales 0.75,1,1.25", PanopticEnsemble([model], tta=TTASettings((0.75, 1.0, 1.25)))),
+        ("TTA scales 0.75,1,1.25 + flip", PanopticEnsemble([model], tta=TTASettings((0.75, 1.0, 1.25), True))),
+        ("TTA scales + flip + box voting", PanopticEnsemble([model], tta=TTASettings((0.75, 1.0, 1.25), True, True))),
+    ]
+    if args.ensemble:
+        members = parse_ensemble(args.ensemble)
+        models = [load_model(p, device=args.device)[0] for p, _ in members]
+        weights = [w for _, w in members]
+        label = ", ".join(f"{Path(p).parent.name}:{w:g}" for p, w in members)
+        variants += [(f"ensemble ({label})", PanopticEnsemble(models, weights)),
+                     ("ensemble + TTA flip", PanopticEnsemble(models, weights, TTASettings(flip=True)))]
+    return variants
+
+
+def semantic_variants(model: torch.nn.Module, args: argparse.Namespace) -> list[tuple[str, torch.nn.Module]]:
+    """The plain scene parser, flip, seed 003's seven scales, and both (softmax averaged)."""
+    return [("plain model", model), ("TTA flip", SemanticTTA(model, flip=True)),
+            ("TTA scales 0.5..2 (7)", SemanticTTA(model, SEED_003_SCALES)),
+            ("TTA scales 0.5..2 (7) + flip", SemanticTTA(model, SEED_003_SCALES, flip=True))]
 
 
 def main() -> None:
@@ -43,34 +75,26 @@ def main() -> None:
     ds = PanopticDataset.synthetic(args.data, args.split)
     idx = range(min(args.limit, len(ds)))
     model, _, _, device = load_model(args.weights, device=args.device)
-    variants: list[tuple[str, torch.nn.Module]] = [
-        ("plain model", model),
-        ("TTA flip", PanopticEnsemble([model], tta=TTASettings(flip=True))),
-        ("TTA scales 0.75,1,1.25", PanopticEnsemble([model], tta=TTASettings((0.75, 1.0, 1.25)))),
-        ("TTA scales 0.75,1,1.25 + flip", PanopticEnsemble([model], tta=TTASettings((0.75, 1.0, 1.25), True))),
-        ("TTA scales + flip + box voting", PanopticEnsemble([model], tta=TTASettings((0.75, 1.0, 1.25), True, True))),
-    ]
-    if args.ensemble:
-        members = parse_ensemble(args.ensemble)
-        models = [load_model(p, device=args.device)[0] for p, _ in members]
-        weights = [w for _, w in members]
-        label = ", ".join(f"{Path(p).parent.name}:{w:g}" for p, w in members)
-        variants += [(f"ensemble ({label})", PanopticEnsemble(models, weights)),
-                     ("ensemble + TTA flip", PanopticEnsemble(models, weights, TTASettings(flip=True)))]
+    semantic = getattr(model, "task", "panoptic") == "semantic"
+    variants = semantic_variants(model, args) if semantic else panoptic_variants(model, args)
     rows = []
     for name, m in variants:
         m.eval()
         start = time.perf_counter()
         r = evaluate_dataset(Predictor(m, device, batch_size=1), ds, idx, progress=True)
         seconds = (time.perf_counter() - start) / len(idx)
-        rows.append({"variant": name, "PQ": 100 * r["All"]["pq"], "PQ_th": 100 * r["Things"]["pq"],
-                     "PQ_st": 100 * r["Stuff"]["pq"], "ms_per_image": 1000 * seconds})
+        if semantic:
+            metrics = {"mIoU": 100 * r["mIoU"], "pixel_acc": 100 * r["pixel_accuracy"], "ADE": 100 * r["ade_score"]}
+        else:
+            metrics = {"PQ": 100 * r["All"]["pq"], "PQ_th": 100 * r["Things"]["pq"], "PQ_st": 100 * r["Stuff"]["pq"]}
+        rows.append({"variant": name, **metrics, "ms_per_image": 1000 * seconds})
     base = rows[0]["ms_per_image"]
+    keys = [k for k in rows[0] if k not in ("variant", "ms_per_image")]
     print(f"{len(idx)} images of {args.data} ({args.split}) on {device}; cost relative to the plain model")
-    print(f"{'variant':56s} {'PQ':>5s} {'PQ_th':>6s} {'PQ_st':>6s} {'ms/img':>8s} {'cost':>6s}")
+    print(f"{'variant':56s} " + " ".join(f"{k:>9s}" for k in keys) + f" {'ms/img':>8s} {'cost':>6s}")
     for r in rows:
-        print(f"{r['variant']:56s} {r['PQ']:5.1f} {r['PQ_th']:6.1f} {r['PQ_st']:6.1f} {r['ms_per_image']:8.1f} "
-              f"{r['ms_per_image'] / base:5.2f}x")
+        print(f"{r['variant']:56s} " + " ".join(f"{r[k]:9.1f}" for k in keys)
+              + f" {r['ms_per_image']:8.1f} {r['ms_per_image'] / base:5.2f}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"weights": args.weights, "data": args.data, "images": len(idx),
                                           "device": str(device), "rows": rows}, indent=1))
