@@ -119,3 +119,16 @@ def test_train_and_evaluate_a_scene_parser(synth_root, tmp_path, capsys):
         assert len(labels) == 24 and (pred / "labels" / "categories.json").is_file()
         values = set(np.unique(np.asarray(Image.open(labels[0]))).tolist())
         assert values and values <= {c.id for c in synthetic_meta().categories}
+
+
+def test_scene_parser_trains_under_autocast():
+    meta = synthetic_meta()
+    model = seeded_model(meta, "ainnoseg_tiny")
+    images = [torch.rand(3, 64, 64) for _ in range(2)]
+    targets = [{"semantic": torch.randint(0, meta.num_classes, (64, 64))} for _ in images]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images, targets)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -62,10 +62,13 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        flat = x.flatten(2)  # (B, C, HW)
-        energy = flat @ flat.transpose(1, 2)  # (B, C, C)
-        attention = torch.softmax(energy.amax(-1, keepdim=True) - energy, dim=-1)
-        return self.gamma * (attention @ flat).view(b, c, h, w) + x
+        # float32: E sums HW products (16,900 at a 520 px crop's stride 4), beyond float16's range
+        with torch.autocast(x.device.type, enabled=False):
+            flat = x.flatten(2).float()  # (B, C, HW)
+            energy = flat @ flat.transpose(1, 2)  # (B, C, C)
+            attention = torch.softmax(energy.amax(-1, keepdim=True) - energy, dim=-1)
+            out = (attention @ flat).view(b, c, h, w)
+        return self.gamma * out.to(x.dtype) + x
 
 
 @CONTEXT_HEADS.register("danet")
