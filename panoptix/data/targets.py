@@ -35,6 +35,17 @@ def num_semantic_classes(meta: DatasetMeta, variant: SemanticVariant) -> int:
     return meta.num_classes if variant == "all" else meta.num_stuff + 1
 
 
+def semantic_map(sample: PanopticSample, meta: DatasetMeta, variant: SemanticVariant) -> np.ndarray:
+    """(H, W) int64 semantic training indices of a variant, VOID = IGNORE_INDEX."""
+    unknown = [s.category_id for s in sample.segments if s.category_id not in meta]
+    if unknown:
+        raise ValueError(f"image {sample.image_id!r}: category id(s) {unknown} are not in {meta.name}")
+    lut = semantic_lut(meta, variant)
+    seg_ids = np.array([s.id for s in sample.segments], dtype=np.int64)
+    values = np.array([lut[s.category_id] for s in sample.segments], dtype=np.int64)
+    return map_ids(np.asarray(sample.ids), seg_ids, values, IGNORE_INDEX)
+
+
 def build_targets(sample: PanopticSample, meta: DatasetMeta, semantic: SemanticVariant = "stuff_things"
                   ) -> dict[str, torch.Tensor]:
     """Targets of one image.
@@ -47,15 +58,8 @@ def build_targets(sample: PanopticSample, meta: DatasetMeta, semantic: SemanticV
     """
     ids = np.asarray(sample.ids)
     segs = sample.segments
-    unknown = [s.category_id for s in segs if s.category_id not in meta]
-    if unknown:
-        raise ValueError(f"image {sample.image_id!r}: category id(s) {unknown} are not in {meta.name}")
-    lut = semantic_lut(meta, semantic)
-    seg_ids = np.array([s.id for s in segs], dtype=np.int64)
-    sem_vals = np.array([lut[s.category_id] for s in segs], dtype=np.int64)
-    semantic_map = map_ids(ids, seg_ids, sem_vals, IGNORE_INDEX)
-
-    out = {"semantic": torch.from_numpy(semantic_map), "panoptic": torch.from_numpy(ids.astype(np.int32))}
+    out = {"semantic": torch.from_numpy(semantic_map(sample, meta, semantic)),
+           "panoptic": torch.from_numpy(ids.astype(np.int32))}
     id_map = out["panoptic"].long()
     for prefix, crowd in (("", False), ("crowd_", True)):
         things = [s for s in segs if meta.isthing(s.category_id) and s.iscrowd == crowd]
@@ -74,12 +78,7 @@ def build_targets(sample: PanopticSample, meta: DatasetMeta, semantic: SemanticV
 def build_semantic_target(sample: PanopticSample, meta: DatasetMeta) -> dict[str, torch.Tensor]:
     """Targets of a scene parsing system: ``semantic`` (H, W) int64, every category by its
     contiguous id (the ``"all"`` variant), VOID = 255. Crowd segments keep their class."""
-    unknown = [s.category_id for s in sample.segments if s.category_id not in meta]
-    if unknown:
-        raise ValueError(f"image {sample.image_id!r}: category id(s) {unknown} are not in {meta.name}")
-    seg_ids = np.array([s.id for s in sample.segments], dtype=np.int64)
-    values = np.array([meta.contiguous_id[s.category_id] for s in sample.segments], dtype=np.int64)
-    return {"semantic": torch.from_numpy(map_ids(np.asarray(sample.ids), seg_ids, values, IGNORE_INDEX))}
+    return {"semantic": torch.from_numpy(semantic_map(sample, meta, "all"))}
 
 
 def instance_index_map(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

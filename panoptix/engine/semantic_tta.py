@@ -107,12 +107,4 @@ class SemanticTTA(nn.Module):
         return [self.system.result(self.probabilities(im).clamp_min(1e-12).log()) for im in images]
 
 
-def parse_semantic_tta(text: str) -> tuple[tuple[float, ...], bool]:
-    """``"scales=0.5,1,2 flip"`` -> ((0.5, 1.0, 2.0), True), as the panoptic ``--tta`` reads it."""
-    from panoptix.engine.ensemble import TTASettings
-
-    settings = TTASettings.parse(text)
-    return settings.scales, settings.flip
-
-
-__all__ = ["SemanticTTA", "window_starts", "parse_semantic_tta"]
+__all__ = ["SemanticTTA", "window_starts"]

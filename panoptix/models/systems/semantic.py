@@ -114,19 +114,19 @@ class SceneParser(Configurable, nn.Module):
         return outputs
 
     def logits(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Final (K, H_i, W_i) float32 logits of each image at its input size."""
-        batch = self.preprocess(images)
-        final = self.head_outputs(batch.tensors)["decoder"]["logits"]
-        stride = batch.tensors.shape[-2] // final.shape[-2]
-        return [resize_semantic_logits(lg, crop, tuple(im.shape[-2:]), stride=stride)
-                for lg, crop, im in zip(final, batch.image_sizes, images)]
+        """Final (K, H_i, W_i) float32 logits of each image at its input size (test resize inside)."""
+        return self.batch_logits(self.preprocess(images), [tuple(im.shape[-2:]) for im in images])
 
     def view_logits(self, view: torch.Tensor) -> torch.Tensor:
         """(3, h, w) image run as it is (no test resize) -> (K, h, w) float32 logits (what TTA's views use)."""
-        batch = self.preprocess.batch([view])
+        return self.batch_logits(self.preprocess.batch([view]), [tuple(view.shape[-2:])])[0]
+
+    def batch_logits(self, batch: Any, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Final logits of a padded `ImageList`, each image's brought to its size in ``sizes``."""
         final = self.head_outputs(batch.tensors)["decoder"]["logits"]
         stride = batch.tensors.shape[-2] // final.shape[-2]
-        return resize_semantic_logits(final[0], batch.image_sizes[0], tuple(view.shape[-2:]), stride=stride)
+        return [resize_semantic_logits(lg, crop, size, stride=stride)
+                for lg, crop, size in zip(final, batch.image_sizes, sizes)]
 
     def forward(self, images: list[torch.Tensor], targets: Optional[list[dict[str, torch.Tensor]]] = None
                 ) -> dict[str, torch.Tensor] | list[PanopticResult]:
