@@ -87,7 +87,6 @@ class TrainingStream(Dataset):
         sample = self.transform(sample, np.random.default_rng([self.seed, int(g)]), pick=self._pick)
         return chw_uint8(sample.image), self.target_fn(sample)
 
-
     def _pick(self, rng: np.random.Generator) -> PanopticSample:
         """Another training sample drawn with the position's generator (Mosaic's three extra images)."""
         return self.dataset[int(rng.integers(len(self.dataset)))]
