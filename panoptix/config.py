@@ -153,21 +153,13 @@ def load_ensemble(members: Sequence[tuple[str | Path, float]], tta: Optional[str
     weighted checkpoints (one for plain TTA) with test-time augmentation ``tta`` (``"scales=0.75,1,1.25
     flip"``; None: no augmentation).
     ``config`` and ``overrides`` apply to every member."""
-    from panoptix.engine.ensemble import PanopticEnsemble, TTASettings
+    from panoptix.engine.ensemble import TTASettings, tta_model
     from panoptix.engine.predictor import Predictor
 
     loaded = [load_model(path, config, overrides, device, imports) for path, _ in members]
-    settings = TTASettings.parse(tta or "", box_voting)
     _, meta, cfg, dev = loaded[0]
-    if getattr(loaded[0][0], "task", "panoptic") == "semantic":
-        from panoptix.engine.semantic_tta import SemanticTTA
-
-        # scene parsing: softmax averaged over models, scales and flips; views larger than the training
-        # crop run by sliding windows (HRNet's and mmseg's test recipe)
-        model = SemanticTTA([m for m, *_ in loaded], settings.scales, settings.flip,
-                            crop_size=cfg["data"].get("crop_size"), weights=[w for _, w in members])
-    else:
-        model = PanopticEnsemble([m for m, *_ in loaded], [w for _, w in members], settings)
+    model = tta_model([m for m, *_ in loaded], [w for _, w in members], TTASettings.parse(tta or "", box_voting),
+                            crop_size=cfg["data"].get("crop_size"))
     solver = cfg["solver"]
     return Predictor(model, dev, batch_size=batch_size, amp=solver["amp"], amp_dtype=solver["amp_dtype"]), meta
 

@@ -38,7 +38,7 @@ def test_unknown_keys_and_files(tmp_path):
     with pytest.raises(ConfigError, match=r"model.semantic_head.deform_convs for FPNSemanticHead; valid keys: "
                                           r"channels, loss_weight$"):
         load_config("panoptic_fpn_tiny", ["model.semantic_head.deform_convs=2"])
-    with pytest.raises(ConfigError, match=r"model.name: unknown system 'detr'; registered: ciae, two_stage"):
+    with pytest.raises(ConfigError, match=r"model.name: unknown system 'detr'; registered: ciae, semantic, two_stage"):
         load_config(None, ["model.name=detr"])
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) trainer; valid keys: imports, model, data"):
         load_config(None, ["trainer.x=1"])

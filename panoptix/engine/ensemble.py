@@ -243,4 +243,18 @@ class PanopticEnsemble(nn.Module):
         return [self.system.fuse(raw) for raw in self.predict_raw(images)]
 
 
-__all__ = ["PanopticEnsemble", "TTASettings", "parse_ensemble", "vote_boxes", "flip_boxes", "EnsembleError"]
+def tta_model(models: Sequence[nn.Module], weights: Sequence[float], settings: TTASettings,
+                    crop_size: Optional[Sequence[int]] = None) -> nn.Module:
+    """The models under TTA / as a weighted ensemble: a `PanopticEnsemble` for panoptic systems, a
+    `SemanticTTA` (softmax averaged over models, scales and flips; views larger than ``crop_size`` by
+    sliding windows, HRNet's and mmseg's test recipe) for scene parsing systems."""
+    if getattr(models[0], "task", "panoptic") == "semantic":
+        from panoptix.engine.semantic_tta import SemanticTTA
+
+        return SemanticTTA(models, settings.scales, settings.flip, crop_size=crop_size, weights=weights)
+    return PanopticEnsemble(models, weights, settings)
+
+
+__all__ = ["PanopticEnsemble", "TTASettings", "parse_ensemble", "vote_boxes", "flip_boxes", "EnsembleError",
+           "tta_model"]
+
