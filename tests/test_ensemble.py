@@ -94,10 +94,24 @@ def test_weights_average_the_semantic_probabilities():
     models = [StubSystem(1.0), StubSystem(-1.0)]
     ens = PanopticEnsemble(models, [3.0, 1.0])
     views = ens.views(image)
-    probs = ens.semantic_probabilities(views, (32, 48))
-    single = [PanopticEnsemble([m]).semantic_probabilities(PanopticEnsemble([m]).views(image), (32, 48))
+    probs = ens.semantic_map(views, (32, 48)).exp()  # the heuristic merge gets the log of the mean softmax
+    single = [PanopticEnsemble([m]).semantic_map(PanopticEnsemble([m]).views(image), (32, 48)).exp()
               for m in models]
     assert torch.allclose(probs, (3 * single[0] + single[1]) / 4, atol=1e-6)
+
+
+def test_upsnet_merges_get_averaged_logits_and_others_log_mean_probabilities():
+    from functools import partial
+
+    from panoptix.fusion.average import average_semantic, reads_logits
+    from panoptix.fusion.heuristic import heuristic_fusion
+    from panoptix.fusion.upsnet import upsnet_fusion
+
+    assert reads_logits(partial(upsnet_fusion, score_thresh=0.3)) and not reads_logits(heuristic_fusion)
+    a, b = torch.tensor([[[2.0]], [[0.0]]]), torch.tensor([[[0.0]], [[4.0]]])  # (K=2, 1, 1)
+    torch.testing.assert_close(average_semantic([a, b], [3.0, 1.0], logits=True), torch.tensor([[[1.5]], [[1.0]]]))
+    mean = (3 * a.softmax(0) + b.softmax(0)) / 4
+    torch.testing.assert_close(average_semantic([a, b], [3.0, 1.0]), mean.log())
 
 
 def test_box_voting_on_known_boxes():

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torchvision.ops import batched_nms, box_iou
 
+from panoptix.fusion.average import average_semantic, reads_logits
 from panoptix.errors import PanoptixError
 from panoptix.models.postprocess import detector_postprocess, resize_semantic_logits
 from panoptix.models.preprocess import check_images, resize_image
@@ -138,6 +139,7 @@ class PanopticEnsemble(nn.Module):
             raise EnsembleError("the ranking merges need one model's ranking scores per instance; an ensemble or TTA "
                                 "merges with heuristic or upsnet (override model.fusion.name)")
         self.models = nn.ModuleList(models)
+        self.average_logits = reads_logits(first.fusion)
         self.weights = weights
         self.tta = tta
         head = first.instance_head
@@ -168,17 +170,16 @@ class PanopticEnsemble(nn.Module):
                                     extra=extra, sem_logits=sem_logits[0], dets=dets))
         return out
 
-    def semantic_probabilities(self, views: list[dict[str, Any]], size: tuple[int, int]) -> torch.Tensor:
-        """(K, H, W) weighted mean of the views' softmax at the original size."""
-        total, acc = 0.0, None
+    def semantic_map(self, views: list[dict[str, Any]], size: tuple[int, int]) -> torch.Tensor:
+        """(K, H, W) the views' semantic outputs at the original size, un-flipped, averaged with their
+        model weights for the merge (`panoptix.fusion.average`: log of the mean softmax, or the mean
+        logits for UPSNet's merge)."""
+        maps = []
         for v in views:
             stride = v["batch"].tensors.shape[-2] // v["sem_logits"].shape[-2]
-            probs = resize_semantic_logits(v["sem_logits"], v["size"], size, stride).softmax(0)
-            if v["flip"]:
-                probs = probs.flip(-1)
-            acc = probs * v["weight"] if acc is None else acc + probs * v["weight"]
-            total += v["weight"]
-        return acc / total
+            logits = resize_semantic_logits(v["sem_logits"], v["size"], size, stride)
+            maps.append(logits.flip(-1) if v["flip"] else logits)
+        return average_semantic(maps, [v["weight"] for v in views], logits=self.average_logits)
 
     def merged_boxes(self, views: list[dict[str, Any]], size: tuple[int, int]
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -226,7 +227,7 @@ class PanopticEnsemble(nn.Module):
         for image in images:
             size = tuple(image.shape[-2:])
             views = self.views(image)
-            probs = self.semantic_probabilities(views, size)
+            semantic = self.semantic_map(views, size)
             boxes, scores, labels = self.merged_boxes(views, size)
             if len(boxes):
                 masks = self.mask_probabilities(views, boxes, labels, size)
@@ -234,7 +235,7 @@ class PanopticEnsemble(nn.Module):
                 masks = boxes.new_zeros((0, 1, 28, 28))
             inst = Instances(boxes, scores, labels, masks, image_size=size)
             inst = detector_postprocess(inst, size, system.min_instance_score)
-            out.append(RawPanoptic(inst, probs.clamp(min=1e-8).log(), image))
+            out.append(RawPanoptic(inst, semantic, image))
         return out
 
     def forward(self, images: list[torch.Tensor]) -> list[PanopticResult]:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from panoptix.errors import PanoptixError
+from panoptix.fusion.average import average_semantic, reads_logits
 from panoptix.structures import Instances, PanopticResult, RawPanoptic
 
 
@@ -51,9 +52,11 @@ def concat_instances(parts: Sequence[Instances], size: tuple[int, int]) -> Insta
                      mask_logits=parts[0].mask_logits, image_size=size)
 
 
-def fuse_ends(raws: Sequence[RawPanoptic], thing_ids: Sequence[int], choice: Mapping[int, int]) -> RawPanoptic:
+def fuse_ends(raws: Sequence[RawPanoptic], thing_ids: Sequence[int], choice: Mapping[int, int],
+              average_logits: bool = False) -> RawPanoptic:
     """One image's `RawPanoptic` from each end -> the fused one: instances of each thing class from
-    its chosen end, semantic log of the mean probabilities."""
+    its chosen end, semantic log of the mean probabilities (the mean logits for a merge that reads
+    logits, UPSNet's; see `panoptix.fusion.average`)."""
     size = tuple(raws[0].semantic_logits.shape[-2:])
     picked = []
     for e, raw in enumerate(raws):
@@ -61,8 +64,8 @@ def fuse_ends(raws: Sequence[RawPanoptic], thing_ids: Sequence[int], choice: Map
         mine = torch.tensor([choice[int(thing_ids[k])] == e for k in range(len(thing_ids))], dtype=torch.bool,
                             device=inst.labels.device)
         picked.append(inst[mine[inst.labels]] if len(inst) else inst)
-    probs = torch.stack([r.semantic_logits.float().softmax(0) for r in raws]).mean(0)
-    return RawPanoptic(concat_instances(picked, size), probs.clamp(min=1e-8).log(), raws[0].image)
+    semantic = average_semantic([r.semantic_logits for r in raws], logits=average_logits)
+    return RawPanoptic(concat_instances(picked, size), semantic, raws[0].image)
 
 
 class TwoLevelFusion(nn.Module):
@@ -98,7 +101,8 @@ class TwoLevelFusion(nn.Module):
     def forward(self, images: list[torch.Tensor]) -> list[PanopticResult]:
         first = self.ends[0]
         per_end = [end.predict_raw(images) for end in self.ends]
-        return [first.fuse(fuse_ends(raws, first.meta.thing_ids, self.choice), fusion=self.fusion)
+        logits = reads_logits(self.fusion or first.fusion)
+        return [first.fuse(fuse_ends(raws, first.meta.thing_ids, self.choice, logits), fusion=self.fusion)
                 for raws in zip(*per_end)]
 
 

@@ -1,0 +1,35 @@
+"""Averaging several semantic outputs (TTA views, ensemble members, two-level ends) for one merge.
+
+The heuristic merge only takes the argmax of the semantic map, so the log of the weighted mean
+softmax serves it (mmseg's TTA semantics). UPSNet's merge compares the semantic logits with mask
+logits and derives its "unknown" channel from them, so it is not invariant to the per-pixel constant
+that separates log-probabilities from logits: fed log-probabilities, the unknown channel wins almost
+everywhere (an E-UPS ensemble fell to PQ 7.1). For it, the models' logits themselves are averaged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+
+def reads_logits(fusion: Optional[Callable[..., Any]]) -> bool:
+    """Whether a merge compares semantic logits on their own scale (UPSNet's), not just their argmax."""
+    name = getattr(getattr(fusion, "func", fusion), "__name__", "")
+    return name.startswith("upsnet")
+
+
+def average_semantic(maps: Sequence[torch.Tensor], weights: Optional[Sequence[float]] = None,
+                     logits: bool = False) -> torch.Tensor:
+    """(K, H, W) logit maps (already un-flipped and at one size) -> one (K, H, W) map for the merge:
+    the weighted mean of the logits (``logits=True``), else the log of the weighted mean softmax."""
+    weights = [1.0] * len(maps) if weights is None else list(weights)
+    total = float(sum(weights))
+    if logits:
+        return sum(w * m.float() for w, m in zip(weights, maps)) / total
+    probs = sum(w * m.float().softmax(0) for w, m in zip(weights, maps)) / total
+    return probs.clamp(min=1e-8).log()
+
+
+__all__ = ["reads_logits", "average_semantic"]
