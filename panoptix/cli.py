@@ -133,24 +133,12 @@ def cmd_viz(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from panoptix.config import ConfigError, build_dataset, build_model, build_trainer, load_config
+    from panoptix.config import build_training, load_config
     from panoptix.engine import distributed as dist
     from panoptix.evaluation.panoptic import format_table
     from panoptix.evaluation.semantic import format_semantic_table
 
-    cfg = load_config(args.config, args.overrides, args.imports)
-    train_set = build_dataset(cfg["data"]["train"])
-    if train_set is None:
-        raise ConfigError("data.train names no dataset (set data.train.json, or data.train.root for "
-                          "synthetic/cityscapes/ade20k)")
-    val_set = build_dataset(cfg["data"]["val"])
-    if val_set is not None and val_set.meta.to_json() != train_set.meta.to_json():
-        raise ConfigError("data.val has different categories from data.train")
-    torch.manual_seed(cfg["engine"]["seed"])
-    model = build_model(cfg, train_set.meta)
-    trainer = build_trainer(cfg, model, train_set, val_set)
+    trainer = build_training(load_config(args.config, args.overrides, args.imports))
     try:
         summary = trainer.train()
     except BaseException:
@@ -165,7 +153,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if final:
             print(format_semantic_table(final) if "mIoU" in final else format_table(final))
         print(f"checkpoint: {summary['checkpoint']}; curves: {summary.get('curves')}; "
-              f"summary: {Path(cfg['engine']['output_dir']) / 'train_summary.json'}")
+              f"summary: {trainer.out / 'train_summary.json'}")
     return 0
 
 

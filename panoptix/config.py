@@ -133,6 +133,22 @@ def build_trainer(cfg: dict[str, Any], model, train_set, val_set=None, progress:
                    val_set=val_set, config=cfg, progress=progress, pseudo_set=pseudo_set)
 
 
+def build_training(cfg: dict[str, Any], progress: bool = True):
+    """The `Trainer` of a config: its datasets opened and checked (train names data, val has the same
+    categories), the model built with ``engine.seed``. What ``panoptix train`` and ``self-train`` run."""
+    import torch
+
+    train_set = build_dataset(cfg["data"]["train"])
+    if train_set is None:
+        raise ConfigError("data.train names no dataset (set data.train.json, or data.train.root for "
+                          "synthetic/cityscapes/ade20k)")
+    val_set = build_dataset(cfg["data"]["val"])
+    if val_set is not None and val_set.meta.to_json() != train_set.meta.to_json():
+        raise ConfigError("data.val has different categories from data.train")
+    torch.manual_seed(cfg["engine"]["seed"])
+    return build_trainer(cfg, build_model(cfg, train_set.meta), train_set, val_set, progress=progress)
+
+
 def load_predictor(weights: str | Path, config: Optional[str | Path] = None, overrides: Sequence[str] = (),
                    batch_size: int = 4, device: str = "auto", imports: Sequence[str] = ()):
     """(`Predictor`, `DatasetMeta`) from a training checkpoint.

@@ -95,6 +95,11 @@ class DatasetMeta:
 
     # ----------------------------------------------------------------- queries
     @property
+    def category_ids(self) -> tuple[int, ...]:
+        """The category id of each contiguous index 0..K-1 (catalogue order)."""
+        return tuple(c.id for c in self.categories)
+
+    @property
     def num_classes(self) -> int:
         return len(self.categories)
 

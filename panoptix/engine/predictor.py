@@ -179,7 +179,6 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
     if overlays:
         (out / "overlays").mkdir(parents=True, exist_ok=True)
     run = PredictionRun(out / "panoptic_pred.json")
-    categories = [c for c, _ in sorted(meta.contiguous_id.items(), key=lambda kv: kv[1])]
     entries, images_json = [], []
     for batch in tqdm(list(_batches(files, predictor.batch_size)), desc="predict", unit="batch", disable=not progress):
         readable, images = [], []
@@ -200,7 +199,8 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
             if overlays:
                 Image.fromarray(overlay(image, ids, result.segments, meta)).save(out / "overlays" / (stem + ".png"))
             if "semantic" in result.extra:  # a scene parsing system: its label map too
-                write_label_png(out / "labels" / (stem + ".png"), category_map(result.extra["semantic"], categories))
+                labels = category_map(result.extra["semantic"], meta.category_ids)
+                write_label_png(out / "labels" / (stem + ".png"), labels)
                 run.labels_dir = out / "labels"
     write_coco_panoptic(run.json_path, out / "panoptic_pred", meta, entries, images=images_json)
     if run.labels_dir is not None:

@@ -40,13 +40,12 @@ def write_pseudo_labels(tta: Any, meta: DatasetMeta, files: Sequence[Path], out:
     threshold, TTA, counts). The folder is a ``format: ade20k`` dataset with that split.
     """
     out = Path(out)
-    categories = [c for c, _ in sorted(meta.contiguous_id.items(), key=lambda kv: kv[1])]
     (out / "images" / split).mkdir(parents=True, exist_ok=True)
     ignored = total = 0
     for f in tqdm(list(files), desc="pseudo-label", unit="img", disable=not progress):
         image = read_image(f)
         probabilities = tta.probabilities(to_tensor(image, device))
-        labels = pseudo_label(probabilities, categories, threshold)
+        labels = pseudo_label(probabilities, meta.category_ids, threshold)
         write_label_png(out / "annotations" / split / f"{f.stem}.png", labels)
         shutil.copyfile(f, out / "images" / split / f.name)
         ignored += int((labels == IGNORED).sum())

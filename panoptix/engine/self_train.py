@@ -33,9 +33,9 @@ def self_train(config: str | Path, images: Path, out: Path, rounds: int = 2, thr
                device: str = "auto") -> dict[str, Any]:
     """Run the rounds; returns (and writes to ``out/self_train_summary.json``) the stages' table.
 
-    ``train(cfg) -> training summary`` runs one training (``panoptix train``'s body by default).
+    ``train(cfg) -> training summary`` runs one training (`panoptix.config.build_training` by default).
     """
-    from panoptix.config import load_ensemble
+    from panoptix.config import build_training, load_ensemble
     from panoptix.engine.predictor import list_images
     from panoptix.engine.pseudo_label import write_pseudo_labels
 
@@ -44,7 +44,7 @@ def self_train(config: str | Path, images: Path, out: Path, rounds: int = 2, thr
     files, _ = list_images(images)
     if not files:
         raise ValueError(f"{images}: no images to pseudo-label")
-    train = train or _train
+    train = train or (lambda cfg: build_training(cfg).train())
     out = Path(out)
     rows = []
 
@@ -69,16 +69,6 @@ def self_train(config: str | Path, images: Path, out: Path, rounds: int = 2, thr
     out.mkdir(parents=True, exist_ok=True)
     (out / "self_train_summary.json").write_text(json.dumps(record, indent=1))
     return record
-
-
-def _train(cfg: dict[str, Any]) -> dict[str, Any]:
-    from panoptix.config import build_dataset, build_model, build_trainer
-
-    import torch
-
-    train_set, val_set = build_dataset(cfg["data"]["train"]), build_dataset(cfg["data"]["val"])
-    torch.manual_seed(cfg["engine"]["seed"])
-    return build_trainer(cfg, build_model(cfg, train_set.meta), train_set, val_set).train()
 
 
 __all__ = ["self_train", "stage_row"]

@@ -108,8 +108,7 @@ class SemanticEvaluator:
     @classmethod
     def for_meta(cls, meta: DatasetMeta) -> "SemanticEvaluator":
         """Every category of ``meta`` a class, in contiguous order, named by its category name."""
-        order = sorted(meta.contiguous_id.items(), key=lambda kv: kv[1])
-        evaluator = cls(meta.num_classes, class_names=[meta.by_id[c].name for c, _ in order])
+        evaluator = cls(meta.num_classes, class_names=[meta.by_id[c].name for c in meta.category_ids])
         evaluator.meta = meta
         return evaluator
 
@@ -155,7 +154,7 @@ def evaluate_label_folders(gt_dir: str | Path, pred_dir: str | Path, meta: Optio
              for f in tqdm(gt_files, desc="read labels", unit="png", disable=not progress)]
     largest = max(int(max(g.max(initial=0), p.max(initial=0))) for g, p, _ in pairs)
     if meta is not None:
-        ids = sorted(meta.contiguous_id, key=meta.contiguous_id.get)
+        ids = list(meta.category_ids)
         names = [meta.by_id[c].name for c in ids]
     else:
         ids = list(range(1, max(largest, 1) + 1))

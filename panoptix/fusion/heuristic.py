@@ -37,8 +37,7 @@ def semantic_category_table(meta: DatasetMeta, variant: str) -> list[int]:
     if variant == "stuff_things":
         return [-1] + list(meta.stuff_ids)
     if variant == "all":
-        by_index = sorted(meta.contiguous_id.items(), key=lambda kv: kv[1])
-        return [-1 if meta.isthing(c) else c for c, _ in by_index]
+        return [-1 if meta.isthing(c) else c for c in meta.category_ids]
     raise ValueError(f"unknown semantic variant {variant!r}; expected 'stuff_things' or 'all'")
 
 

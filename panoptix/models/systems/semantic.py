@@ -79,7 +79,7 @@ class SceneParser(Configurable, nn.Module):
         self.backbone, self.context, self.decoder = backbone, context, decoder
         self.meta = meta
         self.num_classes = meta.num_classes
-        self.categories = [c for c, _ in sorted(meta.contiguous_id.items(), key=lambda kv: kv[1])]
+        self.categories = list(meta.category_ids)
         self.non_local = NonLocal2d(sum(backbone.out_channels), reduction=2) if non_local else None
         self.keep_semantic_logits = keep_semantic_logits
 
