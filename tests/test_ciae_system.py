@@ -112,12 +112,14 @@ def test_total_iters_comes_from_the_solver(synth_root):
 
 
 @pytest.mark.slow
-def test_onnx_export_matches_pytorch_segment_map(synth_root, tmp_path):
+@pytest.mark.parametrize("classifier", [(), ("model.classifier={name: roi_classifier, fc_dim: 32}",
+                                             "model.instance_category=classifier")], ids=["fcos", "roi_classifier"])
+def test_onnx_export_matches_pytorch_segment_map(synth_root, tmp_path, classifier):
     pytest.importorskip("onnxruntime")
     from panoptix.engine.export import check_onnx, export_onnx, segments_from_outputs
 
     ds = PanopticDataset.synthetic(synth_root, "val")
-    model = _model(ds.meta, "model.detector.score_thresh=0.0").eval()
+    model = _model(ds.meta, "model.detector.score_thresh=0.0", *classifier).eval()
     _, images = image_batch(ds, 1)
     report = export_onnx(model, tmp_path / "ciae.onnx", tuple(images[0].shape[-2:]))
     assert (tmp_path / "ciae.onnx").stat().st_size > 0

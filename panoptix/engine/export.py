@@ -66,8 +66,8 @@ class CIAEGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         batch = self.model.preprocess([image])       # normalisation and padding, as in PyTorch
-        out, raw = self.model.network(batch.tensors)
-        det = self.model.detector.detect(out, [self.size])[0]
+        out, raw, feats = self.model.network(batch.tensors)
+        det = self.model.detect(out, feats, [self.size])[0]
         stride = batch.tensors.shape[-2] // raw.shape[-2]
         emb = image_embeddings(raw[0], self.size, self.size, stride)
         query = read_queries(emb, det.extra[LOCATION_FIELD], self.size)

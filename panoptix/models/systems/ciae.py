@@ -102,12 +102,16 @@ class CIAEPanoptic(Configurable, nn.Module):
         stuff_min_area: stuff segments under this many pixels become VOID (4096, the paper's).
         stuff_min_area_fraction: when set, the limit is this fraction of the image area instead.
         box_filter: similarity to a detection set to 0 outside its box at inference (section IV-B).
-        instance_category: where a thing segment's category comes from: ``"detector"`` (the box
-            classifier, the paper's choice) or ``"embedding"`` (the thing memory embedding most similar
-            to the detection's query; Table IV's "E" rows; needs ``merge_things: false``).
+        instance_category: where a thing segment's category comes from: ``"detector"`` (FCOS's
+            classifier, the paper's choice), ``"embedding"`` (the thing memory embedding most similar
+            to the detection's query; Table IV's "E" rows; needs ``merge_things: false``) or
+            ``"classifier"`` (the ``classifier`` part relabels each detection from its box).
+        classifier: optional `panoptix.models.heads.roi_classifier.RoIClassifier` (not in the paper:
+            a 7x7 RoIAlign box classifier; needs ``instance_category: classifier`` and the reverse).
         total_iters: T of the memory momentum (Eq. 13); the solver's ``max_iter`` when built from a config.
 
-    Training returns ``loss_fcos_cls``, ``loss_fcos_box``, ``loss_fcos_ctr``, ``loss_cae``, ``loss_iae``;
+    Training returns ``loss_fcos_cls``, ``loss_fcos_box``, ``loss_fcos_ctr``, ``loss_cae``, ``loss_iae``
+    (and ``loss_roi_cls`` with a classifier);
     inference one `PanopticResult` per image at its input size (`predict_raw` then `fuse`).
     """
 
@@ -119,13 +123,15 @@ class CIAEPanoptic(Configurable, nn.Module):
         "detector": (INSTANCE_HEADS, {"name": "fcos"}),
         "embedding": (EMBEDDING_HEADS, {"name": "ciae"}),
         "loss": (CIAELoss, {}),
+        "classifier": (INSTANCE_HEADS, None),
     }
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, detector: nn.Module, embedding: nn.Module,
                  loss: CIAELoss, meta: DatasetMeta, preprocess: Optional[Preprocessor] = None,
                  merge_things: bool = True, stuff_min_area: int = 4096,
                  stuff_min_area_fraction: Optional[float] = None, box_filter: bool = True,
-                 instance_category: Literal["detector", "embedding"] = "detector") -> None:
+                 instance_category: Literal["detector", "embedding", "classifier"] = "detector",
+                 classifier: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.preprocess = preprocess if preprocess is not None else Preprocessor()
         self.backbone, self.neck, self.detector, self.embedding, self.loss = backbone, neck, detector, embedding, loss
@@ -144,7 +150,10 @@ class CIAEPanoptic(Configurable, nn.Module):
         if instance_category == "embedding" and merge_things:
             raise ValueError("instance_category: embedding needs merge_things: false (the memory must hold every "
                              "thing class)")
-        self.instance_category = instance_category
+        if (instance_category == "classifier") != (classifier is not None):
+            raise ValueError("instance_category: classifier and a classifier part go together: set both "
+                             "(model.classifier={name: roi_classifier}) or neither")
+        self.instance_category, self.classifier = instance_category, classifier
         self.thing_rows = [meta.contiguous_id[c] for c in meta.thing_ids] if not merge_things else []
 
     @classmethod
@@ -159,10 +168,12 @@ class CIAEPanoptic(Configurable, nn.Module):
         loss = build(CIAELoss, cfg["loss"], num_categories=len(table), embed_dim=embedding.embed_dim,
                      stuff_rows=stuff_rows(table),
                      **({"total_iters": total_iters} if total_iters else {}))
+        classifier = build(INSTANCE_HEADS, cfg["classifier"], in_channels=neck.out_channels,
+                           num_things=meta.num_things)
         return cls(backbone, neck, detector, embedding, loss, meta, preprocess=build(Preprocessor, cfg["preprocess"]),
                    merge_things=cfg["merge_things"], stuff_min_area=cfg["stuff_min_area"],
                    stuff_min_area_fraction=cfg["stuff_min_area_fraction"], box_filter=cfg["box_filter"],
-                   instance_category=cfg["instance_category"])
+                   instance_category=cfg["instance_category"], classifier=classifier)
 
     def target_builder(self) -> Callable[..., dict[str, torch.Tensor]]:
         """``PanopticSample -> targets`` (picklable): the semantic map holds memory rows, and
@@ -171,12 +182,22 @@ class CIAEPanoptic(Configurable, nn.Module):
         return functools.partial(ciae_targets, meta=self.meta, semantic=self.variant)
 
     # ------------------------------------------------------------------ forward
-    def network(self, tensors: torch.Tensor) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
-        """Detector outputs and the (B, E, H/4, W/4) raw embeddings of a padded batch."""
+    def network(self, tensors: torch.Tensor
+                ) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor, dict[str, torch.Tensor]]:
+        """Detector outputs, the (B, E, H/4, W/4) raw embeddings and the FPN features of a padded batch."""
         feats = self.neck(self.backbone(tensors))
         out = self.detector(feats)
         raw = self.embedding(feats, out["emb"] if self.embedding.box_embedding else None)
-        return out, raw
+        return out, raw, feats
+
+    def detect(self, out: dict[str, list[torch.Tensor]], feats: dict[str, torch.Tensor],
+               image_sizes: list[tuple[int, int]]) -> list[Instances]:
+        """The detector's detections, relabelled by the classifier when there is one."""
+        detections = self.detector.detect(out, image_sizes)
+        if self.classifier is None:
+            return detections
+        labels = self.classifier.relabel(feats, [d.boxes for d in detections], image_sizes)
+        return [d.replace(labels=lab) for d, lab in zip(detections, labels)]
 
     def forward(self, images: list[torch.Tensor], targets: Optional[list[dict[str, torch.Tensor]]] = None
                 ) -> dict[str, torch.Tensor] | list[PanopticResult]:
@@ -185,8 +206,10 @@ class CIAEPanoptic(Configurable, nn.Module):
         check_targets(images, targets)
         batch = self.preprocess(images)
         padded = tuple(batch.tensors.shape[-2:])
-        out, raw = self.network(batch.tensors)
+        out, raw, feats = self.network(batch.tensors)
         losses = self.detector.losses(out, targets)
+        if self.classifier is not None:
+            losses.update(self.classifier.losses(feats, targets, batch.image_sizes))
         category = pad_maps([t["semantic"] for t in targets], padded)
         instance = pad_maps([instance_index(t) for t in targets], padded, fill=-1)
         full = F.interpolate(raw, size=padded, mode="bilinear", align_corners=False)
@@ -201,8 +224,8 @@ class CIAEPanoptic(Configurable, nn.Module):
             raise RuntimeError("predict_raw runs in eval mode: call model.eval() first")
         start = time.perf_counter()
         batch = self.preprocess(images)
-        out, raw = self.network(batch.tensors)
-        detections = self.detector.detect(out, batch.image_sizes)
+        out, raw, feats = self.network(batch.tensors)
+        detections = self.detect(out, feats, batch.image_sizes)
         stride = batch.tensors.shape[-2] // raw.shape[-2]
         results = []
         for det, r, resized, im in zip(detections, raw, batch.image_sizes, images):
@@ -223,8 +246,9 @@ class CIAEPanoptic(Configurable, nn.Module):
         return self.loss.memory[self.loss.stuff_rows]
 
     def instance_labels(self, labels: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """(N,) thing classes of the detections: the detector's, or the most similar thing memory row's."""
-        if self.instance_category == "detector":
+        """(N,) thing classes of the detections: the most similar thing memory row's with
+        ``instance_category: embedding``, else ``labels`` (the detector's, or the classifier's)."""
+        if self.instance_category != "embedding":
             return labels
         rows = torch.as_tensor(self.thing_rows, device=queries.device)
         return (queries.float() @ self.loss.memory[rows].T).argmax(1)

@@ -1,0 +1,86 @@
+"""The RoIAlign box classifier CIAE can relabel its detections with: jittered training boxes, the
+loss against an independent formulation, and the system's use of it (training loss, relabelling,
+the switch that needs it)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from panoptix.data.datasets import PanopticDataset
+from panoptix.models.heads.roi_classifier import RoIClassifier, jittered_boxes
+
+from conftest import image_batch, seeded_model
+
+CLASSIFIER = "model.classifier={name: roi_classifier, fc_dim: 32}"
+
+
+def _feats(b: int = 2, c: int = 8, size: int = 64) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {f"p{k}": torch.randn(b, c, size // 2 ** k, size // 2 ** k, generator=g) for k in (2, 3, 4, 5)}
+
+
+def test_jittered_boxes_keep_the_originals_first_and_move_each_coordinate_within_the_bound():
+    boxes = torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 50.0, 10.0]])   # widths 20, 50; heights 40, 10
+    torch.manual_seed(0)
+    out = jittered_boxes(boxes, copies=3, jitter=0.1, size=(64, 64))
+    assert out.shape == (8, 4) and torch.equal(out[:2], boxes)
+    copies = out[2:].reshape(3, 2, 4)                                          # copy-major
+    bound = 0.1 * torch.tensor([[20.0, 40.0, 20.0, 40.0], [50.0, 10.0, 50.0, 10.0]])
+    assert ((copies[:, 0] - boxes[0]).abs() <= bound[0] + 1e-5).all()        # first box: inside the image
+    assert (copies[..., 0] >= 0).all() and (copies[..., 1] >= 0).all()       # second box clipped at 0
+    assert (copies[..., 2] <= 64).all() and not torch.equal(copies[0], copies[1])
+    assert torch.equal(jittered_boxes(boxes, 0, 0.1, (64, 64)), boxes)
+    tiny = jittered_boxes(torch.tensor([[5.0, 5.0, 5.5, 5.5]]), 2, 0.4, (64, 64))
+    assert ((tiny[:, 2:] - tiny[:, :2]) >= 0.5).all() and ((tiny[1:, 2:] - tiny[1:, :2]) >= 1.0).all()
+
+
+def test_loss_is_cross_entropy_over_each_box_and_its_copies_with_copy_major_labels():
+    head = RoIClassifier(8, num_things=3, fc_dim=16, copies=2, jitter=0.1)
+    feats, sizes = _feats(), [(64, 64), (64, 64)]
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 40.0], [30.0, 30.0, 60.0, 50.0]]),
+                "labels": torch.tensor([2, 0])},
+               {"boxes": torch.tensor([[10.0, 8.0, 20.0, 30.0]]), "labels": torch.tensor([1])}]
+    torch.manual_seed(3)
+    loss = head.losses(feats, targets, sizes)["loss_roi_cls"]
+    torch.manual_seed(3)
+    boxes = [jittered_boxes(t["boxes"], 2, 0.1, s) for t, s in zip(targets, sizes)]
+    expected = F.cross_entropy(head(feats, boxes, sizes), torch.tensor([2, 0, 2, 0, 2, 0, 1, 1, 1]))
+    assert torch.allclose(loss, expected)
+    # With a zero last layer every class has logit 0: the loss is ln K.
+    torch.nn.init.zeros_(head.logits.weight)
+    torch.nn.init.zeros_(head.logits.bias)
+    assert torch.allclose(head.losses(feats, targets, sizes)["loss_roi_cls"], torch.log(torch.tensor(3.0)))
+
+
+def test_a_batch_without_things_gives_a_zero_loss_that_reaches_every_parameter():
+    head = RoIClassifier(8, num_things=3, fc_dim=16)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    loss = head.losses(_feats(), [empty, empty], [(64, 64), (64, 64)])["loss_roi_cls"]
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and all(p.grad is not None for p in head.parameters())
+
+
+def test_ciae_trains_the_classifier_and_takes_instance_classes_from_it(synth_root):
+    ds = PanopticDataset.synthetic(synth_root, "val")
+    with pytest.raises(ValueError, match="go together"):
+        seeded_model(ds.meta, "ciae_tiny", "model.instance_category=classifier")
+    with pytest.raises(ValueError, match="go together"):
+        seeded_model(ds.meta, "ciae_tiny", CLASSIFIER)
+    model = seeded_model(ds.meta, "ciae_tiny", CLASSIFIER, "model.instance_category=classifier",
+                         "model.detector.score_thresh=0.0")
+    samples, images = image_batch(ds)
+    build = model.target_builder()
+    losses = model.train()(images, [build(s) for s in samples])
+    assert torch.isfinite(losses["loss_roi_cls"]) and losses["loss_roi_cls"] > 0
+    losses["loss_roi_cls"].backward()
+    assert model.backbone.parameters().__next__().grad.abs().sum() > 0        # it trains the shared features
+    # A classifier whose last layer always says thing class 2 relabels every detection.
+    torch.nn.init.zeros_(model.classifier.logits.weight)
+    with torch.no_grad():
+        model.classifier.logits.bias.copy_(torch.tensor([0.0, 0.0, 5.0] + [0.0] * (ds.meta.num_things - 3)))
+    raw = model.eval().predict_raw(images[:1])[0]
+    assert len(raw.instances) > 0 and (raw.instances.labels == 2).all()
+    things = [s for s in model.fuse(raw).segments if s.isthing]
+    assert things and {s.category_id for s in things} == {ds.meta.thing_ids[2]}
