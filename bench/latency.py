@@ -163,12 +163,16 @@ def main() -> int:
 
 def panoptic_rows(meta: DatasetMeta, h: int, w: int, device: torch.device, warmup: int, repeat: int, amp: bool,
                   onnx: bool) -> list[dict]:
-    """End-to-end, network and merge ms/image of the two-stage and CIAE R50 systems (and CIAE in ONNX)."""
+    """End-to-end, network and merge ms/image of the two-stage and CIAE R50 systems, CIAE with the
+    optional box classifier, and CIAE in ONNX."""
     gen = torch.Generator().manual_seed(1)
     image = torch.rand(3, h, w, generator=gen).to(device)
     systems = (("two_stage R50-FPN (Panoptic FPN, heuristic merge)", "panoptic_fpn_r50",
                 ["model.fusion.score_thresh=0.0", "model.instance_head.box_score_thresh=0.0"]),
-               ("CIAE R50-FPN (one-stage, embedding merge)", "ciae_r50", ["model.detector.score_thresh=0.0"]))
+               ("CIAE R50-FPN (one-stage, embedding merge)", "ciae_r50", ["model.detector.score_thresh=0.0"]),
+               ("CIAE R50-FPN + RoIAlign box classifier", "ciae_r50",
+                ["model.detector.score_thresh=0.0", "model.classifier={name: roi_classifier}",
+                 "model.instance_category=classifier"]))
     rows = []
     for name, config, extra in systems:
         torch.manual_seed(0)
@@ -187,7 +191,7 @@ def panoptic_rows(meta: DatasetMeta, h: int, w: int, device: torch.device, warmu
         rows.append({"system": name, "config": config, "end_to_end_ms": 1000 * statistics.median(end_to_end),
                      "network_ms": 1000 * statistics.median(network), "merge_ms": 1000 * statistics.median(merge),
                      "instances": len(raw.instances), "runtime": "PyTorch"})
-        if config == "ciae_r50" and onnx:
+        if config == "ciae_r50" and onnx and not model.classifier:
             rows.append(_onnx_row(model, h, w, image, repeat, name))
     return rows
 
