@@ -84,10 +84,9 @@ class RoIClassifier(Configurable, nn.Module):
         boxes = [jittered_boxes(t["boxes"].float(), self.copies, self.jitter, size)
                  for t, size in zip(targets, image_sizes)]
         labels = torch.cat([t["labels"].repeat(1 + self.copies) for t in targets])  # copy-major, as the boxes
-        logits = self(feats, boxes, image_sizes)
         if len(labels) == 0:  # no things in the batch: a zero that still reaches every parameter (DDP)
             return {"loss_roi_cls": sum(p.sum() for p in self.parameters()) * 0.0}
-        return {"loss_roi_cls": self.loss_weight * F.cross_entropy(logits, labels)}
+        return {"loss_roi_cls": self.loss_weight * F.cross_entropy(self(feats, boxes, image_sizes), labels)}
 
     @torch.no_grad()
     def relabel(self, feats: Mapping[str, torch.Tensor], boxes: Sequence[torch.Tensor],
