@@ -191,7 +191,7 @@ def panoptic_rows(meta: DatasetMeta, h: int, w: int, device: torch.device, warmu
         rows.append({"system": name, "config": config, "end_to_end_ms": 1000 * statistics.median(end_to_end),
                      "network_ms": 1000 * statistics.median(network), "merge_ms": 1000 * statistics.median(merge),
                      "instances": len(raw.instances), "runtime": "PyTorch"})
-        if config == "ciae_r50" and onnx and not model.classifier:
+        if config == "ciae_r50" and onnx and model.classifier is None:
             rows.append(_onnx_row(model, h, w, image, repeat, name))
     return rows
 

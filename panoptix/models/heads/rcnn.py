@@ -80,12 +80,21 @@ def build_rpn(in_channels: int, anchor_sizes: Sequence[int], aspect_ratios: Sequ
     return rpn
 
 
-def roi_pools(roi_align: str) -> tuple[nn.Module, nn.Module]:
-    """The 7x7 box and 14x14 mask RoIAlign over P2..P5 (``"torchvision"`` or ``"matmul"``)."""
+def _roi_pool(roi_align: str, output_size: int) -> nn.Module:
     if roi_align not in ("torchvision", "matmul"):
         raise ValueError(f"roi_align must be 'torchvision' or 'matmul', got {roi_align!r}")
     pool = MatmulMultiScaleRoIAlign if roi_align == "matmul" else MultiScaleRoIAlign
-    return pool(_POOLED_LEVELS, output_size=7, sampling_ratio=2), pool(_POOLED_LEVELS, output_size=14, sampling_ratio=2)
+    return pool(_POOLED_LEVELS, output_size=output_size, sampling_ratio=2)
+
+
+def box_roi_pool(roi_align: str = "torchvision") -> nn.Module:
+    """The 7x7 box RoIAlign over P2..P5 with Mask R-CNN's level mapping (``"torchvision"`` or ``"matmul"``)."""
+    return _roi_pool(roi_align, 7)
+
+
+def roi_pools(roi_align: str) -> tuple[nn.Module, nn.Module]:
+    """The 7x7 box and 14x14 mask RoIAlign over P2..P5 (``"torchvision"`` or ``"matmul"``)."""
+    return box_roi_pool(roi_align), _roi_pool(roi_align, 14)
 
 
 def head_norm_layer(head_norm: str) -> Optional[Callable[[int], nn.Module]]:

@@ -7,11 +7,12 @@ itself is good: with ground-truth classes given to its segments, `ciae_tiny` sco
 against 20.4 (seed-1 split). Pooling a 7x7 grid over the box, as the two-stage system's box head
 does, lets the classifier see the object's whole outline.
 
-Pooling is torchvision's `MultiScaleRoIAlign` over P2-P5 (7x7, Mask R-CNN's level mapping), a
-2-fc head and a linear layer to the thing classes, trained with cross-entropy on the ground-truth
-boxes and ``copies`` jittered copies of each (every coordinate moved by up to ``jitter`` of the
-box's width or height), which stand in for the detector's imperfect boxes. It never sees
-background: it relabels boxes the detector already found.
+Pooling and head are the two-stage system's (`rcnn.box_roi_pool`, `rcnn.build_box_head`):
+torchvision's 7x7 `MultiScaleRoIAlign` over P2-P5 with Mask R-CNN's level mapping and a 2-fc head,
+then a linear layer to the thing classes. It trains with cross-entropy on the ground-truth boxes
+and ``copies`` jittered copies of each (every coordinate moved by up to ``jitter`` of the box's
+width or height), which stand in for the detector's imperfect boxes. It never sees background:
+it relabels boxes the detector already found.
 """
 
 from __future__ import annotations
@@ -21,12 +22,9 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection.faster_rcnn import TwoMLPHead
-from torchvision.ops import MultiScaleRoIAlign
 
+from panoptix.models.heads.rcnn import box_roi_pool, build_box_head
 from panoptix.models.registry import INSTANCE_HEADS, Configurable
-
-POOLED_LEVELS = ("p2", "p3", "p4", "p5")
 
 
 def jittered_boxes(boxes: torch.Tensor, copies: int, jitter: float, size: tuple[int, int]) -> torch.Tensor:
@@ -69,8 +67,8 @@ class RoIClassifier(Configurable, nn.Module):
         if copies < 0 or not 0 <= jitter < 0.5:
             raise ValueError(f"roi_classifier: copies must be >= 0 and jitter in [0, 0.5); got {copies}, {jitter}")
         self.num_things, self.copies, self.jitter, self.loss_weight = num_things, copies, jitter, loss_weight
-        self.pool = MultiScaleRoIAlign(list(POOLED_LEVELS), output_size=7, sampling_ratio=2)
-        self.head = TwoMLPHead(in_channels * 7 * 7, fc_dim)
+        self.pool = box_roi_pool()  # torchvision's kernel: it exports to ONNX with the rest of the graph
+        self.head = build_box_head(in_channels, fc_dim, convs=0, norm=None)
         self.logits = nn.Linear(fc_dim, num_things)
 
     def forward(self, feats: Mapping[str, torch.Tensor], boxes: Sequence[torch.Tensor],
@@ -96,4 +94,4 @@ class RoIClassifier(Configurable, nn.Module):
         return list(labels.split([len(b) for b in boxes]))
 
 
-__all__ = ["RoIClassifier", "jittered_boxes", "POOLED_LEVELS"]
+__all__ = ["RoIClassifier", "jittered_boxes"]
