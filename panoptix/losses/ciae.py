@@ -167,8 +167,10 @@ class CIAELoss(Configurable, nn.Module):
         sums = raw.new_zeros((n_rows + 1, e), dtype=torch.float32)          # row n_rows: ignored pixels
         counts = torch.zeros(n_rows + 1, dtype=torch.int64, device=raw.device)
         # Masks, not boolean indexing: the step needs no host sync; each image is cropped to its size.
-        for i, (h, w) in enumerate(sizes):
-            r = raw[i, :, :h, :w].float().flatten(1).T                       # (h*w, E)
+        # unbind, not raw[i]: each select's backward would zero-fill a whole (B, E, H, W) gradient.
+        # contiguous: the per-pixel norm and the products then run over rows, 2-3x faster on a CPU.
+        for i, (image_raw, (h, w)) in enumerate(zip(raw.unbind(0), sizes)):
+            r = image_raw[:, :h, :w].float().flatten(1).T.contiguous()        # (h*w, E)
             p = F.normalize(r, dim=1)
             cat, inst = category[i, :h, :w].reshape(-1), instance[i, :h, :w].reshape(-1)
             valid = cat != IGNORE_INDEX
