@@ -112,7 +112,7 @@ def test_total_iters_comes_from_the_solver(synth_root):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("classifier", [(), ("model.classifier={name: roi_classifier, fc_dim: 32}",
+@pytest.mark.parametrize("classifier", [(), ("model.classifier={name: roi_classifier, fc_dim: 32, roi_align: matmul}",
                                              "model.instance_category=classifier")], ids=["fcos", "roi_classifier"])
 def test_onnx_export_matches_pytorch_segment_map(synth_root, tmp_path, classifier):
     pytest.importorskip("onnxruntime")

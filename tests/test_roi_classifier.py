@@ -62,6 +62,15 @@ def test_a_batch_without_things_gives_a_zero_loss_that_reaches_every_parameter()
     assert float(loss.detach()) == 0.0 and all(p.grad is not None for p in head.parameters())
 
 
+def test_training_pools_with_the_matmul_kernel_and_inference_with_torchvisions_alike():
+    head = RoIClassifier(8, num_things=3, fc_dim=16, roi_align="matmul")
+    boxes, sizes = [torch.tensor([[3.0, 5.0, 40.0, 33.0], [10.0, 2.0, 60.0, 60.0]])], [(64, 64)]
+    feats = _feats(b=1)
+    assert type(head.pool_train).__name__ == "MatmulMultiScaleRoIAlign"
+    assert type(head.pool_export).__name__ == "MultiScaleRoIAlign"
+    assert torch.allclose(head.train()(feats, boxes, sizes), head.eval()(feats, boxes, sizes), atol=1e-5)
+
+
 def test_ciae_trains_the_classifier_and_takes_instance_classes_from_it(synth_root):
     ds = PanopticDataset.synthetic(synth_root, "val")
     with pytest.raises(ValueError, match="go together"):
@@ -82,5 +91,7 @@ def test_ciae_trains_the_classifier_and_takes_instance_classes_from_it(synth_roo
         model.classifier.logits.bias.copy_(torch.tensor([0.0, 0.0, 5.0] + [0.0] * (ds.meta.num_things - 3)))
     raw = model.eval().predict_raw(images[:1])[0]
     assert len(raw.instances) > 0 and (raw.instances.labels == 2).all()
-    things = [s for s in model.fuse(raw).segments if s.isthing]
+    result = model.fuse(raw)
+    things = [s for s in result.segments if s.isthing]
     assert things and {s.category_id for s in things} == {ds.meta.thing_ids[2]}
+    assert (result.instances.labels == 2).all()

@@ -60,9 +60,7 @@ class CIAEGraph(nn.Module):
                               f"model.preprocess.min_size_test=0")
         self.register_buffer("stuff_categories", torch.as_tensor(model.stuff_categories, dtype=torch.int64))
         self.register_buffer("thing_categories", torch.as_tensor(model.thing_categories, dtype=torch.int64))
-        h, w = self.size
-        frac = model.stuff_min_area_fraction
-        self.stuff_min_area = float(frac * h * w if frac is not None else model.stuff_min_area)
+        self.stuff_min_area = model.stuff_area_limit(self.size)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         batch = self.model.preprocess([image])       # normalisation and padding, as in PyTorch

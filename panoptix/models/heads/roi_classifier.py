@@ -17,7 +17,7 @@ it relabels boxes the detector already found.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,9 @@ class RoIClassifier(Configurable, nn.Module):
         copies: jittered copies of each ground-truth box in training (4).
         jitter: largest move of a coordinate, as a fraction of the box's width or height (0.15).
         loss_weight: weight of ``loss_roi_cls`` (1).
+        roi_align: ``"torchvision"`` (its kernel) or ``"matmul"`` (`MatmulMultiScaleRoIAlign`: the same
+            numbers, a CPU backward about 4x faster on small images) *in training*; inference always
+            pools with torchvision's kernel, which exports to ONNX with the rest of the graph.
 
     ``forward(feats, boxes, image_sizes)``: feats {p2..p5} (B, C, h, w), boxes per image (N_i, 4) xyxy in
     the padded batch's pixels -> (sum N_i, num_things) logits.
@@ -62,18 +65,20 @@ class RoIClassifier(Configurable, nn.Module):
     derived = ("in_channels", "num_things")
 
     def __init__(self, in_channels: int, num_things: int, fc_dim: int = 1024, copies: int = 4,
-                 jitter: float = 0.15, loss_weight: float = 1.0) -> None:
+                 jitter: float = 0.15, loss_weight: float = 1.0,
+                 roi_align: Literal["torchvision", "matmul"] = "torchvision") -> None:
         super().__init__()
         if copies < 0 or not 0 <= jitter < 0.5:
             raise ValueError(f"roi_classifier: copies must be >= 0 and jitter in [0, 0.5); got {copies}, {jitter}")
         self.num_things, self.copies, self.jitter, self.loss_weight = num_things, copies, jitter, loss_weight
-        self.pool = box_roi_pool()  # torchvision's kernel: it exports to ONNX with the rest of the graph
+        self.pool_train, self.pool_export = box_roi_pool(roi_align), box_roi_pool()
         self.head = build_box_head(in_channels, fc_dim, convs=0, norm=None)
         self.logits = nn.Linear(fc_dim, num_things)
 
     def forward(self, feats: Mapping[str, torch.Tensor], boxes: Sequence[torch.Tensor],
                 image_sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
-        pooled = self.pool(dict(feats), [b.float() for b in boxes], list(image_sizes))
+        pool = self.pool_train if self.training else self.pool_export
+        pooled = pool(dict(feats), [b.float() for b in boxes], list(image_sizes))
         return self.logits(self.head(pooled)).float()
 
     def losses(self, feats: Mapping[str, torch.Tensor], targets: Sequence[dict[str, torch.Tensor]],

@@ -253,16 +253,21 @@ class CIAEPanoptic(Configurable, nn.Module):
         rows = torch.as_tensor(self.thing_rows, device=queries.device)
         return (queries.float() @ self.loss.memory[rows].T).argmax(1)
 
+    def stuff_area_limit(self, size: tuple[int, int]) -> float:
+        """Pixels under which a stuff segment of an image of ``size`` becomes VOID."""
+        frac = self.stuff_min_area_fraction
+        return float(frac * size[0] * size[1] if frac is not None else self.stuff_min_area)
+
     def fuse(self, raw: RawEmbedding) -> PanopticResult:
         """The merge (Eq. 16) of one `RawEmbedding`; ``extra`` holds ``network_seconds`` and ``merge_seconds``."""
         start = time.perf_counter()
-        inst = raw.instances
-        result = embedding_fusion(raw.embeddings, self.stuff_queries(), inst.extra[QUERY_FIELD], inst.boxes,
-                                  self.instance_labels(inst.labels, inst.extra[QUERY_FIELD]), inst.scores,
+        inst, queries = raw.instances, raw.instances.extra[QUERY_FIELD]
+        labels = self.instance_labels(inst.labels, queries)
+        result = embedding_fusion(raw.embeddings, self.stuff_queries(), queries, inst.boxes, labels, inst.scores,
                                   self.stuff_categories, self.thing_categories,
                                   stuff_min_area=self.stuff_min_area,
                                   stuff_min_area_fraction=self.stuff_min_area_fraction, box_filter=self.box_filter)
-        result.instances = inst
+        result.instances = inst.replace(labels=labels)  # the segments' classes, also with instance_category: embedding
         # segments_of read the areas back to the host, so the merge has finished on any device
         result.extra.update(network_seconds=raw.network_seconds, merge_seconds=time.perf_counter() - start)
         return result
