@@ -71,6 +71,35 @@ def test_training_pools_with_the_matmul_kernel_and_inference_with_torchvisions_a
     assert torch.allclose(head.train()(feats, boxes, sizes), head.eval()(feats, boxes, sizes), atol=1e-5)
 
 
+def test_the_training_only_mask_head_gives_mask_rcnns_loss_on_the_ground_truth_boxes():
+    head = RoIClassifier(8, num_things=3, fc_dim=16, copies=2, mask_loss_weight=2.0, mask_convs=1, mask_conv_dim=8)
+    masks = torch.zeros(2, 64, 64)
+    masks[0, 4:40, 4:36], masks[1, 30:50, 30:60] = 1.0, 1.0
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 36.0, 40.0], [30.0, 30.0, 60.0, 50.0]]),
+                "labels": torch.tensor([2, 0]), "masks": masks}]
+    feats, sizes = _feats(b=1), [(64, 64)]
+    logits_layer = head.mask_predictor.mask_fcn_logits
+    torch.nn.init.zeros_(logits_layer.weight)
+    torch.nn.init.zeros_(logits_layer.bias)
+    losses = head.losses(feats, targets, sizes)
+    assert torch.allclose(losses["loss_roi_mask"], 2.0 * torch.log(torch.tensor(2.0)))   # logits 0: BCE ln 2
+    # Constant logits per class channel: each ground-truth box is scored on its own class's channel
+    # (box 0 is class 2, box 1 class 0) against its mask resampled to 28x28; class 1 is not scored.
+    with torch.no_grad():
+        logits_layer.bias.copy_(torch.tensor([1.0, -7.0, 0.5]))
+    from torchvision.models.detection.roi_heads import project_masks_on_boxes
+    grids = project_masks_on_boxes(masks, targets[0]["boxes"], torch.arange(2), 28)
+    assert grids.mean() > 0.95                                                # the masks fill their boxes
+    logits = torch.stack([torch.full((28, 28), 0.5), torch.full((28, 28), 1.0)])
+    expected = 2.0 * F.binary_cross_entropy_with_logits(logits, grids)
+    assert torch.allclose(head.losses(feats, targets, sizes)["loss_roi_mask"], expected)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 64, 64)}
+    zero = head.losses(feats, [empty], sizes)
+    assert set(zero) == {"loss_roi_cls", "loss_roi_mask"} and float(zero["loss_roi_mask"].detach()) == 0.0
+    plain = RoIClassifier(8, num_things=3, fc_dim=16)
+    assert plain.mask_head is None and set(plain.losses(feats, targets, sizes)) == {"loss_roi_cls"}
+
+
 def test_ciae_trains_the_classifier_and_takes_instance_classes_from_it(synth_root):
     ds = PanopticDataset.synthetic(synth_root, "val")
     with pytest.raises(ValueError, match="go together"):

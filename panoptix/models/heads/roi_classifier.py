@@ -13,6 +13,12 @@ then a linear layer to the thing classes. It trains with cross-entropy on the gr
 and ``copies`` jittered copies of each (every coordinate moved by up to ``jitter`` of the box's
 width or height), which stand in for the detector's imperfect boxes. It never sees background:
 it relabels boxes the detector already found.
+
+Optionally (``mask_loss_weight`` > 0) a Mask R-CNN mask head (14x14 RoIAlign, ``mask_convs``
+convs, a 2x deconv, one 28x28 mask per thing class) trains on the ground-truth boxes with Mask
+R-CNN's loss. It exists in training only: inference neither runs nor exports it. Its purpose is
+the two-stage system's fine shape supervision for the shared FPN features, which CIAE's 1/4-scale
+embedding loss does not give.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from typing import Literal, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import maskrcnn_loss
 
-from panoptix.models.heads.rcnn import box_roi_pool, build_box_head
+from panoptix.models.heads.rcnn import box_roi_pool, build_box_head, roi_pools
 from panoptix.models.registry import INSTANCE_HEADS, Configurable
 
 
@@ -54,6 +62,9 @@ class RoIClassifier(Configurable, nn.Module):
         copies: jittered copies of each ground-truth box in training (4).
         jitter: largest move of a coordinate, as a fraction of the box's width or height (0.15).
         loss_weight: weight of ``loss_roi_cls`` (1).
+        mask_loss_weight: weight of the training-only ``loss_roi_mask`` (0: no mask head).
+        mask_convs, mask_conv_dim: the mask head's conv tower (2 of 64 as the tiny two-stage system's;
+            Mask R-CNN has 4 of 256).
         roi_align: ``"torchvision"`` (its kernel) or ``"matmul"`` (`MatmulMultiScaleRoIAlign`: the same
             numbers, a CPU backward about 4x faster on small images) *in training*; inference always
             pools with torchvision's kernel, which exports to ONNX with the rest of the graph.
@@ -65,13 +76,20 @@ class RoIClassifier(Configurable, nn.Module):
     derived = ("in_channels", "num_things")
 
     def __init__(self, in_channels: int, num_things: int, fc_dim: int = 1024, copies: int = 4,
-                 jitter: float = 0.15, loss_weight: float = 1.0,
+                 jitter: float = 0.15, loss_weight: float = 1.0, mask_loss_weight: float = 0.0,
+                 mask_convs: int = 2, mask_conv_dim: int = 64,
                  roi_align: Literal["torchvision", "matmul"] = "torchvision") -> None:
         super().__init__()
         if copies < 0 or not 0 <= jitter < 0.5:
             raise ValueError(f"roi_classifier: copies must be >= 0 and jitter in [0, 0.5); got {copies}, {jitter}")
         self.num_things, self.copies, self.jitter, self.loss_weight = num_things, copies, jitter, loss_weight
         self.pool_train, self.pool_export = box_roi_pool(roi_align), box_roi_pool()
+        self.mask_loss_weight = mask_loss_weight
+        self.mask_pool = self.mask_head = self.mask_predictor = None
+        if mask_loss_weight > 0:
+            self.mask_pool = roi_pools(roi_align)[1]
+            self.mask_head = MaskRCNNHeads(in_channels, [mask_conv_dim] * mask_convs, 1)
+            self.mask_predictor = MaskRCNNPredictor(mask_conv_dim, mask_conv_dim, num_things)
         self.head = build_box_head(in_channels, fc_dim, convs=0, norm=None)
         self.logits = nn.Linear(fc_dim, num_things)
 
@@ -88,8 +106,23 @@ class RoIClassifier(Configurable, nn.Module):
                  for t, size in zip(targets, image_sizes)]
         labels = torch.cat([t["labels"].repeat(1 + self.copies) for t in targets])  # copy-major, as the boxes
         if len(labels) == 0:  # no things in the batch: a zero that still reaches every parameter (DDP)
-            return {"loss_roi_cls": sum(p.sum() for p in self.parameters()) * 0.0}
-        return {"loss_roi_cls": self.loss_weight * F.cross_entropy(self(feats, boxes, image_sizes), labels)}
+            zero = sum(p.sum() for p in self.parameters()) * 0.0
+            return {"loss_roi_cls": zero, **({"loss_roi_mask": zero} if self.mask_head is not None else {})}
+        losses = {"loss_roi_cls": self.loss_weight * F.cross_entropy(self(feats, boxes, image_sizes), labels)}
+        if self.mask_head is not None:
+            losses["loss_roi_mask"] = self.mask_loss_weight * self.mask_loss(feats, targets, image_sizes)
+        return losses
+
+    def mask_loss(self, feats: Mapping[str, torch.Tensor], targets: Sequence[dict[str, torch.Tensor]],
+                  image_sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Mask R-CNN's loss (torchvision's ``maskrcnn_loss``: per-pixel BCE of the ground-truth class's
+        28x28 mask) on the ground-truth boxes, not their jittered copies (the head's cost grows with the
+        RoI count)."""
+        boxes = [t["boxes"].float() for t in targets]
+        pooled = self.mask_pool(dict(feats), boxes, list(image_sizes))
+        logits = self.mask_predictor(self.mask_head(pooled)).float()
+        index = [torch.arange(len(b), device=b.device) for b in boxes]
+        return maskrcnn_loss(logits, boxes, [t["masks"] for t in targets], [t["labels"] for t in targets], index)
 
     @torch.no_grad()
     def relabel(self, feats: Mapping[str, torch.Tensor], boxes: Sequence[torch.Tensor],
