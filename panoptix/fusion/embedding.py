@@ -82,7 +82,7 @@ def segments_of(ids: torch.Tensor, areas: torch.Tensor, stuff_categories: Sequen
 def embedding_fusion(embeddings: torch.Tensor, stuff_queries: torch.Tensor, instance_queries: torch.Tensor,
                      boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
                      stuff_categories: Sequence[int], thing_categories: Sequence[int],
-                     stuff_min_area: int = 4096, stuff_min_area_fraction: Optional[float] = None,
+                     stuff_min_area: float = 4096, stuff_min_area_fraction: Optional[float] = None,
                      box_filter: bool = True) -> PanopticResult:
     """`assign_segments` + `segments_of`; ``stuff_min_area_fraction`` (of H*W) replaces the pixel limit when set."""
     h, w = embeddings.shape[-2:]

@@ -92,9 +92,22 @@ def box_roi_pool(roi_align: str = "torchvision") -> nn.Module:
     return _roi_pool(roi_align, 7)
 
 
+def mask_roi_pool(roi_align: str = "torchvision") -> nn.Module:
+    """The 14x14 mask RoIAlign over P2..P5 with Mask R-CNN's level mapping (``"torchvision"`` or ``"matmul"``)."""
+    return _roi_pool(roi_align, 14)
+
+
 def roi_pools(roi_align: str) -> tuple[nn.Module, nn.Module]:
     """The 7x7 box and 14x14 mask RoIAlign over P2..P5 (``"torchvision"`` or ``"matmul"``)."""
-    return box_roi_pool(roi_align), _roi_pool(roi_align, 14)
+    return box_roi_pool(roi_align), mask_roi_pool(roi_align)
+
+
+def build_mask_head(in_channels: int, conv_dim: int, convs: int, num_classes: int,
+                    norm: Optional[Callable[[int], nn.Module]] = None) -> tuple[nn.Module, nn.Module]:
+    """Mask R-CNN's mask head and predictor: (R, C, 14, 14) -> ``convs`` 3x3 convs of ``conv_dim``, then a
+    2x deconvolution and a 1x1 to (R, num_classes, 28, 28) logits."""
+    return (MaskRCNNHeads(in_channels, [conv_dim] * convs, 1, norm_layer=norm),
+            MaskRCNNPredictor(conv_dim, conv_dim, num_classes))
 
 
 def head_norm_layer(head_norm: str) -> Optional[Callable[[int], nn.Module]]:
@@ -156,12 +169,11 @@ class MaskRCNNBranch(Configurable, nn.Module):
         box_pool, mask_pool = roi_pools(roi_align)
         norm = head_norm_layer(head_norm)
         box_head = build_box_head(in_channels, box_fc_dim, box_convs, norm)
+        mask_head, mask_predictor = build_mask_head(in_channels, mask_conv_dim, mask_convs, num_things + 1, norm)
         self.roi_heads = RoIHeads(
             box_pool, box_head, FastRCNNPredictor(box_fc_dim, num_things + 1),
             box_fg_iou, box_bg_iou, box_batch_size, box_positive_fraction, None, box_score_thresh, box_nms,
-            detections_per_img, mask_roi_pool=mask_pool,
-            mask_head=MaskRCNNHeads(in_channels, [mask_conv_dim] * mask_convs, 1, norm_layer=norm),
-            mask_predictor=MaskRCNNPredictor(mask_conv_dim, mask_conv_dim, num_things + 1))
+            detections_per_img, mask_roi_pool=mask_pool, mask_head=mask_head, mask_predictor=mask_predictor)
         self.num_things = num_things
         self.roi_heads.box_predictor.register_forward_hook(float32_outputs)
 

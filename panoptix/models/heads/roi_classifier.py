@@ -28,10 +28,9 @@ from typing import Literal, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import maskrcnn_loss
 
-from panoptix.models.heads.rcnn import box_roi_pool, build_box_head, roi_pools
+from panoptix.models.heads.rcnn import box_roi_pool, build_box_head, build_mask_head, mask_roi_pool
 from panoptix.models.registry import INSTANCE_HEADS, Configurable
 
 
@@ -87,9 +86,8 @@ class RoIClassifier(Configurable, nn.Module):
         self.mask_loss_weight = mask_loss_weight
         self.mask_pool = self.mask_head = self.mask_predictor = None
         if mask_loss_weight > 0:
-            self.mask_pool = roi_pools(roi_align)[1]
-            self.mask_head = MaskRCNNHeads(in_channels, [mask_conv_dim] * mask_convs, 1)
-            self.mask_predictor = MaskRCNNPredictor(mask_conv_dim, mask_conv_dim, num_things)
+            self.mask_pool = mask_roi_pool(roi_align)
+            self.mask_head, self.mask_predictor = build_mask_head(in_channels, mask_conv_dim, mask_convs, num_things)
         self.head = build_box_head(in_channels, fc_dim, convs=0, norm=None)
         self.logits = nn.Linear(fc_dim, num_things)
 

@@ -265,8 +265,8 @@ class CIAEPanoptic(Configurable, nn.Module):
         labels = self.instance_labels(inst.labels, queries)
         result = embedding_fusion(raw.embeddings, self.stuff_queries(), queries, inst.boxes, labels, inst.scores,
                                   self.stuff_categories, self.thing_categories,
-                                  stuff_min_area=self.stuff_min_area,
-                                  stuff_min_area_fraction=self.stuff_min_area_fraction, box_filter=self.box_filter)
+                                  stuff_min_area=self.stuff_area_limit(tuple(raw.embeddings.shape[-2:])),
+                                  box_filter=self.box_filter)
         result.instances = inst.replace(labels=labels)  # the segments' classes, also with instance_category: embedding
         # segments_of read the areas back to the host, so the merge has finished on any device
         result.extra.update(network_seconds=raw.network_seconds, merge_seconds=time.perf_counter() - start)
