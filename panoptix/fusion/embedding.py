@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from panoptix.fusion.area import stuff_area_limit
 from panoptix.structures import PanopticResult, SegmentInfo
 
 
@@ -86,7 +87,7 @@ def embedding_fusion(embeddings: torch.Tensor, stuff_queries: torch.Tensor, inst
                      box_filter: bool = True) -> PanopticResult:
     """`assign_segments` + `segments_of`; ``stuff_min_area_fraction`` (of H*W) replaces the pixel limit when set."""
     h, w = embeddings.shape[-2:]
-    limit = stuff_min_area_fraction * h * w if stuff_min_area_fraction is not None else stuff_min_area
+    limit = stuff_area_limit((h, w), stuff_min_area, stuff_min_area_fraction)
     ids, areas = assign_segments(embeddings, stuff_queries, instance_queries, boxes, float(limit), box_filter)
     return segments_of(ids, areas, stuff_categories, thing_categories, labels, scores)
 

@@ -24,6 +24,7 @@ from typing import Literal, Optional, Sequence
 import torch
 
 from panoptix.data.meta import DatasetMeta
+from panoptix.fusion.area import stuff_area_limit
 from panoptix.models.registry import FUSIONS
 from panoptix.structures import Instances, PanopticResult, SegmentInfo
 
@@ -145,7 +146,7 @@ def heuristic_fusion(instances: Optional[Instances], semantic_logits: torch.Tens
         raise ValueError(f"stuff_source must be 'argmax' or 'stuff_only', got {stuff_source!r}")
     free = (ids == 0) & (table[sem] >= 0)
     counts = torch.bincount(sem[free], minlength=table.numel())
-    min_area = stuff_min_area if stuff_min_area_fraction is None else stuff_min_area_fraction * h * w
+    min_area = stuff_area_limit((h, w), stuff_min_area, stuff_min_area_fraction)
     kept = (counts > 0) & (counts >= min_area) & (table >= 0)
     seg_of_class = torch.zeros_like(counts)
     seg_of_class[kept] = torch.arange(1, int(kept.sum()) + 1, device=device) + len(segments)

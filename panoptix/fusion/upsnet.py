@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from panoptix.fusion.area import stuff_area_limit
 from panoptix.models.registry import FUSIONS
 from panoptix.structures import Instances, PanopticResult, SegmentInfo
 
@@ -165,7 +166,7 @@ def upsnet_fusion(instances: Optional[Instances], semantic_logits: torch.Tensor,
     n_stuff, n_inst = len(stuff_ch), len(boxes)
     winner = pan.argmax(0)
     counts = torch.bincount(winner.flatten(), minlength=pan.shape[0])
-    min_area = stuff_min_area if stuff_min_area_fraction is None else stuff_min_area_fraction * h * w
+    min_area = stuff_area_limit((h, w), stuff_min_area, stuff_min_area_fraction)
 
     # Segment id of every channel: kept instances first (score order), then kept stuff, 0 = VOID.
     inst_kept = counts[n_stuff:n_stuff + n_inst] > 0

@@ -21,6 +21,7 @@ from torch import nn
 
 from panoptix.data.meta import DatasetMeta
 from panoptix.data.targets import build_targets, instance_index_map
+from panoptix.fusion.area import stuff_area_limit
 from panoptix.fusion.embedding import embedding_fusion
 from panoptix.fusion.heuristic import semantic_category_table
 from panoptix.losses.ciae import CIAELoss
@@ -107,11 +108,12 @@ class CIAEPanoptic(Configurable, nn.Module):
             to the detection's query; Table IV's "E" rows; needs ``merge_things: false``) or
             ``"classifier"`` (the ``classifier`` part relabels each detection from its box).
         classifier: optional `panoptix.models.heads.roi_classifier.RoIClassifier` (not in the paper:
-            a 7x7 RoIAlign box classifier; needs ``instance_category: classifier`` and the reverse).
+            a 7x7 RoIAlign box classifier, optionally with a training-only mask head; needs
+            ``instance_category: classifier`` and the reverse).
         total_iters: T of the memory momentum (Eq. 13); the solver's ``max_iter`` when built from a config.
 
     Training returns ``loss_fcos_cls``, ``loss_fcos_box``, ``loss_fcos_ctr``, ``loss_cae``, ``loss_iae``
-    (and ``loss_roi_cls`` with a classifier);
+    (and ``loss_roi_cls`` with a classifier, ``loss_roi_mask`` when it has a mask head);
     inference one `PanopticResult` per image at its input size (`predict_raw` then `fuse`).
     """
 
@@ -255,8 +257,7 @@ class CIAEPanoptic(Configurable, nn.Module):
 
     def stuff_area_limit(self, size: tuple[int, int]) -> float:
         """Pixels under which a stuff segment of an image of ``size`` becomes VOID."""
-        frac = self.stuff_min_area_fraction
-        return float(frac * size[0] * size[1] if frac is not None else self.stuff_min_area)
+        return stuff_area_limit(size, self.stuff_min_area, self.stuff_min_area_fraction)
 
     def fuse(self, raw: RawEmbedding) -> PanopticResult:
         """The merge (Eq. 16) of one `RawEmbedding`; ``extra`` holds ``network_seconds`` and ``merge_seconds``."""
