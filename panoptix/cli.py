@@ -134,7 +134,6 @@ def cmd_viz(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
     from panoptix.config import build_training, load_config
-    from panoptix.engine import distributed as dist
     from panoptix.evaluation.panoptic import format_table
     from panoptix.evaluation.semantic import format_semantic_table
 
@@ -142,9 +141,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         summary = trainer.train()
     except BaseException:
-        dist.cleanup(barrier=False)
+        trainer.close(barrier=False)
         raise
-    dist.cleanup()
+    trainer.close()
     if trainer.rank == 0:
         print(f"trained {summary['iterations']} iterations ({summary['started_at']} resumed) in "
               f"{summary['seconds']} s, {summary['images_per_second']} images/s on {summary['device']} "

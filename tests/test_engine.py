@@ -202,6 +202,36 @@ def _torchrun(synth_root, out, config: str = "panoptic_fpn_tiny", **extra) -> No
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def test_close_drops_the_ddp_wrapper_before_leaving_the_group(synth_root, tmp_path, monkeypatch):
+    """``Trainer.close`` frees the DDP wrapper before ``destroy_process_group``: its reducer must not
+    hold the group's last reference (whose release, with the GIL held, could hang at exit)."""
+    import weakref
+
+    import torch.distributed as tdist
+
+    from panoptix.engine import distributed
+
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        trainer = _trainer(synth_root, tmp_path / "out")
+        trainer.ddp = torch.nn.parallel.DistributedDataParallel(trainer.model)
+        wrapper, reducer = weakref.ref(trainer.ddp), weakref.ref(trainer.ddp.reducer)
+        alive_at_cleanup = []
+        real_cleanup = distributed.cleanup
+
+        def cleanup(barrier: bool = True) -> None:
+            alive_at_cleanup.append((wrapper() is not None, reducer() is not None))
+            real_cleanup(barrier)
+
+        monkeypatch.setattr(distributed, "cleanup", cleanup)
+        trainer.close()
+        assert alive_at_cleanup == [(False, False)]
+        assert trainer.ddp is trainer.model and not tdist.is_initialized()
+    finally:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+
+
 @pytest.mark.slow
 def test_ddp_ciae_memory_embeddings_stay_identical_on_every_rank(synth_root, tmp_path):
     """CIAE's memory is updated from the categories of every rank's images (all-reduced), so the

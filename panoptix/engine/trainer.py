@@ -4,6 +4,7 @@ guard, periodic in-memory PQ, atomic checkpoints with exact resume, and DDP unde
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import asdict
@@ -107,6 +108,18 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
+
+    def close(self, barrier: bool = True) -> None:
+        """Leave the process group (a no-op on one process). The DDP wrapper goes first: its reducer
+        holds the group, and when the reducer drops the group's last reference, the group's destructor
+        joins gloo's worker threads while holding the GIL. A worker that is still freeing a finished
+        collective's Python-owned tensors waits for that GIL, and the process hangs at exit (seen
+        under load). Dropped before ``destroy_process_group``, the last reference goes with the
+        group's own handle, whose destructor releases the GIL. ``barrier``: see `distributed.cleanup`."""
+        if self.ddp is not self.model:
+            self.ddp = self.model
+            gc.collect()  # DDP's module graph has reference cycles
+        dist.cleanup(barrier)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
