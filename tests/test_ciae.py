@@ -57,6 +57,22 @@ def test_ciae_loss_on_a_two_pixel_image_equals_a_hand_computation():
     assert int(loss.step) == 0                                               # eval: memory untouched
 
 
+@pytest.mark.parametrize("box, stuff_weight", [([0.0, 0.0, 2.0, 1.0], 3.0), ([1.0, 0.0, 2.0, 1.0], 1.0)])
+def test_box_stuff_weight_weighs_the_stuff_pixels_inside_a_thing_box(box, stuff_weight):
+    """The two-pixel image above with ``box_stuff_weight=3``: the stuff pixel weighs 3 in L_IAE when the
+    thing's box covers it, 1 when it does not; L_CAE is unchanged."""
+    loss = CIAELoss(num_categories=2, stuff_rows=[1], embed_dim=2, total_iters=10, filter_box_scale=None,
+                    box_stuff_weight=3.0)
+    loss.memory.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    raw = torch.tensor([[3.0, 0.0], [0.0, 2.0]]).T.reshape(1, 2, 1, 2)
+    loss.eval()
+    out = loss(raw, torch.tensor([[[1, 0]]]), torch.tensor([[[-1, 0]]]), [torch.tensor([box])])
+    own = -math.log(1 - MARGIN / (2 + MARGIN))
+    wrong = -math.log(1 - (1 + MARGIN) / (2 + MARGIN))
+    assert out["loss_cae"].item() == pytest.approx(2 * wrong, rel=1e-5)
+    assert out["loss_iae"].item() == pytest.approx(2.0 * (stuff_weight * (wrong + own) + 5 * 2 * own) / 2, rel=1e-5)
+
+
 def test_ciae_loss_gradient_flows_to_the_embeddings_only():
     torch.manual_seed(0)
     loss = CIAELoss(num_categories=3, stuff_rows=[1, 2], embed_dim=4, total_iters=100)

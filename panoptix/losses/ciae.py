@@ -110,6 +110,9 @@ class CIAELoss(Configurable, nn.Module):
         thing_weight: weight of thing pixels in L_IAE (5).
         filter_box_scale: enlargement of the ground-truth boxes for the remote-instance filter (1.5,
             Table VIII); None turns the filter off ("All").
+        box_stuff_weight: weight in L_IAE of stuff pixels inside a ground-truth thing box (None: 1, as
+            every stuff pixel in the paper). Not in seed 002: those are the pixels next to and inside
+            an instance (a ring's hole) that the merge gives to it.
         momentum: a fixed lambda instead of Eq. 13's schedule (Table VII's ablation); None for Eq. 13.
         momentum_base: the 1e-4 of Eq. 13.
         loss_weight: a factor on L_CIAE in the system's total (1 in Eq. 15).
@@ -122,14 +125,14 @@ class CIAELoss(Configurable, nn.Module):
 
     def __init__(self, num_categories: int, stuff_rows: Sequence[int], embed_dim: int, total_iters: int = 90000,
                  margin: float = 0.15, top_k: int = 5, iae_weight: float = 2.0, thing_weight: float = 5.0,
-                 filter_box_scale: Optional[float] = 1.5, momentum: Optional[float] = None,
-                 momentum_base: float = 1e-4, loss_weight: float = 1.0) -> None:
+                 filter_box_scale: Optional[float] = 1.5, box_stuff_weight: Optional[float] = None,
+                 momentum: Optional[float] = None, momentum_base: float = 1e-4, loss_weight: float = 1.0) -> None:
         super().__init__()
         if not 0.0 <= (momentum if momentum is not None else 0.0) <= 1.0:
             raise ValueError(f"CIAE loss: momentum must be in 0..1, got {momentum}")
         self.margin, self.top_k, self.iae_weight, self.thing_weight = margin, top_k, iae_weight, thing_weight
         self.filter_box_scale, self.momentum, self.momentum_base = filter_box_scale, momentum, momentum_base
-        self.total_iters, self.loss_weight = int(total_iters), loss_weight
+        self.total_iters, self.loss_weight, self.box_stuff_weight = int(total_iters), loss_weight, box_stuff_weight
         self.register_buffer("memory", F.normalize(torch.randn(num_categories, embed_dim), dim=1))   # M_0
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         lut = torch.full((num_categories,), -1, dtype=torch.int64)
@@ -188,13 +191,16 @@ class CIAELoss(Configurable, nn.Module):
                 continue
             inst_sums, _ = segment_means(r, torch.where(inst >= 0, inst, n_inst), n_inst + 1)
             queries = torch.cat([stuff_queries, F.normalize(inst_sums[:n_inst], dim=1)])
-            keep = None
-            if self.filter_box_scale is not None and n_inst:
+            keep, stuff_weight = None, 1.0
+            if n_inst:
                 pix = torch.arange(h * w, device=raw.device)
-                near = inside_boxes(torch.stack([pix % w, pix // w], 1), expand_boxes(boxes[i].float(),
-                                                                                       self.filter_box_scale))
-                keep = torch.cat([torch.ones((h * w, n_stuff), dtype=torch.bool, device=raw.device), near], 1)
-            weight = torch.where(inst >= 0, self.thing_weight, 1.0) * use
+                xy = torch.stack([pix % w, pix // w], 1)
+                if self.filter_box_scale is not None:
+                    near = inside_boxes(xy, expand_boxes(boxes[i].float(), self.filter_box_scale))
+                    keep = torch.cat([torch.ones((h * w, n_stuff), dtype=torch.bool, device=raw.device), near], 1)
+                if self.box_stuff_weight is not None:
+                    stuff_weight = torch.where(inside_boxes(xy, boxes[i].float()).any(1), self.box_stuff_weight, 1.0)
+            weight = torch.where(inst >= 0, self.thing_weight, stuff_weight) * use
             iae = iae + (weight * triplet_embedding_loss(p, queries, target.clamp(min=0), self.margin, self.top_k,
                                                          keep)).sum()
             n_iae = n_iae + use.sum()
