@@ -85,10 +85,10 @@ def replicas_in_sync(model: torch.nn.Module, device: Optional[torch.device] = No
 
 
 def cleanup(barrier: bool = True) -> None:
-    """Leave the process group. After a normal end, a barrier first: gloo's worker thread may still
-    be freeing the last collective's Python-owned tensors, and tearing the group down then
-    deadlocks on the GIL (seen with DDP's reducer freed at exit). After an error there is no
-    barrier (the other ranks may never reach it)."""
+    """Leave the process group. After a normal end, a barrier first, so that the ranks leave
+    together; after an error none (the other ranks may never reach it). A DDP wrapper must be freed
+    before this (`Trainer.close` does): if its reducer drops the group's last reference later, the
+    group's destructor joins gloo's workers with the GIL held and can hang at exit."""
     if dist.is_available() and dist.is_initialized():
         if barrier:
             dist.barrier()
