@@ -9,14 +9,17 @@ import shutil
 import socket
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as tdist
 
 from conftest import REPO, tiny_overrides
 from panoptix.cli import main
 from panoptix.config import build_dataset, build_model, build_trainer, load_config
+from panoptix.engine import distributed
 from panoptix.engine.checkpoint import (CheckpointError, atomic_save, capture_rng, last_checkpoint, restore_rng,
                                         safe_torch_load, seed_all_rng)
 from panoptix.engine.trainer import TrainingDiverged, lr_factor
@@ -205,12 +208,6 @@ def _torchrun(synth_root, out, config: str = "panoptic_fpn_tiny", **extra) -> No
 def test_close_drops_the_ddp_wrapper_before_leaving_the_group(synth_root, tmp_path, monkeypatch):
     """``Trainer.close`` frees the DDP wrapper before ``destroy_process_group``: its reducer must not
     hold the group's last reference (whose release, with the GIL held, could hang at exit)."""
-    import weakref
-
-    import torch.distributed as tdist
-
-    from panoptix.engine import distributed
-
     tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         trainer = _trainer(synth_root, tmp_path / "out")

@@ -86,9 +86,8 @@ def replicas_in_sync(model: torch.nn.Module, device: Optional[torch.device] = No
 
 def cleanup(barrier: bool = True) -> None:
     """Leave the process group. After a normal end, a barrier first, so that the ranks leave
-    together; after an error none (the other ranks may never reach it). A DDP wrapper must be freed
-    before this (`Trainer.close` does): if its reducer drops the group's last reference later, the
-    group's destructor joins gloo's workers with the GIL held and can hang at exit."""
+    together; after an error none (the other ranks may never reach it). Free any DDP wrapper first
+    (`Trainer.close` does, and says why)."""
     if dist.is_available() and dist.is_initialized():
         if barrier:
             dist.barrier()
