@@ -203,12 +203,38 @@ def load_two_level(record_path: str | Path, fusion: Optional[str] = None, overri
                      amp_dtype=cfg["solver"]["amp_dtype"]), meta
 
 
+def stored_config(stored: dict[str, Any], weights: str | Path, overrides: Sequence[str] = (),
+                  imports: Sequence[str] = ()) -> dict[str, Any]:
+    """The validated config stored in a checkpoint, with ``overrides``.
+
+    A stored config may name modules to import (``imports:``), and importing a module runs its
+    code: they are imported only when the user names each of them too (``--import`` / ``imports=``).
+    Otherwise `ConfigError`, before anything is imported.
+    """
+    if not isinstance(stored.get("model"), dict):
+        raise ConfigError(f"{weights}: its stored config has no model section; pass --config")
+    stored_imports = stored.get("imports") or []
+    if not isinstance(stored_imports, list) or not all(isinstance(m, str) for m in stored_imports):
+        raise ConfigError(f"{weights}: its stored config's imports is not a list of module names")
+    unasked = [m for m in stored_imports if m not in imports]
+    if unasked:
+        flags = " ".join(f"--import {m}" for m in unasked)
+        raise ConfigError(f"{weights} names module(s) to import ({', '.join(unasked)}), which would run their code; "
+                          f"if you trust them, pass {flags} (Python: imports={unasked!r})")
+    raw = {"imports": stored_imports, "model": stored["model"], "solver": stored.get("solver", {}),
+           "data": stored.get("data", {})}
+    for text in overrides:
+        raw = merge_config(raw, parse_override(text))
+    return validate_config(raw, imports)
+
+
 def load_model(weights: str | Path, config: Optional[str | Path] = None, overrides: Sequence[str] = (),
                device: str = "auto", imports: Sequence[str] = ()):
     """(model on the device, `DatasetMeta`, config, device) from a training checkpoint.
 
     The config (model, solver and data sections) and categories stored in the checkpoint are used
-    unless ``config`` is given; ``overrides`` apply either way.
+    unless ``config`` is given; ``overrides`` apply either way. Modules that the stored config
+    imports must be named in ``imports`` (see `stored_config`).
     """
     from panoptix.engine.checkpoint import load_model_weights, safe_torch_load
     from panoptix.engine.trainer import pick_device
@@ -217,12 +243,7 @@ def load_model(weights: str | Path, config: Optional[str | Path] = None, overrid
     if config is not None:
         cfg = load_config(config, overrides, imports)
     elif isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
-        stored = ckpt["config"]
-        raw = {"imports": stored.get("imports", []), "model": stored["model"], "solver": stored.get("solver", {}),
-               "data": stored.get("data", {})}
-        for text in overrides:
-            raw = merge_config(raw, parse_override(text))
-        cfg = validate_config(raw, imports)
+        cfg = stored_config(ckpt["config"], weights, overrides, imports)
     else:
         raise ConfigError(f"{weights} stores no config; pass --config")
     if isinstance(ckpt, dict) and ckpt.get("meta"):
