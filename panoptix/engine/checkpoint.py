@@ -11,6 +11,7 @@ import os
 import pickle
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,9 @@ def safe_torch_load(path: str | Path) -> Any:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: refused to load; it holds objects other than tensors and plain "
                               f"containers, which could run code ({first})") from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable torch checkpoint, truncated or corrupt? ({first})") from None
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -55,13 +57,33 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
 
 
 def atomic_write_text(text: str, path: Path) -> None:
+    """Write, fsync, then rename: after a crash the file holds the old text or the new, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform lets a folder be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -104,6 +126,54 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
         return None
     path = Path(output_dir) / marker.read_text().strip()
     return path if path.is_file() else None
+
+
+RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "iteration")
+
+
+def _iteration_of(path: Path) -> int:
+    digits = path.stem.removeprefix("model_")
+    return int(digits) if digits.isdigit() else -1
+
+
+def find_resume_checkpoint(output_dir: str | Path) -> tuple[Path | None, dict[str, Any] | None, str]:
+    """(path, loaded content, note) of the checkpoint a run in ``output_dir`` resumes from.
+
+    The one that ``last_checkpoint`` names, if it is readable and holds everything a resume needs
+    (``RESUME_KEYS``); else the newest such ``model_*.pth`` of the folder, with a one-line note
+    saying why. (None, None, "") when the folder has no checkpoint at all: a fresh run.
+    `CheckpointError` naming every file tried when there are checkpoints but none is readable:
+    starting again would overwrite the run.
+    """
+    folder = Path(output_dir)
+    marker = folder / LAST
+    named = folder / marker.read_text().strip() if marker.is_file() else None
+    candidates = sorted(folder.glob("model_*.pth"), key=_iteration_of, reverse=True)
+    if named is not None:
+        candidates = [named] + [c for c in candidates if c != named]
+    if not candidates:
+        return None, None, ""
+    problems = []
+    for path in candidates:
+        if not path.is_file():
+            problems.append(f"{path.name} (missing)")
+            continue
+        try:
+            loaded = safe_torch_load(path)
+        except CheckpointError as err:
+            problems.append(f"{path.name} ({str(err).removeprefix(f'{path}: ')})")
+            continue
+        missing = [k for k in RESUME_KEYS if not isinstance(loaded, dict) or k not in loaded]
+        if missing:
+            problems.append(f"{path.name} (lacks {', '.join(missing)})")
+            continue
+        if path == named:
+            return path, loaded, ""
+        why = f"{problems[0]} cannot be resumed from" if problems else f"{LAST} is missing"
+        return path, loaded, f"{why}; resuming from {path.name}, the newest readable checkpoint in {folder}"
+    raise CheckpointError(f"{folder}: no checkpoint to resume from could be read, tried {'; '.join(problems)}; "
+                          f"move them away to start afresh, or set engine.resume=false with another "
+                          f"engine.output_dir")
 
 
 def model_state(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Any, Optional
+
+
+LOGS = ("train_log.csv", "eval_log.csv")
 
 
 class MetricsLogger:
@@ -13,17 +17,31 @@ class MetricsLogger:
     Args:
         output_dir: where the files go (TensorBoard events under ``tb/``).
         tensorboard: write TensorBoard events too.
+        start_iteration: the iteration the run starts at (the checkpoint it resumed from; 0 for a
+            fresh run). Rows logged after it by an earlier, killed run are dropped, and so are such
+            TensorBoard events, so the logs have neither a gap nor a duplicate.
     """
 
-    def __init__(self, output_dir: str | Path, tensorboard: bool = True) -> None:
+    def __init__(self, output_dir: str | Path, tensorboard: bool = True, start_iteration: int = 0) -> None:
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.writer: Optional[Any] = None
         self._fields: dict[str, list[str]] = {}
+        for name in LOGS:
+            truncate_rows(self.dir / name, start_iteration)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.dir / "tb"))
+            self.writer = SummaryWriter(str(self.dir / "tb"), purge_step=start_iteration + 1)
+
+    def sync(self) -> None:
+        """Flush the CSV rows to disk (before a checkpoint, so that a crash keeps every row up to it)."""
+        for name in LOGS:
+            if (self.dir / name).is_file():
+                with open(self.dir / name, "rb+") as f:
+                    os.fsync(f.fileno())
+        if self.writer:
+            self.writer.flush()
 
     def _append(self, name: str, row: dict[str, Any]) -> None:
         """Append a row; the header is read once per file (it may exist from a run being resumed)."""
@@ -65,6 +83,34 @@ class MetricsLogger:
     def close(self) -> None:
         if self.writer:
             self.writer.close()
+
+
+def truncate_rows(path: Path, last_iteration: int) -> None:
+    """Drop the rows of a CSV log whose ``iteration`` is above ``last_iteration`` (and a half-written
+    last line), atomically; the file is left alone when nothing is dropped."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    if not fields:
+        return
+    keep = [r for r in rows if _iteration(r) is not None and _iteration(r) <= last_iteration]
+    if len(keep) == len(rows):
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        w.writerows(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _iteration(row: dict[str, Any]) -> Optional[int]:
+    value = row.get("iteration")
+    return int(value) if isinstance(value, str) and value.isdigit() and None not in row.values() else None
 
 
 def _read(path: Path) -> list[dict[str, str]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,14 +19,15 @@ from tqdm import tqdm
 from panoptix.data.datasets import PanopticDataset
 from panoptix.data.transforms import TrainTransform
 from panoptix.engine import distributed as dist
-from panoptix.engine.checkpoint import (LAST, atomic_save, atomic_write_text, capture_rng, last_checkpoint,
-                                        load_model_weights, restore_rng, seed_all_rng)
+from panoptix.engine.checkpoint import (LAST, atomic_save, atomic_write_text, capture_rng, find_resume_checkpoint,
+                                        last_checkpoint, load_model_weights, restore_rng, seed_all_rng)
 from panoptix.engine.logger import MetricsLogger, plot_curves
 from panoptix.engine.optim import build_optimizer, prepare_norms
-from panoptix.engine.predictor import Predictor, evaluate_dataset, to_tensor
+from panoptix.engine.predictor import Predictor, evaluate_dataset
 from panoptix.engine.sampler import MixedStream, TrainingStream, stream_loader
 from panoptix.engine.settings import DataSettings, EngineSettings, SolverSettings
 from panoptix.errors import PanoptixError
+from panoptix.image_input import to_chw
 from panoptix.jsonio import write_json
 from panoptix.losses import total_loss
 
@@ -108,9 +110,12 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
+        self.logger: Optional[MetricsLogger] = None
 
-    def close(self, barrier: bool = True) -> None:
-        """Leave the process group (a no-op on one process). The DDP wrapper goes first: its reducer
+    def close(self, barrier: bool = True, leave_group: bool = True) -> None:
+        """Free the DDP wrapper and leave the process group (a no-op on one process); with
+        ``leave_group=False`` only free the wrapper, for a caller that trains again in the same
+        group (``panoptix self-train``) and leaves it itself. The DDP wrapper goes first: its reducer
         holds the group, and when the reducer drops the group's last reference, the group's destructor
         joins gloo's worker threads while holding the GIL. A worker that is still freeing a finished
         collective's Python-owned tensors waits for that GIL, and the process hangs at exit (seen
@@ -119,7 +124,8 @@ class Trainer:
         if self.ddp is not self.model:
             self.ddp = self.model
             gc.collect()  # DDP's module graph has reference cycles
-        dist.cleanup(barrier)
+        if leave_group:
+            dist.cleanup(barrier)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
@@ -135,17 +141,25 @@ class Trainer:
         path = None
         rng = dist.all_gather_objects(capture_rng())  # a collective: every rank takes part
         if dist.is_main():
+            if self.logger is not None:
+                self.logger.sync()
             path = atomic_save(self.state_dict(rng), self.out / f"model_{self.iteration:07d}.pth")
             atomic_write_text(path.name, self.out / LAST)
         dist.barrier()
         return path
 
     def resume(self, path: Optional[str | Path] = None) -> bool:
-        """Restore the latest checkpoint of the output folder (or ``path``). False when there is none."""
-        path = Path(path) if path else last_checkpoint(self.out)
-        if path is None:
-            return False
-        ckpt = load_model_weights(self.model, path)
+        """Restore ``path``, or the newest readable checkpoint of the output folder (saying so in one
+        line when that is not the one ``last_checkpoint`` names). False when the folder has none;
+        `CheckpointError` when it has some but none can be read (see `find_resume_checkpoint`)."""
+        loaded = None
+        if not path:
+            path, loaded, note = find_resume_checkpoint(self.out)
+            if path is None:
+                return False
+            if note and dist.is_main():
+                tqdm.write(f"resume: {note}", file=sys.stderr)
+        ckpt = load_model_weights(self.model, path, loaded)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -168,8 +182,8 @@ class Trainer:
             seed_all_rng(e.seed + self.rank)
             if e.init_weights:  # a fresh run that starts from trained weights (fine-tuning)
                 load_model_weights(self.model, e.init_weights)
-        logger = MetricsLogger(self.out, e.tensorboard) if main else None
         start = self.iteration
+        logger = self.logger = MetricsLogger(self.out, e.tensorboard, start) if main else None
         loader = stream_loader(self.stream, self.batch_per_rank, start, s.max_iter, self.rank, self.world,
                                self.data.num_workers, e.seed, pin_memory=self.device.type == "cuda")
         bar = tqdm(total=s.max_iter, initial=start, desc="train", unit="it", disable=not (main and self.progress))
@@ -211,7 +225,7 @@ class Trainer:
 
     def step(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """One SGD step on a batch; returns the (detached) losses and their sum as ``loss``."""
-        images = [to_tensor(im, self.device) for im in images]
+        images = [to_chw(im, self.device, i) for i, im in enumerate(images)]  # the model reads uint8 itself
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             losses = self.ddp(images, targets)
