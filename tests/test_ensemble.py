@@ -76,7 +76,7 @@ def _picture():
     image[1, 16:] = 1.0                        # sea below
     image[2, 10:22, 5:17] = 1.0                # an off-centre blob
     image[:2] += 0.05 * torch.rand(2, 32, 48)
-    return image
+    return image.clamp(0, 1)                   # the input contract: floats in 0..1
 
 
 def test_flip_tta_of_a_flip_equivariant_model_equals_no_tta():

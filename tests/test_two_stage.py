@@ -135,8 +135,10 @@ def test_p6_anchors_have_stride_64_whatever_the_padding(synth_root):
 def test_bad_input_is_refused(synth_root):
     ds = PanopticDataset.synthetic(synth_root, "train")
     model = _model(ds.meta).eval()
-    with pytest.raises(ValueError, match=r"\(3, H, W\) float"):
-        model([torch.zeros(3, 32, 32, dtype=torch.uint8)])
+    with pytest.raises(ValueError, match=r"image 0: dtype torch.int64; images are \(H, W, 3\) arrays"):
+        model([torch.zeros(3, 32, 32, dtype=torch.int64)])
+    with pytest.raises(ValueError, match=r"channels-last tensor"):
+        model([torch.zeros(32, 32, 3)])
     with pytest.raises(ValueError, match="non-empty list"):
         model(torch.zeros(1, 3, 32, 32))
     model.train()

@@ -31,7 +31,7 @@ from torchvision.ops import batched_nms, box_iou
 from panoptix.fusion.average import average_semantic, reads_logits
 from panoptix.errors import PanoptixError
 from panoptix.models.postprocess import detector_postprocess, resize_semantic_logits
-from panoptix.models.preprocess import check_images, resize_image
+from panoptix.models.preprocess import resize_image
 from panoptix.structures import Instances, PanopticResult, RawPanoptic
 
 
@@ -221,8 +221,8 @@ class PanopticEnsemble(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def predict_raw(self, images: list[torch.Tensor]) -> list[RawPanoptic]:
-        check_images(images)
         system = self.system
+        images = system.preprocess.inputs(images)
         out = []
         for image in images:
             size = tuple(image.shape[-2:])

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, Sampler
 from panoptix.data.datasets import PanopticDataset
 from panoptix.data.sample import PanopticSample
 from panoptix.data.transforms import TrainTransform
-from panoptix.engine.predictor import chw_uint8
+from panoptix.image_input import to_chw
 
 
 class TrainingStream(Dataset):
@@ -85,7 +85,7 @@ class TrainingStream(Dataset):
         if sample.image is None:
             raise ValueError(f"image {sample.image_id!r} has no RGB image (is image_dir set?)")
         sample = self.transform(sample, np.random.default_rng([self.seed, int(g)]), pick=self._pick)
-        return chw_uint8(sample.image), self.target_fn(sample)
+        return to_chw(sample.image), self.target_fn(sample)
 
     def _pick(self, rng: np.random.Generator) -> PanopticSample:
         """Another training sample drawn with the position's generator (Mosaic's three extra images)."""

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from panoptix.models.preprocess import check_images, resize_image
+from panoptix.models.preprocess import resize_image
 from panoptix.structures import PanopticResult
 
 
@@ -102,7 +102,7 @@ class SemanticTTA(nn.Module):
         return acc / total
 
     def forward(self, images: list[torch.Tensor]) -> list[PanopticResult]:
-        check_images(images)
+        images = self.system.preprocess.inputs(images)
         # the average softmax's log is a logit map with the same argmax (what `result` reads)
         return [self.system.result(self.probabilities(im).clamp_min(1e-12).log()) for im in images]
 

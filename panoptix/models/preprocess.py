@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
 from panoptix.data.meta import IGNORE_INDEX
+from panoptix.image_input import as_image_tensors
 from panoptix.models.registry import Configurable
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -69,6 +70,8 @@ class Preprocessor(Configurable, nn.Module):
         size_divisibility: the padded batch is a multiple of this (32 for a P2-P5 FPN; the P6
             anchors keep stride 64 whatever it is, see `panoptix.models.heads.rcnn`).
 
+    The systems call `inputs` first, which brings any image of the input contract to float 0..1.
+
     Forward: list of (3, H_i, W_i) float -> `ImageList` with tensors (B, 3, H_pad, W_pad) and the
     per-image (h, w) inside the padding.
     """
@@ -80,6 +83,11 @@ class Preprocessor(Configurable, nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
         self.min_size_test, self.max_size_test = min_size_test, max_size_test
         self.size_divisibility = size_divisibility
+
+    def inputs(self, images: Sequence[Any]) -> list[torch.Tensor]:
+        """Images in the input contract (`panoptix.image_input`: (H, W, 3) arrays or (3, H, W) tensors,
+        uint8 or float in 0..1) -> (3, H, W) float32 tensors in 0..1 on this module's device."""
+        return as_image_tensors(images, self.pixel_mean.device)
 
     def test_size(self, h: int, w: int) -> tuple[int, int]:
         """The size an (h, w) image is resized to at inference."""

@@ -205,6 +205,7 @@ class CIAEPanoptic(Configurable, nn.Module):
                 ) -> dict[str, torch.Tensor] | list[PanopticResult]:
         if not self.training:
             return [self.fuse(raw) for raw in self.predict_raw(images)]
+        images = self.preprocess.inputs(images)
         check_targets(images, targets)
         batch = self.preprocess(images)
         padded = tuple(batch.tensors.shape[-2:])
@@ -225,6 +226,7 @@ class CIAEPanoptic(Configurable, nn.Module):
         if self.training:
             raise RuntimeError("predict_raw runs in eval mode: call model.eval() first")
         start = time.perf_counter()
+        images = self.preprocess.inputs(images)
         batch = self.preprocess(images)
         out, raw, feats = self.network(batch.tensors)
         detections = self.detect(out, feats, batch.image_sizes)

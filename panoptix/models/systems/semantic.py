@@ -115,6 +115,7 @@ class SceneParser(Configurable, nn.Module):
 
     def logits(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Final (K, H_i, W_i) float32 logits of each image at its input size (test resize inside)."""
+        images = self.preprocess.inputs(images)
         return self.batch_logits(self.preprocess(images), [tuple(im.shape[-2:]) for im in images])
 
     def view_logits(self, view: torch.Tensor) -> torch.Tensor:
@@ -132,6 +133,7 @@ class SceneParser(Configurable, nn.Module):
                 ) -> dict[str, torch.Tensor] | list[PanopticResult]:
         if not self.training:
             return [self.result(lg) for lg in self.logits(images)]
+        images = self.preprocess.inputs(images)
         check_targets(images, targets)
         batch = self.preprocess(images)
         target = pad_maps([t["semantic"] for t in targets], tuple(batch.tensors.shape[-2:]))

@@ -137,6 +137,7 @@ class TwoStagePanoptic(Configurable, nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, images: list[torch.Tensor], targets: Optional[list[dict[str, torch.Tensor]]] = None
                 ) -> dict[str, torch.Tensor] | list[PanopticResult]:
+        images = self.preprocess.inputs(images)
         batch = self.preprocess(images)
         feats = self.neck(self.backbone(batch.tensors))
         if self.training:
@@ -200,6 +201,7 @@ class TwoStagePanoptic(Configurable, nn.Module):
         if self.training:
             raise RuntimeError("predict_raw runs in eval mode: call model.eval() first")
         if batch is None:
+            images = self.preprocess.inputs(images)
             batch = self.preprocess(images)
             feats = self.neck(self.backbone(batch.tensors))
         sem_logits, _, extra = self.semantic_outputs(feats)
