@@ -8,6 +8,7 @@ machine-readable results as JSON.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -161,7 +162,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from panoptix.config import load_predictor
-    from panoptix.engine.predictor import image_ids_from_gt, list_images, predict_files
+    from panoptix.engine.image_files import image_ids_from_gt, list_images, skipped_lines
+    from panoptix.engine.predictor import predict_files
 
     t0 = time.time()
     if args.two_level:
@@ -183,17 +185,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                          args.imports)
     else:
         raise PanoptixError("name a checkpoint with --weights, or several with --ensemble")
-    files, skipped = list_images(args.input)
-    _print_lines("predict", "warning", [str(s) for s in skipped])
+    listing = list_images(args.input, args.recursive)
+    skipped = list(listing.skipped)
+    _print_lines("predict", "warning", skipped_lines(skipped))
     ids = image_ids_from_gt(args.gt_json) if args.gt_json else None
-    run = predict_files(predictor, meta, files, args.output, image_ids=ids, overlays=not args.no_overlays,
-                        warn=lambda skip: tqdm.write(f"panoptix predict: warning: {skip}", file=sys.stderr))
+    run = predict_files(predictor, meta, listing.files, args.output, image_ids=ids, overlays=not args.no_overlays,
+                        warn=lambda skip: tqdm.write(f"panoptix predict: warning: {skip}", file=sys.stderr),
+                        root=listing.root)
+    _print_lines("predict", "note", run.notes)
     skipped += run.skipped
     seconds = time.time() - t0
     summary = Path(args.output) / "predict_summary.json"
     write_json(summary, {"images": run.written, "skipped": [s.to_json() for s in skipped], "seconds": seconds,
                          "weights": str(args.weights), "ensemble": args.ensemble, "tta": args.tta,
-                         "box_voting": args.box_voting, "predictions": str(run.json_path)})
+                         "box_voting": args.box_voting, "predictions": str(run.json_path), "notes": run.notes})
     overlays = "" if args.no_overlays else f", overlays in {Path(args.output) / 'overlays'}"
     print(f"predicted {run.written} image(s) in {seconds:.1f} s: {run.json_path} (+ PNGs in "
           f"{run.json_path.with_suffix('')}{overlays})" + (f"; skipped {len(skipped)} file(s), listed in {summary}"
@@ -210,19 +215,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
     """A teacher's pseudo-labels for unlabelled images (seed 003), as a label folder."""
     from panoptix.config import load_ensemble
-    from panoptix.engine.predictor import list_images
+    from panoptix.engine.image_files import list_images, skipped_lines
     from panoptix.engine.pseudo_label import RECORD, write_pseudo_labels
 
     t0 = time.time()
     predictor, meta = load_ensemble([(args.weights, 1.0)], args.tta, device=args.device, imports=args.imports)
     if getattr(predictor.model, "task", None) != "semantic":
         raise PanoptixError(f"{args.weights} is not a scene parsing system; pseudo-labels come from semantic teachers")
-    files, skipped = list_images(args.images)
-    _print_lines("pseudo-label", "warning", [str(s) for s in skipped])
-    if not files:
-        raise PanoptixError(f"{args.images}: no images")
-    record = write_pseudo_labels(predictor.model, meta, files, args.out, args.threshold, args.split,
-                                 teacher=args.weights, tta_text=args.tta, device=str(predictor.device))
+    listing = list_images(args.images, args.recursive)
+    _print_lines("pseudo-label", "warning", skipped_lines(listing.skipped))
+    record = write_pseudo_labels(predictor.model, meta, listing.files, args.out, args.threshold, args.split,
+                                 teacher=args.weights, tta_text=args.tta, device=str(predictor.device),
+                                 root=listing.root)
+    _print_lines("pseudo-label", "note", record["notes"])
     print(f"pseudo-labelled {record['images']} image(s) in {time.time() - t0:.1f} s at threshold {args.threshold}: "
           f"{100 * record['ignored_fraction']:.1f}% of pixels ignored; dataset: format ade20k, root {args.out}, "
           f"split {args.split} (record: {Path(args.out) / RECORD})")
@@ -235,6 +240,8 @@ def cmd_self_train(args: argparse.Namespace) -> int:
 
     record = self_train(args.config, Path(args.images), Path(args.out), args.rounds, args.threshold, args.tta,
                         args.finetune_iters, args.teacher, args.overrides, args.imports, device=args.device)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
     print(f"{'stage':24s} {'mIoU':>6s} {'pix acc':>8s} {'ADE':>6s}")
     for row in record["stages"]:
         print(f"{row['stage']:24s} {row.get('mIoU', float('nan')):6.1f} {row.get('pixel_acc', float('nan')):8.1f} "
@@ -511,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predict with the two-level fusion of the ends fitted by panoptix fit-fusion")
     s.add_argument("--fusion", default=None, help="--two-level: the merge (default: the first end's)")
     s.add_argument("--input", required=True, help="an image or a folder of images")
+    s.add_argument("--recursive", action="store_true", help="take the images of --input's sub-folders too")
     s.add_argument("--output", required=True)
     s.add_argument("--gt-json", default=None, help="take image ids from this COCO panoptic JSON (by file name)")
     s.add_argument("--batch-size", type=int, default=4)
@@ -526,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(low-confidence pixels ignored), written as a label folder")
     s.add_argument("--weights", required=True, help="the teacher checkpoint")
     s.add_argument("--images", required=True, help="an image or a folder of unlabelled images")
+    s.add_argument("--recursive", action="store_true", help="take the images of --images' sub-folders too")
     s.add_argument("--out", required=True, help="label folder: images/SPLIT, annotations/SPLIT, categories.json")
     s.add_argument("--threshold", type=float, default=0.5, help="ignore pixels whose top probability is below it")
     s.add_argument("--tta", default=None, metavar="'scales=0.5,0.75,1,1.25,1.5,1.75,2 flip'",

@@ -1,6 +1,8 @@
 """Batched inference: in-memory PQ evaluation of a dataset, and COCO panoptic prediction files.
 
-Inputs are HxWx3 uint8 RGB images of any size; the model resizes, pads and maps results back.
+Inputs are images of any size in the one input contract of `panoptix.image_input` ((H, W, 3)
+arrays or (3, H, W) tensors, uint8 or float in 0..1), the same as ``model(images)`` takes; the
+model resizes, pads and maps results back.
 """
 
 from __future__ import annotations
@@ -17,30 +19,23 @@ from tqdm import tqdm
 
 from panoptix.data.datasets import PanopticDataset
 from panoptix.data.errors import PanopticFormatError
-from panoptix.data.formats import load_json, write_coco_panoptic
+from panoptix.data.formats import write_coco_panoptic
 from panoptix.data.labels import category_map, write_categories, write_label_png
 from panoptix.data.meta import DatasetMeta
 from panoptix.data.png import read_image
 from panoptix.engine import distributed as dist
+from panoptix.engine.image_files import Skipped, image_ids_from_gt, list_images, output_names
+from panoptix.errors import PanoptixError
 from panoptix.evaluation.panoptic import PanopticEvaluator
 from panoptix.evaluation.semantic import SemanticEvaluator
+from panoptix.image_input import as_image_tensors, to_chw
 from panoptix.structures import PanopticResult
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def chw_uint8(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB array -> (3, H, W) uint8 tensor (a copy: decoded arrays may be read-only)."""
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
 def to_tensor(image: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """(H, W, 3) uint8 array or (3, H, W) uint8 tensor -> (3, H, W) float in 0..1 on ``device``."""
-    if isinstance(image, np.ndarray):
-        image = chw_uint8(image)
-    return image.to(device, non_blocking=True).float().div_(255.0)
+    """One image of the input contract (`panoptix.image_input`) -> (3, H, W) float in 0..1 on ``device``."""
+    return as_image_tensors([image], device)[0]
 
 
 class Predictor:
@@ -67,7 +62,8 @@ class Predictor:
         out: list[PanopticResult] = []
         try:
             for i in range(0, len(images), self.batch_size):
-                batch = [to_tensor(im, self.device) for im in images[i: i + self.batch_size]]
+                # layout and device here; the model itself reads uint8 or checks the floats' range
+                batch = [to_chw(im, self.device, i + k) for k, im in enumerate(images[i: i + self.batch_size])]
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                     out.extend(self.model(batch))
         finally:
@@ -104,49 +100,6 @@ def evaluate_dataset(predictor: Predictor, dataset: PanopticDataset, indices: Op
     return evaluator.all_reduce().summary()
 
 
-@dataclass(frozen=True)
-class Skipped:
-    """A file of the input that was not predicted, and why."""
-
-    path: Path
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: skipped, {self.reason}"
-
-    def to_json(self) -> dict[str, str]:
-        return {"file": str(self.path), "reason": self.reason}
-
-
-def list_images(path: str | Path) -> tuple[list[Path], list[Skipped]]:
-    """One image file, or the files of a folder (sorted): the images, and the other files skipped.
-
-    A file counts as an image by its suffix (``IMAGE_SUFFIXES``); whether it decodes is found out
-    when it is read. Sub-folders are not entered.
-    """
-    path = Path(path)
-    if path.is_file():
-        return [path], []
-    if path.is_dir():
-        entries = sorted(p for p in path.iterdir() if p.is_file())
-        files = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
-        skipped = [Skipped(p, f"not an image file (suffix {p.suffix or 'none'!r}; images are "
-                              f"{', '.join(IMAGE_SUFFIXES)})")
-                   for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
-        if not files:
-            raise FileNotFoundError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)})")
-        return files, skipped
-    raise FileNotFoundError(f"input not found: {path}")
-
-
-def image_ids_from_gt(gt_json: str | Path) -> dict[str, Any]:
-    """Image file stem -> image id, from a COCO panoptic JSON's ``images`` (or ``annotations``)."""
-    data = load_json(gt_json)
-    entries = data.get("images") or data.get("annotations") or []
-    key = "id" if data.get("images") else "image_id"
-    return {Path(e["file_name"]).stem: e[key] for e in entries}
-
-
 @dataclass
 class PredictionRun:
     """What `predict_files` wrote: the prediction JSON, how many images, and the files it skipped."""
@@ -155,21 +108,43 @@ class PredictionRun:
     written: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     labels_dir: Optional[Path] = None  # label PNGs of a scene parsing system
+    notes: list[str] = field(default_factory=list)  # inputs renamed so that none overwrites another
 
 
 def _warn(skipped: Skipped) -> None:
     tqdm.write(f"warning: {skipped}", file=sys.stderr)   # tqdm.write keeps the progress bar intact
 
 
+def _image_ids(files: Sequence[Path], names: Sequence[str], known: Optional[dict[str, Any]]) -> list[Any]:
+    """Each file's image id: ``known[file name]``, else ``known[stem]`` for a file whose stem is its
+    own, else its output name (an int when all digits). `PanoptixError` if two files get one id."""
+    ids = []
+    for f, name in zip(files, names):
+        if known and f.name in known:
+            ids.append(known[f.name])
+        elif known and name == f.stem and f.stem in known:
+            ids.append(known[f.stem])
+        else:
+            ids.append(int(name) if name.isdigit() else name)
+    seen: dict[Any, Path] = {}
+    for f, image_id in zip(files, ids):
+        if image_id in seen:
+            raise PanoptixError(f"{seen[image_id]} and {f} get the same image id {image_id!r}; rename one")
+        seen[image_id] = f
+    return ids
+
+
 def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path], out_dir: str | Path,
                   image_ids: Optional[dict[str, Any]] = None, overlays: bool = True, progress: bool = True,
-                  warn: Callable[[Skipped], None] = _warn) -> PredictionRun:
+                  warn: Callable[[Skipped], None] = _warn, root: Optional[Path] = None) -> PredictionRun:
     """Predict ``files`` and write ``out_dir/panoptic_pred.json``, ``panoptic_pred/*.png`` and overlays;
     for a scene parsing system also ``labels/*.png`` (category id per pixel) and ``labels/categories.json``.
 
     A file that cannot be decoded is skipped with one ``warn`` call and listed in the returned
-    `PredictionRun`; everything else is written. Image ids come from ``image_ids`` (file stem -> id)
-    when given, else the stem (as an int when it is all digits, as COCO names its files).
+    `PredictionRun`; everything else is written. Each file's outputs are named by `output_names`
+    (its stem, or its path below ``root`` when another file has the same stem: the run's ``notes``
+    say so). Image ids come from ``image_ids`` (file name or stem -> id, `image_ids_from_gt`) when
+    given, else the output name (an int when it is all digits, as COCO names its files).
     """
     from PIL import Image
 
@@ -179,19 +154,19 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
     if overlays:
         (out / "overlays").mkdir(parents=True, exist_ok=True)
     run = PredictionRun(out / "panoptic_pred.json")
+    names, run.notes = output_names(files, root)
+    ids = _image_ids(files, names, image_ids)
     entries, images_json = [], []
-    for batch in tqdm(list(_batches(files, predictor.batch_size)), desc="predict", unit="batch", disable=not progress):
+    for batch in tqdm(list(_batches(zip(files, names, ids), predictor.batch_size)), desc="predict", unit="batch", disable=not progress):
         readable, images = [], []
-        for f in batch:
+        for f, name, image_id in batch:
             try:
                 images.append(read_image(f))
-                readable.append(f)
+                readable.append((f, name, image_id))
             except PanopticFormatError as err:
                 run.skipped.append(Skipped(f, f"cannot be decoded ({str(err).removeprefix(f'{f}: ')})"))
                 warn(run.skipped[-1])
-        for f, image, result in zip(readable, images, predictor(images) if images else []):
-            stem = f.stem
-            image_id = image_ids.get(stem, stem) if image_ids else (int(stem) if stem.isdigit() else stem)
+        for (f, stem, image_id), image, result in zip(readable, images, predictor(images) if images else []):
             ids = result.ids_numpy()
             segs = [s.to_json() for s in result.segments]
             entries.append((image_id, stem + ".png", ids, segs))
@@ -210,4 +185,4 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
 
 
 __all__ = ["Predictor", "PredictionRun", "Skipped", "evaluate_dataset", "predict_files", "list_images",
-           "image_ids_from_gt", "to_tensor", "chw_uint8"]
+           "image_ids_from_gt", "to_tensor"]

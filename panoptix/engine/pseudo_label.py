@@ -15,6 +15,7 @@ from tqdm import tqdm
 from panoptix.data.labels import IGNORED, pseudo_label, write_categories, write_label_png
 from panoptix.data.meta import DatasetMeta
 from panoptix.data.png import read_image
+from panoptix.engine.image_files import output_names
 from panoptix.engine.predictor import to_tensor
 
 RECORD = "pseudo_labels.json"
@@ -31,30 +32,33 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def write_pseudo_labels(tta: Any, meta: DatasetMeta, files: Sequence[Path], out: str | Path, threshold: float = 0.5,
                         split: str = "pseudo", teacher: Optional[str | Path] = None, tta_text: Optional[str] = None,
-                        device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+                        device: str = "cpu", progress: bool = True, root: Optional[Path] = None) -> dict[str, Any]:
     """Label ``files`` with ``tta`` (a `SemanticTTA` over the teacher) into ``out``.
 
     Writes ``out/images/{split}/`` (copies of the images), ``out/annotations/{split}/*.png`` (category id
     per pixel, 0 where the teacher's averaged probability is below ``threshold``),
     ``out/categories.json`` and the record ``out/pseudo_labels.json`` (teacher path and SHA-256,
-    threshold, TTA, counts). The folder is a ``format: ade20k`` dataset with that split.
+    threshold, TTA, counts). The folder is a ``format: ade20k`` dataset with that split. Files are
+    named by `output_names` (their stem, or their path below ``root`` where stems collide; the
+    record's ``notes`` say so), so that no two inputs write the same label.
     """
     out = Path(out)
     (out / "images" / split).mkdir(parents=True, exist_ok=True)
     ignored = total = 0
-    for f in tqdm(list(files), desc="pseudo-label", unit="img", disable=not progress):
+    names, notes = output_names(files, root)
+    for f, name in tqdm(list(zip(files, names)), desc="pseudo-label", unit="img", disable=not progress):
         image = read_image(f)
         probabilities = tta.probabilities(to_tensor(image, device))
         labels = pseudo_label(probabilities, meta.category_ids, threshold)
-        write_label_png(out / "annotations" / split / f"{f.stem}.png", labels)
-        shutil.copyfile(f, out / "images" / split / f.name)
+        write_label_png(out / "annotations" / split / f"{name}.png", labels)
+        shutil.copyfile(f, out / "images" / split / f"{name}{f.suffix}")
         ignored += int((labels == IGNORED).sum())
         total += labels.size
     write_categories(out, meta)
     record = {"teacher": None if teacher is None else str(teacher),
               "teacher_sha256": None if teacher is None else file_sha256(teacher),
               "threshold": threshold, "tta": tta_text, "split": split, "images": len(files),
-              "ignored_fraction": ignored / total if total else 0.0,
+              "ignored_fraction": ignored / total if total else 0.0, "notes": notes,
               "dataset": {"format": "ade20k", "root": str(out), "split": split}}
     (out / RECORD).write_text(json.dumps(record, indent=1))
     return record
