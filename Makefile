@@ -18,6 +18,9 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	# The reference evaluator for tests: its metadata pins numpy<2 but its evaluation module needs
 	# only numpy and Pillow, so it is installed without dependencies.
 	$(BIN)/pip install -q --no-deps panopticapi-lite==0.2.0
+	# Cityscapes' official converter makes the tests' Cityscapes fixture. Its metadata pulls in the
+	# `typing` backport and requests; the converter needs only numpy, Pillow and pyquaternion.
+	$(BIN)/pip install -q --no-deps cityscapesscripts==2.3.0 pyquaternion==0.9.9
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -100,25 +100,6 @@ def test_malformed_json(tmp_path):
         load_coco_panoptic(tmp_path / "x.json")
 
 
-def test_cityscapes_panoptic_layout(tmp_path):
-    root = tmp_path / "cityscapes"
-    pan = root / "gtFine" / "cityscapes_panoptic_val"
-    pan.mkdir(parents=True)
-    img_dir = root / "leftImg8bit" / "val" / "frankfurt"
-    img_dir.mkdir(parents=True)
-    name = "frankfurt_000000_000294"
-    write_id_png(pan / f"{name}_gtFine_panoptic.png", IDS)
-    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(img_dir / f"{name}_leftImg8bit.png")
-    data = {"images": [{"id": name, "file_name": f"{name}_leftImg8bit.png", "height": 2, "width": 3}],
-            "annotations": [{"image_id": name, "file_name": f"{name}_gtFine_panoptic.png", "segments_info": SEGS}],
-            "categories": CATS}
-    (root / "gtFine" / "cityscapes_panoptic_val.json").write_text(json.dumps(data))
-    ds = PanopticDataset.cityscapes(root, "val")
-    s = ds[0]
-    assert s.image_id == name and s.image.shape == (2, 3, 3)
-    np.testing.assert_array_equal(s.ids, IDS)
-
-
 def test_ade20k_layout(tmp_path):
     root = tmp_path / "ADEChallengeData2016"
     for d in ("images/validation", "annotations/validation"):

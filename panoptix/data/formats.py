@@ -153,22 +153,37 @@ def write_coco_panoptic(json_path: str | Path, png_dir: str | Path, meta: Datase
 
 # --------------------------------------------------------------------------- Cityscapes
 def load_cityscapes_panoptic(root: str | Path, split: str = "val") -> tuple[DatasetMeta, list[PanopticRecord]]:
-    """Cityscapes panoptic as written by cityscapesscripts' ``createPanopticImgs``.
+    """Cityscapes panoptic as written by cityscapesscripts' ``createPanopticImgs`` (``csCreatePanopticImgs``).
 
-    Layout: ``root/gtFine/cityscapes_panoptic_{split}.json``, ``root/gtFine/cityscapes_panoptic_{split}/``
-    (PNGs) and images at ``root/leftImg8bit/{split}/{city}/{image file_name}``.
+    Layout: ``root/gtFine/cityscapes_panoptic_{split}.json`` and its PNG folder (or the converter's
+    ``--use-train-id`` output, ``cityscapes_panoptic_{split}_trainId.json``, when only that exists),
+    images at ``root/leftImg8bit/{split}/{city}/{image_id}_leftImg8bit.png``. The image path is built
+    from the image id, as detectron2 does: the converter's ``images[].file_name`` is
+    ``{image_id}_gtFine_leftImg8bit.png``, a name no Cityscapes image has.
     """
     root = Path(root)
-    json_path = root / "gtFine" / f"cityscapes_panoptic_{split}.json"
-    meta, records = load_coco_panoptic(json_path, root / "gtFine" / f"cityscapes_panoptic_{split}")
+    json_path = _cityscapes_json(root, split)
+    meta, records = load_coco_panoptic(json_path, json_path.with_suffix(""))
     image_root = root / "leftImg8bit" / split
     for rec in records:
-        city = str(rec.image_id).split("_")[0]
-        name = rec.file_name if rec.file_name.endswith("_leftImg8bit.png") else f"{rec.image_id}_leftImg8bit.png"
-        rec.image_path = resolve_inside(image_root, f"{city}/{name}", f"{json_path}: image {rec.image_id!r}")
+        image_id = str(rec.image_id)
+        city = image_id.split("_")[0]
+        rec.image_path = resolve_inside(image_root, f"{city}/{image_id}_leftImg8bit.png",
+                                        f"{json_path}: image {image_id!r}")
+        rec.file_name = rec.image_path.name
         if not rec.image_path.is_file():
-            raise PanopticFormatError(f"{json_path}: image {rec.image_id!r}: {rec.image_path} not found")
+            raise PanopticFormatError(f"{json_path}: image {image_id!r}: {rec.image_path} not found")
     return meta, records
+
+
+def _cityscapes_json(root: Path, split: str) -> Path:
+    gt = root / "gtFine"
+    for name in (f"cityscapes_panoptic_{split}.json", f"cityscapes_panoptic_{split}_trainId.json"):
+        if (gt / name).is_file():
+            return gt / name
+    raise PanopticFormatError(f"{gt / f'cityscapes_panoptic_{split}.json'} not found (nor its _trainId variant); "
+                              f"make it with cityscapesscripts' converter: csCreatePanopticImgs --dataset-folder {gt} "
+                              f"--output-folder {gt} --set-names {split}")
 
 
 # --------------------------------------------------------------------------- ADE20K
