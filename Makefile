@@ -21,6 +21,8 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	# Cityscapes' official converter makes the tests' Cityscapes fixture. Its metadata pulls in the
 	# `typing` backport and requests; the converter needs only numpy, Pillow and pyquaternion.
 	$(BIN)/pip install -q --no-deps cityscapesscripts==2.3.0 pyquaternion==0.9.9
+	# mit-semseg's intersectionAndUnion is the ADE20K benchmark's mIoU; its utils need only numpy.
+	$(BIN)/pip install -q --no-deps mit-semseg==1.0.0
 	touch $(STAMP)
 
 install: $(STAMP)

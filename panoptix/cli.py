@@ -84,18 +84,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_labels(args: argparse.Namespace) -> int:
     """Pixel accuracy, mIoU and the ADE score of label PNG folders (scene parsing)."""
     from panoptix.data.meta import DatasetMeta
-    from panoptix.evaluation.semantic import evaluate_label_folders, format_semantic_table
+    from panoptix.evaluation.semantic import evaluate_label_folders, format_semantic_table, miou_convention
 
     if not (args.gt_labels and args.pred_labels):
         raise PanoptixError("label evaluation needs both --gt-labels and --pred-labels")
     t0 = time.time()
     meta = DatasetMeta.from_json(args.categories) if args.categories else None
-    results = evaluate_label_folders(args.gt_labels, args.pred_labels, meta, progress=True)
+    results = evaluate_label_folders(args.gt_labels, args.pred_labels, meta, progress=True, miou_over=args.miou_over)
     seconds = time.time() - t0
     print(format_semantic_table(results))
     print(f"{results['num_images']} images, {results['num_classes']} classes in {seconds:.2f} s")
     out = Path(args.out) if args.out else Path(args.pred_labels) / "semantic_results.json"
-    write_json(out, {**results, "seconds": seconds})
+    write_json(out, {**results, "miou_convention": miou_convention(results), "seconds": seconds})
     print(f"results: {out}")
     return 0
 
@@ -487,6 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pred-labels", default=None, help="folder of predicted label PNGs, same file names "
                                                          "(panoptix predict writes them in OUTPUT/labels)")
     s.add_argument("--categories", default=None, help="label evaluation: categories JSON (default: ids 1..max)")
+    s.add_argument("--miou-over", default=None, choices=("all", "present"),
+                   help="label evaluation: average IoU over all classes of --categories, absent ones counting 0 "
+                        "(the ADE20K benchmark; the default with --categories), or over the classes present "
+                        "(the default without)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("viz", help="draw panoptic overlays (GT | prediction when a prediction is given)")

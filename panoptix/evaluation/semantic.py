@@ -1,8 +1,17 @@
 """Semantic segmentation metrics from one confusion matrix: IoU per class, mIoU, pixel accuracy,
 mean class accuracy and the ADE20K challenge score (pixel accuracy + mIoU) / 2 (seed 003).
 
-Classes that never occur in ground truth or prediction (union 0) have IoU NaN and are left out
-of the means, as mmsegmentation and detectron2 do.
+Two conventions for averaging IoU, named in every result (``miou_over``):
+
+- ``"all"``: the mean over every class of the category list, a class absent from ground truth and
+  prediction counting 0. The ADE20K benchmark's (its devkit and mit-semseg's
+  ``intersectionAndUnion``: IoU = I / (U + 1e-10) per class, then the mean over all 150). The
+  default of ``panoptix evaluate`` when a category list is given.
+- ``"present"``: the mean over the classes that occur (union > 0); absent classes have IoU NaN
+  and are left out, as mmsegmentation and detectron2 do. The default without a category list, and
+  of the in-training evaluator.
+
+On a full validation set, where every class occurs, the two agree; on a subset they differ widely.
 """
 
 from __future__ import annotations
@@ -40,10 +49,24 @@ def confusion_matrix(pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndar
     return torch.bincount(gt * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
+MIOU_CONVENTIONS = ("all", "present")
+
+
+def miou_convention(results: dict[str, Any]) -> str:
+    """The averaging of a result's mIoU in words (module docstring)."""
+    k = len(results.get("per_class_iou", {}))
+    if results.get("miou_over") == "all":
+        return f"mean over all {k} classes, absent ones counting 0 (ADE20K benchmark)"
+    present = sum(v == v for v in results.get("per_class_iou", {}).values())
+    return f"mean over the {present} of {k} classes present"
+
+
 def format_semantic_table(results: dict[str, Any], per_class: bool = True) -> str:
-    """Pixel accuracy, mIoU, mean accuracy and the ADE score (percentages), then IoU per class."""
+    """Pixel accuracy, mIoU (its convention named), mean accuracy and the ADE score (percentages),
+    then IoU per class."""
     lines = [f"pixel acc {100 * results['pixel_accuracy']:5.1f}   mIoU {100 * results['mIoU']:5.1f}   "
-             f"mean acc {100 * results['mean_accuracy']:5.1f}   ADE score {100 * results['ade_score']:5.1f}"]
+             f"mean acc {100 * results['mean_accuracy']:5.1f}   ADE score {100 * results['ade_score']:5.1f}",
+             f"mIoU: {miou_convention(results)}"]
     if per_class:
         width = max((len(n) for n in results["per_class_iou"]), default=5)
         lines += [f"  {name:{width}s}  IoU {100 * v:5.1f}" for name, v in results["per_class_iou"].items()
@@ -52,12 +75,16 @@ def format_semantic_table(results: dict[str, Any], per_class: bool = True) -> st
 
 
 def metrics_from_confusion(conf: torch.Tensor | np.ndarray, class_names: Optional[Sequence[str]] = None,
-                           unlabelled: Optional[torch.Tensor | np.ndarray] = None) -> dict[str, Any]:
+                           unlabelled: Optional[torch.Tensor | np.ndarray] = None,
+                           miou_over: str = "present") -> dict[str, Any]:
     """mIoU, per-class IoU, pixel accuracy, mean accuracy and ADE score of a confusion matrix.
 
     ``unlabelled`` (K,): pixels of each ground-truth class that the prediction left unlabelled (a
-    label PNG's 0); they count against their class and against pixel accuracy.
+    label PNG's 0); they count against their class and against pixel accuracy. ``miou_over``:
+    ``"all"`` or ``"present"`` classes (module docstring); per-class IoU stays NaN for an absent class.
     """
+    if miou_over not in MIOU_CONVENTIONS:
+        raise ValueError(f"miou_over must be one of {', '.join(MIOU_CONVENTIONS)}, got {miou_over!r}")
     conf = torch.as_tensor(conf).double().cpu()
     missed = torch.zeros(conf.shape[0], dtype=torch.float64) if unlabelled is None else \
         torch.as_tensor(unlabelled).double().cpu()
@@ -68,11 +95,14 @@ def metrics_from_confusion(conf: torch.Tensor | np.ndarray, class_names: Optiona
     acc = torch.where(gt_total > 0, tp / gt_total.clamp(min=1), torch.full_like(tp, math.nan))
     total = gt_total.sum()
     pixel_acc = float(tp.sum() / total) if total > 0 else math.nan
-    miou = float(iou.nanmean()) if (union > 0).any() else math.nan
+    if miou_over == "all":
+        miou = float(iou.nan_to_num(0.0).mean()) if len(iou) else math.nan
+    else:
+        miou = float(iou.nanmean()) if (union > 0).any() else math.nan
     names = list(class_names) if class_names is not None else [str(i) for i in range(len(tp))]
     return {"mIoU": miou, "pixel_accuracy": pixel_acc,
             "mean_accuracy": float(acc.nanmean()) if (gt_total > 0).any() else math.nan,
-            "ade_score": (pixel_acc + miou) / 2,
+            "ade_score": (pixel_acc + miou) / 2, "miou_over": miou_over,
             "per_class_iou": {n: float(v) for n, v in zip(names, iou.tolist())}}
 
 
@@ -130,13 +160,14 @@ class SemanticEvaluator:
 
 
 def evaluate_label_folders(gt_dir: str | Path, pred_dir: str | Path, meta: Optional[DatasetMeta] = None,
-                           progress: bool = False) -> dict[str, Any]:
+                           progress: bool = False, miou_over: Optional[str] = None) -> dict[str, Any]:
     """Pixel accuracy, mIoU and the ADE score of a folder of predicted label PNGs against a folder of
     ground-truth label PNGs, matched by file name (pixel value = category id, 0 = unlabelled).
 
     Ground-truth 0 is ignored; a predicted 0 is a miss. Classes are ``meta``'s categories when given,
     else the ids 1..max seen (ADE20K's 150 classes when its labels are complete); a value outside
-    them is an error naming the file.
+    them is an error naming the file. ``miou_over`` (module docstring) defaults to ``"all"`` (the
+    ADE20K benchmark's) when ``meta`` is given and ``"present"`` otherwise.
     """
     from tqdm import tqdm
 
@@ -175,5 +206,6 @@ def evaluate_label_folders(gt_dir: str | Path, pred_dir: str | Path, meta: Optio
         keep = g < k
         conf += torch.bincount(torch.from_numpy(g[keep] * (k + 1) + p[keep]), minlength=(k + 1) ** 2)
     conf = conf.view(k + 1, k + 1)
-    results = metrics_from_confusion(conf[:k, :k], names, unlabelled=conf[:k, k])
+    miou_over = miou_over or ("all" if meta is not None else "present")
+    results = metrics_from_confusion(conf[:k, :k], names, unlabelled=conf[:k, k], miou_over=miou_over)
     return {**results, "num_images": len(pairs), "num_classes": k}
