@@ -362,9 +362,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from panoptix.config import load_model
     from panoptix.engine.export import check_onnx, export_onnx
 
-    model, meta, _, _ = load_model(args.weights, args.config, args.overrides, "cpu", args.imports)
+    exporters = {"onnx": (".onnx", export_onnx)}   # --format: the file format, its suffix and exporter
+    suffix, export = exporters[args.format]
     out = Path(args.out)
-    report = export_onnx(model, out, tuple(args.size))
+    if out.suffix.lower() != suffix:
+        raise PanoptixError(f"--out {out} does not end in {suffix} (--format {args.format})")
+    model, meta, _, _ = load_model(args.weights, args.config, args.overrides, "cpu", args.imports)
+    report = export(model, out, tuple(args.size))
     print(f"wrote {out} with the {report['exporter']} exporter in {report['seconds']} s "
           f"(image size {report['size'][0]}x{report['size'][1]})")
     if report["dynamo_error"]:
@@ -601,7 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="export a trained CIAE system whole (network and merge) to ONNX")
     s.add_argument("--weights", required=True)
     s.add_argument("--config", default=None, help="default: the config stored in --weights")
-    s.add_argument("--format", default="onnx", choices=("onnx",))
+    s.add_argument("--format", default="onnx", choices=("onnx",), help="the file format of --out (its suffix "
+                                                                       "must match)")
     s.add_argument("--out", default="runs/export/model.onnx")
     s.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"),
                    help="the image size the graph takes (resize images to it before running the graph)")

@@ -78,6 +78,25 @@ def tiny_overrides(synth_root: Path, out: Path, **extra) -> list[str]:
     return [f"{k.replace('__', '.')}={v}" for k, v in values.items()]
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_other_seed(synth_root, tmp_path_factory) -> Path:
+    """Like `trained_tiny` with engine.seed=1: a second, different end for fusion tests."""
+    from panoptix.cli import main
+
+    out = tmp_path_factory.mktemp("trained_seed1")
+    assert main(["train", "--config", "panoptic_fpn_tiny", *tiny_overrides(synth_root, out, engine__seed=1)]) == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def trained_tiny(synth_root, tmp_path_factory) -> Path:
     """Output folder of a 4-iteration tiny training run (checkpoint, logs, curves)."""

@@ -155,6 +155,16 @@ def test_export_command_writes_a_checked_graph_and_refuses_a_two_stage_checkpoin
     assert "ONNX export covers the CIAE system" in capsys.readouterr().err
 
 
+def test_export_format_must_match_the_output_file(tmp_path, capsys):
+    from panoptix.cli import main
+
+    assert main(["export", "--weights", str(tmp_path / "absent.pth"), "--format", "onnx", "--out",
+                 str(tmp_path / "m.pt")]) == 2
+    assert f"--out {tmp_path / 'm.pt'} does not end in .onnx (--format onnx)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):   # argparse: a format there is no exporter for
+        main(["export", "--weights", "w.pth", "--format", "torchscript"])
+
+
 def test_export_refuses_a_size_the_model_would_resize(synth_root):
     from panoptix.engine.export import CIAEGraph, ExportError
 

@@ -6,7 +6,6 @@ import json
 import os
 import pickle
 import shutil
-import socket
 import subprocess
 import sys
 import weakref
@@ -16,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as tdist
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, free_port, tiny_overrides
 from panoptix.cli import main
 from panoptix.config import build_dataset, build_model, build_trainer, load_config
 from panoptix.engine import distributed
@@ -190,15 +189,9 @@ def test_predict_skips_bad_files_and_writes_the_rest(trained_tiny, synth_val, tm
     assert len(json.loads((tmp_path / "s" / "panoptic_pred.json").read_text())["annotations"]) == 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(synth_root, out, config: str = "panoptic_fpn_tiny", **extra) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "panoptix.cli", "train", "--config", config,
+           "--master_port", str(free_port()), "-m", "panoptix.cli", "train", "--config", config,
            *tiny_overrides(synth_root, out, solver__batch_size=4, engine__checkpoint_period=3, **extra)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

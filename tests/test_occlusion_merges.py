@@ -221,12 +221,27 @@ def _crf_case(size=64):
     return image, disc, result
 
 
+def _boundary_band(mask: torch.Tensor) -> torch.Tensor:
+    """Pixels within 1 px (8-neighbourhood) of ``mask``'s boundary, on either side."""
+    m = mask.float()[None, None]
+    grown = torch.nn.functional.max_pool2d(m, 3, 1, 1)[0, 0] > 0
+    shrunk = -torch.nn.functional.max_pool2d(-m, 3, 1, 1)[0, 0] > 0
+    return grown & ~shrunk
+
+
+def _assert_on_the_disc(ids: torch.Tensor, disc: torch.Tensor) -> None:
+    """The thing is the disc: at most 8 pixels differ (the disc's boundary has about 100), all of
+    them within 1 px of its boundary. A CRF that misses the edge by a pixel all round fails."""
+    wrong = (ids == 1) != disc
+    assert int(wrong.sum()) <= 8
+    assert not (wrong & ~_boundary_band(disc)).any()
+
+
 def test_torch_crf_moves_the_boundary_to_the_image_edge_and_keeps_ids():
     image, disc, result = _crf_case()
-    before = ((result.ids == 1) == disc).float().mean()
+    assert int(((result.ids == 1) != disc).sum()) > 900        # the merged boundary is 6 px off and noisy
     refined = crf_refine(result, image, backend="torch")
-    after = ((refined.ids == 1) == disc).float().mean()
-    assert before < 0.9 and after > 0.97
+    _assert_on_the_disc(refined.ids, disc)
     assert [(s.id, s.category_id, s.isthing) for s in refined.segments] == [(1, 1, True), (2, 11, False)]
     assert [s.area for s in refined.segments] == [int((refined.ids == i).sum()) for i in (1, 2)]
     assert refined.extra["crf_seconds"] > 0 and "panoptic_logits" not in refined.extra
@@ -243,10 +258,11 @@ def test_crf_from_labels_only_and_bad_input():
         crf_refine(result, image, backend="gpu")
 
 
-def test_torch_and_densecrf_backends_agree_on_most_pixels():
+def test_torch_and_densecrf_backends_agree_up_to_the_boundary():
     pytest.importorskip("pydensecrf.densecrf", reason="the crf extra (pydensecrf2) is not installed")
     image, disc, result = _crf_case()
     exact = crf_refine(result, image, backend="densecrf")
     approx = crf_refine(result, image, backend="torch")
-    assert (exact.ids == approx.ids).float().mean() > 0.97
-    assert ((exact.ids == 1) == disc).float().mean() > 0.97
+    _assert_on_the_disc(exact.ids, disc)
+    differ = exact.ids != approx.ids
+    assert int(differ.sum()) <= 8 and not (differ & ~_boundary_band(disc)).any()

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as tmp_mp
 
-from conftest import perturbed
+from conftest import free_port, perturbed
 from panoptix.data import PanopticFormatError
 from panoptix.data.datasets import PanopticDataset
 from panoptix.data.png import read_id_png, write_id_png
@@ -118,5 +118,4 @@ def test_pq_stat_all_reduce_over_two_gloo_ranks():
     rng = np.random.default_rng(0)
     c = synthetic_meta().num_classes
     data = [rng.integers(0, 9, size=(4, c)).astype(np.float64) for _ in range(2)]
-    port = 29500 + int(rng.integers(0, 1000))
-    tmp_mp.spawn(_ddp_worker, args=(2, port, data, data[0] + data[1]), nprocs=2, join=True)
+    tmp_mp.spawn(_ddp_worker, args=(2, free_port(), data, data[0] + data[1]), nprocs=2, join=True)

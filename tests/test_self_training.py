@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import tiny_overrides
+from panoptix.data import PanopticFormatError
 from panoptix.data.formats import load_ade20k
 from panoptix.data.labels import category_map, pseudo_label, write_categories, write_label_png
 from panoptix.data.synthetic import synthetic_meta
@@ -61,7 +62,7 @@ def test_label_folder_evaluation_by_hand(tmp_path):
     assert r["mIoU"] == pytest.approx((1 / 2 + 1 / 3) / 2)
     assert r["ade_score"] == pytest.approx((r["mIoU"] + 0.5) / 2)
     (pred / "x.png").unlink()
-    with pytest.raises(Exception, match="no prediction for 1"):
+    with pytest.raises(PanopticFormatError, match="no prediction for 1"):
         evaluate_label_folders(gt, pred)
 
 
@@ -113,3 +114,35 @@ def test_pseudo_label_then_self_train_end_to_end(synth_root, tmp_path, capsys):
     assert [s["stage"] for s in summary["stages"]] == ["round1/student", "round1/finetune"]
     assert all(0 <= s["mIoU"] <= 100 for s in summary["stages"])
     assert "round1/finetune" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_self_train_under_torchrun_exits_with_every_stage_on_two_ranks(synth_root, tmp_path):
+    """Two gloo ranks: the stages train in one process group, each trainer is closed, rank 0 writes
+    the pseudo-labels, and both processes leave the group and exit."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO, free_port
+    from panoptix.cli import main
+
+    common = [o for o in tiny_overrides(synth_root, tmp_path / "unused", solver__batch_size=4)
+              if not o.startswith("engine.output_dir")]
+    teacher_dir = tmp_path / "teacher"
+    assert main(["train", "--config", "ainnoseg_tiny", *common, f"engine.output_dir={teacher_dir}"]) == 0
+    teacher = json.loads((teacher_dir / "train_summary.json").read_text())["checkpoint"]
+    out = tmp_path / "st"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "panoptix.cli", "self-train", "--config", "ainnoseg_tiny",
+           "--images", str(synth_root / "val"), "--out", str(out), "--rounds", "1", "--teacher", teacher,
+           "--finetune-iters", "2", "--device", "cpu", *common]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("final teacher:") == 1                     # rank 0 reports
+    summary = json.loads((out / "self_train_summary.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == ["round1/student", "round1/finetune"]
+    for stage in ("round1/student", "round1/finetune"):
+        assert json.loads((out / stage / "train_summary.json").read_text())["world_size"] == 2
+    assert len(list((out / "round1" / "pseudo" / "annotations" / "pseudo").glob("*.png"))) == 24
