@@ -77,6 +77,8 @@ def test_scene_parser_losses_are_weighted_and_results_are_semantic_maps():
     losses = model(images, targets)
     assert set(losses) == {"loss_context", "loss_context_pam", "loss_context_cam", "loss_decoder", "loss_decoder_aux"}
     assert losses["loss_context"].item() == 0.0  # weight 0
+    assert model.context.loss_weights == {"logits": 0.0, "pam_logits": 0.1, "cam_logits": 0.1}
+    assert model.decoder.loss_weights == {"logits": 1.0, "aux_logits": 0.3}
     # the other weights as configured, exactly: the same model (same weights, same dropout draws)
     # with every weight 1 gives the unweighted cross-entropies
     torch.manual_seed(1)
