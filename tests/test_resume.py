@@ -22,8 +22,9 @@ def _trainer(synth_root, out, **extra):
 
 
 def _iterations(path):
+    """The iterations of a CSV log's complete rows (a row being written may be cut short)."""
     with open(path, newline="") as f:
-        return [int(r["iteration"]) for r in csv.DictReader(f)]
+        return [int(r["iteration"]) for r in csv.DictReader(f) if None not in r.values()]
 
 
 def _killed_run(synth_root, out):
@@ -84,3 +85,35 @@ def test_a_corrupt_weights_file_gets_one_line(trained_tiny, synth_val, tmp_path,
     assert main(["predict", "--weights", str(bad), "--input", str(image), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and "truncated or corrupt" in err[0]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_keeps_every_log_row_once(synth_root, tmp_path):
+    """A real ``kill -9`` between checkpoints, then the same command again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "panoptix.cli", "train", "--config", "panoptic_fpn_tiny",
+            *tiny_overrides(synth_root, out, engine__checkpoint_period=3, engine__tensorboard="false")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([*args, "solver.max_iter=100000"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:   # killed once a checkpoint exists and rows were logged after it
+        rows = _iterations(out / "train_log.csv") if (out / "train_log.csv").is_file() else []
+        if last_checkpoint(out) is not None and rows and rows[-1] % 3 == 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _iterations(out / "train_log.csv")[-1]
+    assert killed_at >= 5
+    target = killed_at + 4
+    subprocess.run([*args, f"solver.max_iter={target}"], env=env, check=True, capture_output=True, timeout=300)
+    assert _iterations(out / "train_log.csv") == list(range(1, target + 1))
