@@ -162,7 +162,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from panoptix.config import load_predictor
-    from panoptix.engine.image_files import image_ids_from_gt, list_images, skipped_lines
+    from panoptix.engine.image_files import image_ids_from_gt, list_images
     from panoptix.engine.predictor import predict_files
 
     t0 = time.time()
@@ -187,7 +187,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise PanoptixError("name a checkpoint with --weights, or several with --ensemble")
     listing = list_images(args.input, args.recursive)
     skipped = list(listing.skipped)
-    _print_lines("predict", "warning", skipped_lines(skipped))
+    _print_lines("predict", "warning", [str(s) for s in skipped])
+    _print_lines("predict", "note", listing.folders_note())
     ids = image_ids_from_gt(args.gt_json) if args.gt_json else None
     run = predict_files(predictor, meta, listing.files, args.output, image_ids=ids, overlays=not args.no_overlays,
                         warn=lambda skip: tqdm.write(f"panoptix predict: warning: {skip}", file=sys.stderr),
@@ -198,7 +199,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     summary = Path(args.output) / "predict_summary.json"
     write_json(summary, {"images": run.written, "skipped": [s.to_json() for s in skipped], "seconds": seconds,
                          "weights": str(args.weights), "ensemble": args.ensemble, "tta": args.tta,
-                         "box_voting": args.box_voting, "predictions": str(run.json_path), "notes": run.notes})
+                         "box_voting": args.box_voting, "predictions": str(run.json_path),
+                         "notes": listing.folders_note() + run.notes})
     overlays = "" if args.no_overlays else f", overlays in {Path(args.output) / 'overlays'}"
     print(f"predicted {run.written} image(s) in {seconds:.1f} s: {run.json_path} (+ PNGs in "
           f"{run.json_path.with_suffix('')}{overlays})" + (f"; skipped {len(skipped)} file(s), listed in {summary}"
@@ -215,7 +217,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
     """A teacher's pseudo-labels for unlabelled images (seed 003), as a label folder."""
     from panoptix.config import load_ensemble
-    from panoptix.engine.image_files import list_images, skipped_lines
+    from panoptix.engine.image_files import list_images
     from panoptix.engine.pseudo_label import RECORD, write_pseudo_labels
 
     t0 = time.time()
@@ -223,7 +225,8 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
     if getattr(predictor.model, "task", None) != "semantic":
         raise PanoptixError(f"{args.weights} is not a scene parsing system; pseudo-labels come from semantic teachers")
     listing = list_images(args.images, args.recursive)
-    _print_lines("pseudo-label", "warning", skipped_lines(listing.skipped))
+    _print_lines("pseudo-label", "warning", [str(s) for s in listing.skipped])
+    _print_lines("pseudo-label", "note", listing.folders_note())
     record = write_pseudo_labels(predictor.model, meta, listing.files, args.out, args.threshold, args.split,
                                  teacher=args.weights, tta_text=args.tta, device=str(predictor.device),
                                  root=listing.root)

@@ -35,10 +35,12 @@ def test_same_stem_inputs_get_their_own_ids_and_files(trained_tiny, synth_val, t
     d = _folder(tmp_path, synth_val)
     out = tmp_path / "out"
     assert main(["predict", "--weights", str(last_checkpoint(trained_tiny)), "--input", str(d),
-                 "--output", str(out)]) == 0
+                 "--output", str(out), "--strict"]) == 0            # a sub-folder not entered is no failure
     err = capsys.readouterr().err
     assert err.count("share the stem 'a'") == 1
-    assert err.count("sub-folder") == 1 and "--recursive" in err
+    assert err.count("sub-folder") == 1 and "note: 1 sub-folder(s) not entered: sub; --recursive" in err
+    summary = json.loads((out / "predict_summary.json").read_text())
+    assert summary["skipped"] == [] and len(summary["notes"]) == 2
     data = json.loads((out / "panoptic_pred.json").read_text())
     ids = sorted(a["image_id"] for a in data["annotations"])
     assert ids == ["a_jpg", "a_png"]

@@ -14,11 +14,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 @dataclass(frozen=True)
 class Skipped:
-    """A file (or sub-folder) of the input that was not predicted, and why."""
+    """A file of the input that was not predicted, and why."""
 
     path: Path
     reason: str
-    folder: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}: skipped, {self.reason}"
@@ -29,11 +28,21 @@ class Skipped:
 
 @dataclass
 class ImageListing:
-    """The images of an input (sorted), the entries skipped, and the folder names are relative to."""
+    """The images of an input (sorted), the other files skipped, the sub-folders not entered, and
+    the folder that names are relative to."""
 
     files: list[Path]
     skipped: list[Skipped] = field(default_factory=list)
     root: Optional[Path] = None
+    folders: list[Path] = field(default_factory=list)
+
+    def folders_note(self) -> list[str]:
+        """One line for all sub-folders not entered (none when there are none)."""
+        if not self.folders:
+            return []
+        names = [p.name for p in self.folders]
+        shown = ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+        return [f"{len(names)} sub-folder(s) not entered: {shown}; --recursive enters them"]
 
     def __iter__(self):  # ``files, skipped = list_images(...)``
         return iter((self.files, self.skipped))
@@ -43,7 +52,8 @@ def list_images(path: str | Path, recursive: bool = False) -> ImageListing:
     """One image file, or the image files of a folder (its sub-folders too with ``recursive``).
 
     A file counts as an image by its suffix (``IMAGE_SUFFIXES``); whether it decodes is found out
-    when it is read. Other files, and sub-folders when not ``recursive``, are listed as skipped.
+    when it is read. Other files are listed as skipped, and sub-folders, when not ``recursive``,
+    as not entered.
     """
     path = Path(path)
     if path.is_file():
@@ -55,23 +65,11 @@ def list_images(path: str | Path, recursive: bool = False) -> ImageListing:
     skipped = [Skipped(p, f"not an image file (suffix {p.suffix or 'none'!r}; images are "
                           f"{', '.join(IMAGE_SUFFIXES)})")
                for p in entries if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES]
-    if not recursive:
-        skipped += [Skipped(p, "a sub-folder, not entered (--recursive enters sub-folders)", folder=True)
-                    for p in entries if p.is_dir()]
+    folders = [] if recursive else [p for p in entries if p.is_dir()]
     if not files:
         raise FileNotFoundError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)})"
-                                + ("" if recursive else "; --recursive looks in sub-folders too"))
-    return ImageListing(files, skipped, path)
-
-
-def skipped_lines(skipped: Sequence[Skipped]) -> list[str]:
-    """One line per skipped file, and one line for all skipped sub-folders."""
-    folders = [s.path.name for s in skipped if s.folder]
-    lines = [str(s) for s in skipped if not s.folder]
-    if folders:
-        shown = ", ".join(folders[:5]) + (f" (+{len(folders) - 5} more)" if len(folders) > 5 else "")
-        lines.append(f"skipped {len(folders)} sub-folder(s): {shown}; --recursive enters them")
-    return lines
+                                + ("; --recursive looks in sub-folders too" if folders else ""))
+    return ImageListing(files, skipped, path, folders)
 
 
 def output_names(files: Sequence[Path], root: Optional[Path] = None) -> tuple[list[str], list[str]]:
@@ -113,5 +111,4 @@ def image_ids_from_gt(gt_json: str | Path) -> dict[str, Any]:
     return ids
 
 
-__all__ = ["IMAGE_SUFFIXES", "ImageListing", "Skipped", "image_ids_from_gt", "list_images", "output_names",
-           "skipped_lines"]
+__all__ = ["IMAGE_SUFFIXES", "ImageListing", "Skipped", "image_ids_from_gt", "list_images", "output_names"]
