@@ -27,7 +27,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from panoptix.config import build_model, load_config  # noqa: E402
+from panoptix.config import load_config  # noqa: E402
+from panoptix.engine.build import build_model  # noqa: E402
 from panoptix.data.meta import DatasetMeta  # noqa: E402
 from panoptix.data.synthetic import synthetic_meta  # noqa: E402
 

@@ -24,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from panoptix.config import load_model  # noqa: E402
+from panoptix.engine.build import load_model  # noqa: E402
 from panoptix.data.datasets import PanopticDataset  # noqa: E402
 from panoptix.engine.ensemble import PanopticEnsemble, TTASettings, parse_ensemble  # noqa: E402
 from panoptix.engine.predictor import Predictor, evaluate_dataset  # noqa: E402

@@ -134,7 +134,8 @@ def cmd_viz(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    from panoptix.config import build_training, load_config
+    from panoptix.config import load_config
+    from panoptix.engine.build import build_training
     from panoptix.evaluation.panoptic import format_table
     from panoptix.evaluation.semantic import format_semantic_table
 
@@ -161,18 +162,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from panoptix.config import load_predictor
+    from panoptix.engine.build import load_predictor
     from panoptix.engine.image_files import image_ids_from_gt, list_images
     from panoptix.engine.predictor import predict_files
 
     t0 = time.time()
     if args.two_level:
-        from panoptix.config import load_two_level
+        from panoptix.engine.build import load_two_level
 
         predictor, meta = load_two_level(args.two_level, args.fusion, args.overrides, args.batch_size, args.device,
                                          args.imports)
     elif args.ensemble or args.tta or args.box_voting:
-        from panoptix.config import load_ensemble
+        from panoptix.engine.build import load_ensemble
         from panoptix.engine.ensemble import parse_ensemble
 
         members = parse_ensemble(args.ensemble) if args.ensemble else []
@@ -216,7 +217,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- pseudo-label, self-train
 def cmd_pseudo_label(args: argparse.Namespace) -> int:
     """A teacher's pseudo-labels for unlabelled images (seed 003), as a label folder."""
-    from panoptix.config import load_ensemble
+    from panoptix.engine.build import load_ensemble
     from panoptix.engine.image_files import list_images
     from panoptix.engine.pseudo_label import RECORD, write_pseudo_labels
 
@@ -256,7 +257,7 @@ def cmd_self_train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- fit-fusion
 def cmd_fit_fusion(args: argparse.Namespace) -> int:
     """Seed 001's two-level fusion: the per-class choice of instance end, and its table."""
-    from panoptix.config import load_model
+    from panoptix.engine.build import load_model
     from panoptix.data.datasets import PanopticDataset
     from panoptix.engine.fit_fusion import fit_two_level
 
@@ -299,8 +300,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     """Every merge on one trained model (or, with --train-variants, one model per merge)."""
     import torch
 
-    from panoptix.config import (ConfigError, build_dataset, build_model, build_trainer, load_config,
-                                 load_model)
+    from panoptix.config import ConfigError, load_config
+    from panoptix.engine.build import build_dataset, build_model, build_trainer, load_model
     from panoptix.engine.ablation import ablate_merges, markdown_table, parse_merges
     from panoptix.engine.trainer import pick_device
 
@@ -362,7 +363,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- export
 def cmd_export(args: argparse.Namespace) -> int:
     """A trained CIAE system to one ONNX graph, checked against PyTorch with onnxruntime when installed."""
-    from panoptix.config import load_model
+    from panoptix.engine.build import load_model
     from panoptix.engine.export import check_onnx, export_onnx
 
     exporters = {"onnx": (".onnx", export_onnx)}   # --format: the file format, its suffix and exporter

@@ -8,3 +8,10 @@ these errors without importing torch.
 
 class PanoptixError(Exception):
     """Bad input (a file, a config, a checkpoint); the message says what and where."""
+
+
+class PanopticFormatError(PanoptixError, ValueError):
+    """A dataset or prediction file is malformed; the message names the file and the segment.
+
+    Defined here, at ground level, so that `panoptix.jsonio` can raise it without importing the
+    data layer; `panoptix.data` exports it."""

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from panoptix.data.errors import PanopticFormatError
+from panoptix.errors import PanopticFormatError
 
 
 def json_safe(v: Any) -> Any:

@@ -53,7 +53,8 @@ def seeded_model(meta, config: str, *overrides: str):
     """A system built from a bundled config with seed 0 (same weights in every test)."""
     import torch
 
-    from panoptix.config import build_model, load_config
+    from panoptix.config import load_config
+    from panoptix.engine.build import build_model
 
     torch.manual_seed(0)
     return build_model(load_config(config, list(overrides)), meta)

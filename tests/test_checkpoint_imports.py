@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from panoptix.cli import main
-from panoptix.config import load_model
+from panoptix.engine.build import load_model
 from panoptix.engine.checkpoint import last_checkpoint
-from panoptix.models.registry import ConfigError
+from panoptix.registry import ConfigError
 
 MARKER_MODULE = "panoptix_test_marker_module"
 

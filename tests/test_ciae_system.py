@@ -60,7 +60,7 @@ def test_inference_gives_one_segment_per_id_with_detector_categories(synth_root)
 
 def test_memory_embeddings_are_checkpointed_and_restored_exactly(synth_root, tmp_path):
     from panoptix.cli import main
-    from panoptix.config import load_model
+    from panoptix.engine.build import load_model
 
     out = tmp_path / "run"
     assert main(["train", "--config", "ciae_tiny", *tiny_overrides(synth_root, out, solver__max_iter=3,

@@ -14,9 +14,10 @@ import yaml
 
 from conftest import REPO, tiny_overrides
 from panoptix.cli import main
-from panoptix.config import ConfigError, build_model, load_config, parse_override
+from panoptix.config import ConfigError, load_config, parse_override
+from panoptix.engine.build import build_model
 from panoptix.data.synthetic import synthetic_meta
-from panoptix.models.registry import (BACKBONES, CONTEXT_HEADS, EMBEDDING_HEADS, FUSIONS, INSTANCE_HEADS, NECKS,
+from panoptix.registry import (BACKBONES, CONTEXT_HEADS, EMBEDDING_HEADS, FUSIONS, INSTANCE_HEADS, NECKS,
                                       SEMANTIC_HEADS, SYSTEMS, Registry, build)
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -118,7 +119,7 @@ import torch
 from torch import nn
 
 from panoptix.models.heads.semantic import SemanticHead
-from panoptix.models.registry import SEMANTIC_HEADS, SYSTEMS
+from panoptix.registry import SEMANTIC_HEADS, SYSTEMS
 from panoptix.models.systems.two_stage import TwoStagePanoptic
 
 BUILT = []

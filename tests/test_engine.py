@@ -17,7 +17,8 @@ import torch.distributed as tdist
 
 from conftest import REPO, free_port, tiny_overrides
 from panoptix.cli import main
-from panoptix.config import build_dataset, build_model, build_trainer, load_config
+from panoptix.config import load_config
+from panoptix.engine.build import build_dataset, build_model, build_trainer
 from panoptix.engine import distributed
 from panoptix.engine.checkpoint import (CheckpointError, atomic_save, capture_rng, last_checkpoint, restore_rng,
                                         safe_torch_load, seed_all_rng)

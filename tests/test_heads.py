@@ -14,7 +14,7 @@ from panoptix.models.heads.semantic import DeformableSemanticHead, FPNSemanticHe
 from panoptix.models.layers import DeformConv3x3
 from panoptix.models.necks import FPN
 from panoptix.models.postprocess import resize_semantic_logits
-from panoptix.models.registry import SEMANTIC_HEADS, build
+from panoptix.registry import SEMANTIC_HEADS, build
 
 
 def _feats(b=2, h=64, w=96):

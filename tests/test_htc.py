@@ -16,7 +16,7 @@ from panoptix.data.targets import build_targets
 from panoptix.losses import total_loss
 from panoptix.models.heads.htc import HybridTaskCascade
 from panoptix.models.heads.htc_semantic import FusedSemanticHead
-from panoptix.models.registry import ConfigError
+from panoptix.registry import ConfigError
 from panoptix.structures import PanopticResult
 
 from conftest import image_batch, seeded_model

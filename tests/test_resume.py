@@ -10,7 +10,8 @@ import pytest
 
 from conftest import tiny_overrides
 from panoptix.cli import main
-from panoptix.config import build_dataset, build_model, build_trainer, load_config
+from panoptix.config import load_config
+from panoptix.engine.build import build_dataset, build_model, build_trainer
 from panoptix.engine.checkpoint import LAST, CheckpointError, find_resume_checkpoint, last_checkpoint
 
 

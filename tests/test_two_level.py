@@ -72,7 +72,7 @@ def test_fit_fusion_and_predict_two_level(trained_tiny, trained_tiny_other_seed,
     """Two different ends: every thing class routed to end b gives exactly b's own thing segments, and
     routed to end a, a's (the merge pastes things from instances alone); the ends differ, so routing
     that ignores the record, or swaps the ends, fails."""
-    from panoptix.config import load_predictor, load_two_level
+    from panoptix.engine.build import load_predictor, load_two_level
     from panoptix.data.png import read_image
     from panoptix.engine.checkpoint import last_checkpoint
 

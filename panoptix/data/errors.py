@@ -1,7 +1,6 @@
-"""The one error type the data layer raises for malformed datasets and predictions."""
+"""The one error type the data layer raises for malformed datasets and predictions (defined at
+ground level, in `panoptix.errors`, so that modules below the data layer can raise it too)."""
 
-from panoptix.errors import PanoptixError
+from panoptix.errors import PanopticFormatError
 
-
-class PanopticFormatError(PanoptixError, ValueError):
-    """A dataset or prediction file is malformed; the message names the file and the segment."""
+__all__ = ["PanopticFormatError"]

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from panoptix.data.datasets import PanopticDataset
 from panoptix.engine.predictor import to_tensor
 from panoptix.evaluation.panoptic import PanopticEvaluator
-from panoptix.models.registry import FUSIONS, REFINEMENTS, ConfigError, build, config_parameters
+from panoptix.registry import FUSIONS, REFINEMENTS, ConfigError, build, config_parameters
 
 CRF_BACKENDS = ("torch", "densecrf")
 

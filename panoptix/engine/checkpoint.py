@@ -8,39 +8,21 @@ A training checkpoint is a dict of tensors and plain containers (``model``, ``op
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from panoptix.errors import PanoptixError
+from panoptix.weights import CheckpointError, model_state, safe_torch_load, state_mismatch
+
+__all__ = ["CheckpointError", "LAST", "atomic_save", "atomic_write_text", "capture_rng", "find_resume_checkpoint",
+           "last_checkpoint", "load_model_weights", "model_state", "restore_rng", "safe_torch_load", "seed_all_rng",
+           "state_mismatch"]
 
 LAST = "last_checkpoint"
-
-
-class CheckpointError(PanoptixError, ValueError):
-    """A checkpoint is missing, unreadable, unsafe, or does not fit the model."""
-
-
-def safe_torch_load(path: str | Path) -> Any:
-    """``torch.load`` restricted to tensors and plain containers (``weights_only=True``), on the CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: refused to load; it holds objects other than tensors and plain "
-                              f"containers, which could run code ({first})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        first = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable torch checkpoint, truncated or corrupt? ({first})") from None
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -174,25 +156,6 @@ def find_resume_checkpoint(output_dir: str | Path) -> tuple[Path | None, dict[st
     raise CheckpointError(f"{folder}: no checkpoint to resume from could be read, tried {'; '.join(problems)}; "
                           f"move them away to start afresh, or set engine.resume=false with another "
                           f"engine.output_dir")
-
-
-def model_state(obj: Any, path: str | Path) -> dict[str, torch.Tensor]:
-    """The model weights of a training checkpoint (``{"model": ...}``) or a bare state dict."""
-    state = obj.get("model", obj) if isinstance(obj, dict) else obj
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected model weights (a mapping of names to tensors)")
-    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
-
-
-def state_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
-                   ignore: tuple[str, ...] = ()) -> str:
-    """How ``state`` fails to fit ``own`` (missing, unexpected and wrong-shape keys, 5 of each
-    shown), or "" when it fits. Own keys ending in one of ``ignore`` may be missing."""
-    missing = sorted(k for k in set(own) - set(state) if not k.endswith(ignore))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    return "; ".join(f"{len(v)} {label}: {', '.join(v[:5])}{f' (+{len(v) - 5} more)' if len(v) > 5 else ''}"
-                     for label, v in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if v)
 
 
 def load_model_weights(model: torch.nn.Module, path: str | Path, loaded: Any = None) -> dict[str, Any]:

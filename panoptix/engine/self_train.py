@@ -57,7 +57,7 @@ def self_train(config: str | Path, images: Path, out: Path, rounds: int = 2, thr
 
 def train_stage(cfg: dict[str, Any]) -> dict[str, Any]:
     """One stage's training; its DDP wrapper is freed after it, and the process group kept."""
-    from panoptix.config import build_training
+    from panoptix.engine.build import build_training
 
     trainer = build_training(cfg)
     try:
@@ -69,7 +69,7 @@ def train_stage(cfg: dict[str, Any]) -> dict[str, Any]:
 def _rounds(config: str | Path, images: Path, listing: Any, out: Path, rounds: int, threshold: float,
             tta: Optional[str], finetune_iters: int, teacher: Optional[str], overrides: Sequence[str],
             imports: Sequence[str], train: Callable[[dict[str, Any]], dict[str, Any]], device: str) -> dict[str, Any]:
-    from panoptix.config import load_ensemble
+    from panoptix.engine.build import load_ensemble
     from panoptix.engine.pseudo_label import write_pseudo_labels
 
     rows = []

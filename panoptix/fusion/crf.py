@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from panoptix.models.registry import REFINEMENTS
+from panoptix.registry import REFINEMENTS
 from panoptix.structures import PanopticResult, SegmentInfo
 
 

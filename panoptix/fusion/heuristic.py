@@ -25,7 +25,7 @@ import torch
 
 from panoptix.data.meta import DatasetMeta
 from panoptix.fusion.area import stuff_area_limit
-from panoptix.models.registry import FUSIONS
+from panoptix.registry import FUSIONS
 from panoptix.structures import Instances, PanopticResult, SegmentInfo
 
 

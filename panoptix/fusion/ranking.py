@@ -18,7 +18,7 @@ from typing import Literal, Optional, Sequence
 import torch
 
 from panoptix.fusion.heuristic import heuristic_fusion
-from panoptix.models.registry import FUSIONS
+from panoptix.registry import FUSIONS
 from panoptix.structures import Instances, PanopticResult
 
 RANK_FIELD = "rank_scores"

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import torch
 
 from panoptix.fusion.area import stuff_area_limit
-from panoptix.models.registry import FUSIONS
+from panoptix.registry import FUSIONS
 from panoptix.structures import Instances, PanopticResult, SegmentInfo
 
 # Pasted probabilities are turned back into logits clamped at this magnitude (sigmoid(16) = 1 - 1e-7).

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from panoptix.data.meta import IGNORE_INDEX
-from panoptix.models.registry import Configurable
+from panoptix.registry import Configurable
 
 
 def triplet_embedding_loss(p: torch.Tensor, queries: torch.Tensor, target: torch.Tensor, margin: float = 0.15,

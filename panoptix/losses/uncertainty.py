@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from panoptix.losses import METRIC_PREFIX
-from panoptix.models.registry import LOSS_WEIGHTINGS, Configurable
+from panoptix.registry import LOSS_WEIGHTINGS, Configurable
 
 REST = "*"
 

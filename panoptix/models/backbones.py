@@ -20,7 +20,7 @@ from torch import nn
 
 from panoptix.errors import PanoptixError
 from panoptix.models.layers import group_norm
-from panoptix.models.registry import BACKBONES, Configurable
+from panoptix.registry import BACKBONES, Configurable
 
 Norm = Literal["frozen_bn", "bn", "gn"]
 
@@ -171,7 +171,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     A torch file that wraps the weights under ``"state_dict"`` or ``"model"`` is unwrapped and a
     DDP ``module.`` prefix is stripped.
     """
-    from panoptix.engine.checkpoint import safe_torch_load
+    from panoptix.weights import safe_torch_load
 
     path = Path(path)
     if not path.is_file():
@@ -199,7 +199,7 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     Raises:
         BackboneWeightsError: file missing or unreadable, or keys/shapes that do not fit (listed).
     """
-    from panoptix.engine.checkpoint import state_mismatch
+    from panoptix.weights import state_mismatch
 
     state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(_CLASSIFIER_PREFIXES)}
     mismatch = state_mismatch(body.state_dict(), state, ignore=("num_batches_tracked",))

@@ -13,7 +13,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 
 from panoptix.models.bfp import BalancedFeaturePyramid
 from panoptix.models.layers import DeformConv3x3
-from panoptix.models.registry import NECKS, Configurable
+from panoptix.registry import NECKS, Configurable
 
 # Names of the FPN outputs in the order torchvision's detection heads expect them (P2..P5, P6, P7).
 FPN_LEVELS = ("p2", "p3", "p4", "p5", "p6", "p7")

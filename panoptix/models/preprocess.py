@@ -11,7 +11,7 @@ from torchvision.models.detection.image_list import ImageList
 
 from panoptix.data.meta import IGNORE_INDEX
 from panoptix.image_input import as_image_tensors
-from panoptix.models.registry import Configurable
+from panoptix.registry import Configurable
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -36,7 +36,7 @@ from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_sm
 
 from panoptix.models.heads.lsh import LocationSensitiveHeader
 from panoptix.models.heads.rcnn import build_box_head, build_rpn, float32_outputs, head_norm_layer, roi_pools
-from panoptix.models.registry import INSTANCE_HEADS, Configurable
+from panoptix.registry import INSTANCE_HEADS, Configurable
 from panoptix.structures import Instances
 
 STAGE_IOUS = (0.5, 0.6, 0.7)

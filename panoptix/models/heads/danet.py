@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from panoptix.models.registry import CONTEXT_HEADS, Configurable
+from panoptix.registry import CONTEXT_HEADS, Configurable
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:

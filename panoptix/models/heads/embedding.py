@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from panoptix.models.heads.semantic import aggregate_levels, fpn_towers
-from panoptix.models.registry import EMBEDDING_HEADS, Configurable
+from panoptix.registry import EMBEDDING_HEADS, Configurable
 
 
 @EMBEDDING_HEADS.register("ciae")

@@ -26,7 +26,7 @@ from torchvision.ops import nms, sigmoid_focal_loss
 
 from panoptix.data.targets import instance_index_map
 from panoptix.models.layers import group_norm
-from panoptix.models.registry import INSTANCE_HEADS, Configurable
+from panoptix.registry import INSTANCE_HEADS, Configurable
 from panoptix.structures import Instances
 
 INF = 1e8

@@ -27,7 +27,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import roi_align
 
 from panoptix.models.heads.cascade import CascadeMaskRCNN
-from panoptix.models.registry import INSTANCE_HEADS
+from panoptix.registry import INSTANCE_HEADS
 from panoptix.structures import Instances
 
 SEMANTIC_STRIDE = 8

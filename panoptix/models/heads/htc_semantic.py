@@ -19,7 +19,7 @@ from torch import nn
 
 from panoptix.models.heads.semantic import SemanticHead, semantic_embedding
 from panoptix.models.layers import ConvGNReLU
-from panoptix.models.registry import SEMANTIC_HEADS
+from panoptix.registry import SEMANTIC_HEADS
 
 FUSED_LEVELS = ("p2", "p3", "p4", "p5", "p6")
 

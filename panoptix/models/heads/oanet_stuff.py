@@ -20,7 +20,7 @@ from torch import nn
 
 from panoptix.models.heads.semantic import LEVELS, SemanticHead, upsample_concat
 from panoptix.models.layers import ConvGNReLU
-from panoptix.models.registry import SEMANTIC_HEADS
+from panoptix.registry import SEMANTIC_HEADS
 
 
 @SEMANTIC_HEADS.register("oanet")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from panoptix.models.heads.danet import conv_bn_relu
-from panoptix.models.registry import CONTEXT_HEADS, Configurable
+from panoptix.registry import CONTEXT_HEADS, Configurable
 
 
 def _projection(in_channels: int, out_channels: int, layers: int) -> nn.Sequential:

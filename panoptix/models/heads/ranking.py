@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from panoptix.data.meta import IGNORE_INDEX
-from panoptix.models.registry import PANOPTIC_HEADS, Configurable
+from panoptix.registry import PANOPTIC_HEADS, Configurable
 
 
 def scatter_masks(masks: torch.Tensor, labels: torch.Tensor, num_things: int) -> torch.Tensor:

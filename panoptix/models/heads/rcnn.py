@@ -25,7 +25,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
 from panoptix.models.layers import group_norm
-from panoptix.models.registry import INSTANCE_HEADS, Configurable
+from panoptix.registry import INSTANCE_HEADS, Configurable
 from panoptix.models.roi_align import MatmulMultiScaleRoIAlign
 from panoptix.structures import Instances
 

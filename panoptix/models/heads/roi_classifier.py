@@ -31,7 +31,7 @@ from torch import nn
 from torchvision.models.detection.roi_heads import maskrcnn_loss
 
 from panoptix.models.heads.rcnn import box_roi_pool, build_box_head, build_mask_head, mask_roi_pool
-from panoptix.models.registry import INSTANCE_HEADS, Configurable
+from panoptix.registry import INSTANCE_HEADS, Configurable
 
 
 def jittered_boxes(boxes: torch.Tensor, copies: int, jitter: float, size: tuple[int, int]) -> torch.Tensor:

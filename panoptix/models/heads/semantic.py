@@ -17,7 +17,7 @@ from torch import nn
 
 from panoptix.data.meta import IGNORE_INDEX
 from panoptix.models.layers import ConvGNReLU, CoordConvGNReLU
-from panoptix.models.registry import SEMANTIC_HEADS, Configurable
+from panoptix.registry import SEMANTIC_HEADS, Configurable
 
 LEVELS = ("p2", "p3", "p4", "p5")
 

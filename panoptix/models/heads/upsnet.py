@@ -21,7 +21,7 @@ from torch import nn
 
 from panoptix.data.meta import IGNORE_INDEX
 from panoptix.fusion.upsnet import panoptic_logits
-from panoptix.models.registry import PANOPTIC_HEADS, Configurable
+from panoptix.registry import PANOPTIC_HEADS, Configurable
 
 
 def panoptic_target(semantic: torch.Tensor, index: torch.Tensor, num_instances: int, keep: torch.Tensor,

@@ -29,7 +29,7 @@ from panoptix.models.heads.embedding import embedding_map
 from panoptix.models.heads.fcos import LOCATION_FIELD
 from panoptix.models.postprocess import resize_boxes
 from panoptix.models.preprocess import Preprocessor, check_targets, pad_maps
-from panoptix.models.registry import BACKBONES, EMBEDDING_HEADS, INSTANCE_HEADS, NECKS, SYSTEMS, Configurable, build
+from panoptix.registry import BACKBONES, EMBEDDING_HEADS, INSTANCE_HEADS, NECKS, SYSTEMS, Configurable, build
 from panoptix.structures import Instances, PanopticResult
 
 QUERY_FIELD = "query"

@@ -27,7 +27,7 @@ from panoptix.models.bfp import NonLocal2d
 from panoptix.models.heads.semantic import semantic_loss, upsample_concat
 from panoptix.models.postprocess import resize_semantic_logits
 from panoptix.models.preprocess import Preprocessor, check_targets, pad_maps
-from panoptix.models.registry import BACKBONES, CONTEXT_HEADS, SYSTEMS, Configurable, build
+from panoptix.registry import BACKBONES, CONTEXT_HEADS, SYSTEMS, Configurable, build
 from panoptix.structures import PanopticResult, SegmentInfo
 
 

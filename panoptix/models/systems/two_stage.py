@@ -24,7 +24,7 @@ from panoptix.models.heads.ranking import thing_label_map
 from panoptix.models.heads.upsnet import panoptic_target
 from panoptix.models.postprocess import detector_postprocess, paste_masks, resize_semantic_logits
 from panoptix.models.preprocess import Preprocessor, check_targets, pad_maps
-from panoptix.models.registry import (BACKBONES, FUSIONS, INSTANCE_HEADS, LOSS_WEIGHTINGS, NECKS, PANOPTIC_HEADS,
+from panoptix.registry import (BACKBONES, FUSIONS, INSTANCE_HEADS, LOSS_WEIGHTINGS, NECKS, PANOPTIC_HEADS,
                                       REFINEMENTS, SEMANTIC_HEADS, SYSTEMS, Configurable, build)
 from panoptix.structures import PanopticResult, RawPanoptic
 

@@ -1,0 +1,147 @@
+"""Building from a validated config: models, datasets, trainers, and predictors over checkpoints
+(one model, an ensemble or TTA, two-level fusion). The engine side of `panoptix.config`, which
+only configures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from panoptix.config import ConfigError, load_config, stored_config
+from panoptix.data.meta import DatasetMeta
+from panoptix.data.spec import DatasetSpec
+from panoptix.engine.settings import DataSettings, EngineSettings, SolverSettings
+from panoptix.registry import SYSTEMS, build
+
+
+def build_model(cfg: dict[str, Any], meta: DatasetMeta, **context: Any):
+    """The system ``cfg["model"]`` names, for the dataset's categories (context reaches from_config;
+    it includes ``total_iters``, the solver's ``max_iter``, for parts that follow the schedule)."""
+    solver = cfg.get("solver") or {}
+    if solver.get("max_iter"):
+        context.setdefault("total_iters", int(solver["max_iter"]))
+    return build(SYSTEMS, cfg["model"], "model", meta=meta, **context)
+
+
+def build_dataset(spec: dict[str, Any], load_images: bool = True):
+    """A `PanopticDataset` from a ``data.train`` / ``data.val`` section; None when it names no data."""
+    return DatasetSpec(**spec).open(load_images=load_images)
+
+
+def build_trainer(cfg: dict[str, Any], model, train_set, val_set=None, progress: bool = True):
+    """The `Trainer` for a model and datasets, with the config's data, solver and engine settings."""
+    from panoptix.engine.trainer import Trainer
+
+    data = DataSettings(**cfg["data"])
+    pseudo_set = build_dataset(cfg["data"]["pseudo"])
+    if pseudo_set is not None and pseudo_set.meta.to_json() != train_set.meta.to_json():
+        raise ConfigError("data.pseudo has different categories from data.train (was it labelled by a teacher "
+                          "trained on this dataset?)")
+    return Trainer(model, train_set, data, SolverSettings(**cfg["solver"]), EngineSettings(**cfg["engine"]),
+                   val_set=val_set, config=cfg, progress=progress, pseudo_set=pseudo_set)
+
+
+def build_training(cfg: dict[str, Any], progress: bool = True):
+    """The `Trainer` of a config: its datasets opened and checked (train names data, val has the same
+    categories), the model built with ``engine.seed``. What ``panoptix train`` and ``self-train`` run."""
+    import torch
+
+    train_set = build_dataset(cfg["data"]["train"])
+    if train_set is None:
+        raise ConfigError("data.train names no dataset (set data.train.json, or data.train.root for "
+                          "synthetic/cityscapes/ade20k)")
+    val_set = build_dataset(cfg["data"]["val"])
+    if val_set is not None and val_set.meta.to_json() != train_set.meta.to_json():
+        raise ConfigError("data.val has different categories from data.train")
+    torch.manual_seed(cfg["engine"]["seed"])
+    return build_trainer(cfg, build_model(cfg, train_set.meta), train_set, val_set, progress=progress)
+
+
+def load_predictor(weights: str | Path, config: Optional[str | Path] = None, overrides: Sequence[str] = (),
+                   batch_size: int = 4, device: str = "auto", imports: Sequence[str] = ()):
+    """(`Predictor`, `DatasetMeta`) from a training checkpoint.
+
+    The config and categories stored in the checkpoint are used unless ``config`` is given.
+    """
+    from panoptix.engine.predictor import Predictor
+
+    model, meta, cfg, dev = load_model(weights, config, overrides, device, imports)
+    solver = cfg["solver"]
+    return Predictor(model, dev, batch_size=batch_size, amp=solver["amp"], amp_dtype=solver["amp_dtype"]), meta
+
+
+def load_ensemble(members: Sequence[tuple[str | Path, float]], tta: Optional[str] = None, box_voting: bool = False,
+                  config: Optional[str | Path] = None, overrides: Sequence[str] = (), batch_size: int = 1,
+                  device: str = "auto", imports: Sequence[str] = ()):
+    """(`Predictor` over a `PanopticEnsemble`, or a `SemanticTTA` for scene parsing systems, `DatasetMeta`):
+    weighted checkpoints (one for plain TTA) with test-time augmentation ``tta`` (``"scales=0.75,1,1.25
+    flip"``; None: no augmentation).
+    ``config`` and ``overrides`` apply to every member."""
+    from panoptix.engine.ensemble import TTASettings, tta_model
+    from panoptix.engine.predictor import Predictor
+
+    loaded = [load_model(path, config, overrides, device, imports) for path, _ in members]
+    _, meta, cfg, dev = loaded[0]
+    model = tta_model([m for m, *_ in loaded], [w for _, w in members], TTASettings.parse(tta or "", box_voting),
+                            crop_size=cfg["data"].get("crop_size"))
+    solver = cfg["solver"]
+    return Predictor(model, dev, batch_size=batch_size, amp=solver["amp"], amp_dtype=solver["amp_dtype"]), meta
+
+
+def load_two_level(record_path: str | Path, fusion: Optional[str] = None, overrides: Sequence[str] = (),
+                   batch_size: int = 4, device: str = "auto", imports: Sequence[str] = ()):
+    """(`Predictor` over a `TwoLevelFusion`, `DatasetMeta`) from a ``panoptix fit-fusion`` record."""
+    import json
+
+    from panoptix.engine.fit_fusion import named_fusion
+    from panoptix.engine.predictor import Predictor
+    from panoptix.fusion.two_level import FusionError, TwoLevelFusion, choice_from_json
+
+    try:
+        record = json.loads(Path(record_path).read_text())
+    except (OSError, ValueError) as err:
+        raise FusionError(f"{record_path}: cannot read the fit-fusion record ({err})") from None
+    loaded = [load_model(w, None, overrides, device, imports) for w in record.get("ends", [])]
+    if len(loaded) < 2:
+        raise FusionError(f"{record_path}: names {len(loaded)} end(s); two-level fusion needs two")
+    ends = [m for m, *_ in loaded]
+    model = TwoLevelFusion(ends, choice_from_json(record), named_fusion(ends[0], fusion))
+    _, meta, cfg, dev = loaded[0]
+    return Predictor(model, dev, batch_size=batch_size, amp=cfg["solver"]["amp"],
+                     amp_dtype=cfg["solver"]["amp_dtype"]), meta
+
+
+def load_model(weights: str | Path, config: Optional[str | Path] = None, overrides: Sequence[str] = (),
+               device: str = "auto", imports: Sequence[str] = ()):
+    """(model on the device, `DatasetMeta`, config, device) from a training checkpoint.
+
+    The config (model, solver and data sections) and categories stored in the checkpoint are used
+    unless ``config`` is given; ``overrides`` apply either way. Modules that the stored config
+    imports must be named in ``imports`` (see `stored_config`).
+    """
+    from panoptix.engine.checkpoint import load_model_weights, safe_torch_load
+    from panoptix.engine.trainer import pick_device
+
+    ckpt = safe_torch_load(weights)
+    if config is not None:
+        cfg = load_config(config, overrides, imports)
+    elif isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
+        cfg = stored_config(ckpt["config"], weights, overrides, imports)
+    else:
+        raise ConfigError(f"{weights} stores no config; pass --config")
+    if isinstance(ckpt, dict) and ckpt.get("meta"):
+        meta = DatasetMeta.from_categories(ckpt["meta"])
+    else:
+        ds = build_dataset(cfg["data"]["train"], load_images=False)
+        if ds is None:
+            raise ConfigError(f"{weights} stores no categories and the config names no training data")
+        meta = ds.meta
+    model = build_model(cfg, meta, weights_from_checkpoint=True)
+    load_model_weights(model, weights, ckpt)
+    dev = pick_device(device)
+    return model.to(dev), meta, cfg, dev
+
+
+__all__ = ["build_model", "build_dataset", "build_trainer", "build_training", "load_model", "load_predictor",
+           "load_ensemble", "load_two_level"]
