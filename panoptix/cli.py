@@ -136,8 +136,6 @@ def cmd_viz(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from panoptix.config import load_config
     from panoptix.engine.build import build_training
-    from panoptix.evaluation.panoptic import format_table
-    from panoptix.evaluation.semantic import format_semantic_table
 
     trainer = build_training(load_config(args.config, args.overrides, args.imports))
     try:
@@ -152,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"x{summary['world_size']}")
         final = summary["final_eval"]
         if final:
-            print(format_semantic_table(final) if "mIoU" in final else format_table(final))
+            print(trainer.task.table(final))
         print(f"checkpoint: {summary['checkpoint']}; curves: {summary.get('curves')}; "
               f"summary: {trainer.out / 'train_summary.json'}")
     return 0
@@ -223,7 +221,7 @@ def cmd_pseudo_label(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     predictor, meta = load_ensemble([(args.weights, 1.0)], args.tta, device=args.device, imports=args.imports)
-    if getattr(predictor.model, "task", None) != "semantic":
+    if not hasattr(predictor.model, "probabilities"):   # what write_pseudo_labels reads
         raise PanoptixError(f"{args.weights} is not a scene parsing system; pseudo-labels come from semantic teachers")
     listing = list_images(args.images, args.recursive)
     _print_lines("pseudo-label", "warning", [str(s) for s in listing.skipped])
@@ -246,10 +244,10 @@ def cmd_self_train(args: argparse.Namespace) -> int:
                         args.finetune_iters, args.teacher, args.overrides, args.imports, device=args.device)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
-    print(f"{'stage':24s} {'mIoU':>6s} {'pix acc':>8s} {'ADE':>6s}")
+    keys = list(dict.fromkeys(k for row in record["stages"] for k in row if k not in ("stage", "checkpoint")))
+    print(f"{'stage':24s} " + " ".join(f"{k:>9s}" for k in keys))
     for row in record["stages"]:
-        print(f"{row['stage']:24s} {row.get('mIoU', float('nan')):6.1f} {row.get('pixel_acc', float('nan')):8.1f} "
-              f"{row.get('ADE', float('nan')):6.1f}")
+        print(f"{row['stage']:24s} " + " ".join(f"{row.get(k, float('nan')):9.1f}" for k in keys))
     print(f"final teacher: {record['final_teacher']}; summary: {Path(args.out) / 'self_train_summary.json'}")
     return 0
 

@@ -77,10 +77,11 @@ REFINEMENTS = Registry("refinement")
 EMBEDDING_HEADS = Registry("embedding head")
 LOSS_WEIGHTINGS = Registry("loss weighting")
 CONTEXT_HEADS = Registry("context head")  # scene parsing heads on one feature map (DANet, OCR)
+TASKS = Registry("task")  # what a kind of result needs from the engine (panoptix.engine.tasks)
 
 # Packages whose modules register panoptix's own components: every module in them is imported
 # before a name is looked up, so an in-tree component is a new file, with no list to edit.
-_BUILTIN_PACKAGES = ("panoptix.models", "panoptix.fusion", "panoptix.losses")
+_BUILTIN_PACKAGES = ("panoptix.models", "panoptix.fusion", "panoptix.losses", "panoptix.engine.tasks")
 
 
 @functools.lru_cache(maxsize=None)
@@ -255,5 +256,5 @@ def build(spec: Any, section: Optional[dict[str, Any]], where: str = "", **conte
 
 __all__ = ["Registry", "Configurable", "ConfigError", "SYSTEMS", "BACKBONES", "NECKS", "INSTANCE_HEADS",
            "CONTEXT_HEADS", "SEMANTIC_HEADS", "FUSIONS", "PANOPTIC_HEADS", "REFINEMENTS", "EMBEDDING_HEADS",
-           "LOSS_WEIGHTINGS", "build", "validate", "check_section", "check_value", "import_modules",
+           "LOSS_WEIGHTINGS", "TASKS", "build", "validate", "check_section", "check_value", "import_modules",
            "import_builtin_components", "config_parameters"]

@@ -246,14 +246,11 @@ class PanopticEnsemble(nn.Module):
 
 def tta_model(models: Sequence[nn.Module], weights: Sequence[float], settings: TTASettings,
                     crop_size: Optional[Sequence[int]] = None) -> nn.Module:
-    """The models under TTA / as a weighted ensemble: a `PanopticEnsemble` for panoptic systems, a
-    `SemanticTTA` (softmax averaged over models, scales and flips; views larger than ``crop_size`` by
-    sliding windows, HRNet's and mmseg's test recipe) for scene parsing systems."""
-    if getattr(models[0], "task", "panoptic") == "semantic":
-        from panoptix.engine.semantic_tta import SemanticTTA
+    """The models under TTA / as a weighted ensemble, as their task wraps them (`Task.tta`: a
+    `PanopticEnsemble` for panoptic systems, a `SemanticTTA` for scene parsing)."""
+    from panoptix.engine.tasks import task_of
 
-        return SemanticTTA(models, settings.scales, settings.flip, crop_size=crop_size, weights=weights)
-    return PanopticEnsemble(models, weights, settings)
+    return task_of(models[0]).tta(models, weights, settings, crop_size=crop_size)
 
 
 __all__ = ["PanopticEnsemble", "TTASettings", "parse_ensemble", "vote_boxes", "flip_boxes", "EnsembleError",

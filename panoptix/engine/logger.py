@@ -1,11 +1,12 @@
-"""Training logs: CSV files, TensorBoard scalars and a loss / PQ (or mIoU) curve PNG (rank 0 only)."""
+"""Training logs: CSV files, TensorBoard scalars and a curve PNG of the losses and the task's
+headline figures (PQ, or mIoU for scene parsing; rank 0 only)."""
 
 from __future__ import annotations
 
 import csv
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 
 LOGS = ("train_log.csv", "eval_log.csv")
@@ -117,8 +118,10 @@ def _read(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(open(path, newline=""))) if path.is_file() else []
 
 
-def plot_curves(output_dir: str | Path, out_png: str | Path | None = None) -> Path:
-    """Total loss (and each loss) against iteration, and PQ against iteration, from the CSV logs."""
+def plot_curves(output_dir: str | Path, out_png: str | Path | None = None,
+                keys: Sequence[str] = ("PQ", "PQ_th", "PQ_st"), label: str = "PQ") -> Path:
+    """Total loss (and each loss) against iteration, and the evaluation ``keys`` (a task's
+    ``curve_keys``, called ``label``) against iteration, from the CSV logs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,16 +138,14 @@ def plot_curves(output_dir: str | Path, out_png: str | Path | None = None) -> Pa
         ax_loss.set_yscale("log")
         ax_loss.legend(fontsize=7)
     ax_loss.set(xlabel="iteration", ylabel="loss", title="training loss")
-    semantic = bool(evals) and "mIoU" in evals[0]
     if evals:
         it = [int(r["iteration"]) for r in evals]
-        for key in ("mIoU", "pixel_acc", "ADE") if semantic else ("PQ", "PQ_th", "PQ_st"):
+        for key in keys:
             if key in evals[0]:
                 ax_pq.plot(it, [float(r[key]) if r[key] not in ("", "None") else float("nan") for r in evals],
                            marker="o", label=key)
         ax_pq.legend(fontsize=8)
-    metric = "mIoU / pixel acc / ADE score" if semantic else "PQ"
-    ax_pq.set(xlabel="iteration", ylabel=f"{metric} (%)", title=f"validation {metric}")
+    ax_pq.set(xlabel="iteration", ylabel=f"{label} (%)", title=f"validation {label}")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

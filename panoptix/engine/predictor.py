@@ -20,14 +20,12 @@ from tqdm import tqdm
 from panoptix.data.datasets import PanopticDataset
 from panoptix.data.errors import PanopticFormatError
 from panoptix.data.formats import write_coco_panoptic
-from panoptix.data.labels import category_map, write_categories, write_label_png
 from panoptix.data.meta import DatasetMeta
 from panoptix.data.png import read_image
 from panoptix.engine import distributed as dist
 from panoptix.engine.image_files import Skipped, image_ids_from_gt, list_images, output_names
 from panoptix.errors import PanoptixError
-from panoptix.evaluation.panoptic import PanopticEvaluator
-from panoptix.evaluation.semantic import SemanticEvaluator
+from panoptix.engine.tasks import task_of
 from panoptix.image_input import as_image_tensors, to_chw
 from panoptix.structures import PanopticResult
 
@@ -85,11 +83,11 @@ def _batches(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
 def evaluate_dataset(predictor: Predictor, dataset: PanopticDataset, indices: Optional[Sequence[int]] = None,
                      progress: bool = False) -> dict[str, Any]:
     """PQ of ``predictor`` on ``dataset`` (or the given indices), sharded over ranks and all-reduced;
-    for a scene parsing system (``model.task == "semantic"``) pixel accuracy, mIoU and the ADE score."""
+    or what the model's task evaluates (`panoptix.engine.tasks`: mIoU, pixel accuracy and the ADE
+    score for scene parsing)."""
     indices = list(range(len(dataset))) if indices is None else list(indices)
     mine = indices[dist.get_rank()::dist.get_world_size()]
-    semantic = getattr(predictor.model, "task", "panoptic") == "semantic"
-    evaluator = SemanticEvaluator.for_meta(dataset.meta) if semantic else PanopticEvaluator(dataset.meta)
+    evaluator = task_of(predictor.model).evaluator(dataset.meta)
     bar = tqdm(total=len(mine), desc="evaluate", unit="img", disable=not progress, leave=False)
     for batch in _batches(mine, predictor.batch_size):
         samples = [dataset[i] for i in batch]
@@ -107,7 +105,7 @@ class PredictionRun:
     json_path: Path
     written: int = 0
     skipped: list[Skipped] = field(default_factory=list)
-    labels_dir: Optional[Path] = None  # label PNGs of a scene parsing system
+    labels_dir: Optional[Path] = None  # the task's extra files (label PNGs of a scene parsing system)
     notes: list[str] = field(default_factory=list)  # inputs renamed so that none overwrites another
 
 
@@ -138,7 +136,8 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
                   image_ids: Optional[dict[str, Any]] = None, overlays: bool = True, progress: bool = True,
                   warn: Callable[[Skipped], None] = _warn, root: Optional[Path] = None) -> PredictionRun:
     """Predict ``files`` and write ``out_dir/panoptic_pred.json``, ``panoptic_pred/*.png`` and overlays;
-    for a scene parsing system also ``labels/*.png`` (category id per pixel) and ``labels/categories.json``.
+    and the task's extra files (`Task.write_prediction`: for scene parsing ``labels/*.png``, the
+    category id per pixel, and ``labels/categories.json``).
 
     A file that cannot be decoded is skipped with one ``warn`` call and listed in the returned
     `PredictionRun`; everything else is written. Each file's outputs are named by `output_names`
@@ -155,6 +154,7 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
         (out / "overlays").mkdir(parents=True, exist_ok=True)
     run = PredictionRun(out / "panoptic_pred.json")
     names, run.notes = output_names(files, root)
+    task = task_of(predictor.model)
     ids = _image_ids(files, names, image_ids)
     entries, images_json = [], []
     for batch in tqdm(list(_batches(zip(files, names, ids), predictor.batch_size)), desc="predict", unit="batch", disable=not progress):
@@ -173,13 +173,10 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
             images_json.append({"id": image_id, "file_name": f.name, "height": ids.shape[0], "width": ids.shape[1]})
             if overlays:
                 Image.fromarray(overlay(image, ids, result.segments, meta)).save(out / "overlays" / (stem + ".png"))
-            if "semantic" in result.extra:  # a scene parsing system: its label map too
-                labels = category_map(result.extra["semantic"], meta.category_ids)
-                write_label_png(out / "labels" / (stem + ".png"), labels)
-                run.labels_dir = out / "labels"
+            run.labels_dir = task.write_prediction(out, stem, result, meta) or run.labels_dir
     write_coco_panoptic(run.json_path, out / "panoptic_pred", meta, entries, images=images_json)
     if run.labels_dir is not None:
-        write_categories(run.labels_dir, meta)
+        task.finish_predictions(run.labels_dir, meta)
     run.written = len(entries)
     return run
 

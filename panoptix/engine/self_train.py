@@ -22,12 +22,9 @@ from panoptix.engine import distributed as dist
 
 
 def stage_row(name: str, summary: dict[str, Any]) -> dict[str, Any]:
-    """One row of the self-training table from a training summary."""
-    final = summary.get("final_eval") or {}
-    row = {"stage": name, "checkpoint": summary.get("checkpoint")}
-    if "mIoU" in final:
-        row.update(mIoU=100 * final["mIoU"], pixel_acc=100 * final["pixel_accuracy"], ADE=100 * final["ade_score"])
-    return row
+    """One row of the self-training table from a training summary: the stage, its checkpoint and
+    its final evaluation's headline figures in percent (the task's, `Task.headline`)."""
+    return {"stage": name, "checkpoint": summary.get("checkpoint"), **(summary.get("headline") or {})}
 
 
 def self_train(config: str | Path, images: Path, out: Path, rounds: int = 2, threshold: float = 0.5,

@@ -26,6 +26,7 @@ from panoptix.engine.optim import build_optimizer, prepare_norms
 from panoptix.engine.predictor import Predictor, evaluate_dataset
 from panoptix.engine.sampler import MixedStream, TrainingStream, stream_loader
 from panoptix.engine.settings import DataSettings, EngineSettings, SolverSettings
+from panoptix.engine.tasks import task_of
 from panoptix.errors import PanoptixError
 from panoptix.image_input import to_chw
 from panoptix.jsonio import write_json
@@ -93,6 +94,7 @@ class Trainer:
             pseudo = TrainingStream(pseudo_set, transform, model.target_builder(), engine.seed + 1)
             self.stream = MixedStream(self.stream, pseudo, data.labelled_ratio, self.batch_per_rank)
         self.val_set = val_set
+        self.task = task_of(model)
         self.out = Path(engine.output_dir)
         self.optimizer = build_optimizer(self.model, solver)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -215,11 +217,12 @@ class Trainer:
         summary = {"iterations": self.iteration, "started_at": start, "seconds": round(seconds, 1),
                    "images_per_second": round((self.iteration - start) * s.batch_size / max(seconds, 1e-9), 2),
                    "world_size": self.world, "device": str(self.device), "replicas_in_sync": in_sync,
-                   "checkpoint": str(last_checkpoint(self.out)), "final_eval": final, "history": self.history,
+                   "checkpoint": str(last_checkpoint(self.out)), "final_eval": final,
+                   "headline": self.task.headline(final) if final else None, "history": self.history,
                    "solver": asdict(s)}
         if main:
             logger.close()
-            summary["curves"] = str(plot_curves(self.out))
+            summary["curves"] = str(plot_curves(self.out, keys=self.task.curve_keys, label=self.task.curve_label))
             write_json(self.out / "train_summary.json", summary)
         return summary
 
@@ -257,14 +260,8 @@ class Trainer:
                               amp_dtype=self.solver.amp_dtype)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             result = evaluate_dataset(predictor, self.val_set, range(n), progress=False)
-        if "mIoU" in result:  # a scene parsing system
-            row = {"mIoU": 100 * result["mIoU"], "pixel_acc": 100 * result["pixel_accuracy"],
-                   "ADE": 100 * result["ade_score"], "images": n}
-            line = f"mIoU {row['mIoU']:.1f}, pixel acc {row['pixel_acc']:.1f}, ADE score {row['ADE']:.1f}"
-        else:
-            row = {"PQ": 100 * result["All"]["pq"], "SQ": 100 * result["All"]["sq"], "RQ": 100 * result["All"]["rq"],
-                   "PQ_th": 100 * result["Things"]["pq"], "PQ_st": 100 * result["Stuff"]["pq"], "images": n}
-            line = f"PQ {row['PQ']:.1f} (things {row['PQ_th']:.1f}, stuff {row['PQ_st']:.1f})"
+        row = {**self.task.headline(result), "images": n}
+        line = self.task.headline_line(row)
         self.history.append({"iteration": self.iteration, **row})
         if logger:
             logger.log_eval(self.iteration, row)

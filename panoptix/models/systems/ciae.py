@@ -117,6 +117,7 @@ class CIAEPanoptic(Configurable, nn.Module):
     inference one `PanopticResult` per image at its input size (`predict_raw` then `fuse`).
     """
 
+    task = "panoptic"  # see panoptix.engine.tasks
     derived = ("meta", "total_iters")
     components = {
         "preprocess": (Preprocessor, {}),

@@ -63,6 +63,7 @@ class TwoStagePanoptic(Configurable, nn.Module):
         Inference: one `PanopticResult` per image at its input size (`predict_raw` then `fuse`).
     """
 
+    task = "panoptic"  # see panoptix.engine.tasks
     derived = ("meta",)
     components = {
         "preprocess": (Preprocessor, {}),
