@@ -283,15 +283,19 @@ def cmd_fit_fusion(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- ablate
 def _variant_overrides(fusion: str, model_cfg: dict) -> list[str]:
-    """Overrides giving the model a merge needs and nothing more (``--train-variants``)."""
-    def head(key: str, name: str) -> str:
-        current = model_cfg.get(key)
-        return f"model.{key}.name={name if current is None else current['name']}"
-    if fusion == "ranking":
-        return ["model.upsnet_head=null", head("ranking_head", "spatial_ranking")]
-    if fusion == "upsnet":
-        return ["model.ranking_head=null", head("upsnet_head", "upsnet")]
-    return ["model.upsnet_head=null", "model.ranking_head=null"]
+    """Overrides giving the model the head a merge needs and no other merge's head (``--train-variants``);
+    the heads are those the registered merges declare (`panoptix.fusion.needs`)."""
+    from panoptix.fusion.needs import needs_head
+    from panoptix.registry import FUSIONS
+
+    slots = dict(sorted(h for h in (needs_head(FUSIONS.get(n)) for n in FUSIONS.names()) if h))
+    need = needs_head(FUSIONS.get(fusion))
+    out = []
+    for slot, default in slots.items():
+        current = model_cfg.get(slot)
+        out.append(f"model.{slot}.name={default if current is None else current['name']}" if need and need[0] == slot
+                   else f"model.{slot}=null")
+    return out
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:

@@ -10,6 +10,10 @@ class PanoptixError(Exception):
     """Bad input (a file, a config, a checkpoint); the message says what and where."""
 
 
+class ExportError(PanoptixError, ValueError):
+    """The model cannot be exported: a system without an exportable graph, or a size the model would resize."""
+
+
 class PanopticFormatError(PanoptixError, ValueError):
     """A dataset or prediction file is malformed; the message names the file and the segment.
 

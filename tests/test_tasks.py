@@ -69,3 +69,33 @@ def test_a_new_task_is_one_registered_class(synth_root):
     TASKS.register("count_test")(_CountTask)
     ds = PanopticDataset.synthetic(synth_root, "val")
     assert evaluate_dataset(Predictor(_Stub(), "cpu", batch_size=5), ds, range(7)) == {"images": 7}
+
+
+def test_merges_declare_what_they_need_and_the_ablation_asks_them():
+    from functools import partial
+
+    from panoptix.cli import _variant_overrides
+    from panoptix.fusion.heuristic import heuristic_fusion
+    from panoptix.fusion.needs import needs_head, reads_logits, single_model
+    from panoptix.fusion.ranking import ranking_x_score_fusion
+    from panoptix.fusion.upsnet import upsnet_fusion
+
+    assert needs_head(heuristic_fusion) is None and not single_model(heuristic_fusion)
+    assert needs_head(partial(upsnet_fusion, score_thresh=0.3)) == ("upsnet_head", "upsnet")
+    assert reads_logits(upsnet_fusion) and not single_model(upsnet_fusion)
+    assert single_model(ranking_x_score_fusion) and not reads_logits(ranking_x_score_fusion)
+    assert _variant_overrides("heuristic", {}) == ["model.ranking_head=null", "model.upsnet_head=null"]
+    assert _variant_overrides("ranking_x_score", {"ranking_head": {"name": "mine"}}) == \
+        ["model.ranking_head.name=mine", "model.upsnet_head=null"]
+    assert _variant_overrides("upsnet", {}) == ["model.ranking_head=null", "model.upsnet_head.name=upsnet"]
+
+
+def test_an_export_needs_the_systems_own_graph(synth_root):
+    from panoptix.engine.export import export_onnx
+    from panoptix.errors import ExportError
+
+    meta = PanopticDataset.synthetic(synth_root, "val").meta
+    ciae = seeded_model(meta, "ciae_tiny")
+    assert ciae.export_graph((64, 64)).size == (64, 64)
+    with pytest.raises(ExportError, match="TwoStagePanoptic has no export_graph"):
+        export_onnx(seeded_model(meta, "panoptic_fpn_tiny"), "unused.onnx", (64, 64))

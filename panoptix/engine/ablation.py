@@ -19,6 +19,8 @@ from tqdm import tqdm
 from panoptix.data.datasets import PanopticDataset
 from panoptix.engine.predictor import to_tensor
 from panoptix.evaluation.panoptic import PanopticEvaluator
+from panoptix.fusion.needs import needs_head
+from panoptix.fusion.ranking import RANKING_HEAD
 from panoptix.registry import FUSIONS, REFINEMENTS, ConfigError, build, config_parameters
 
 CRF_BACKENDS = ("torch", "densecrf")
@@ -112,7 +114,7 @@ def ablate_merges(model: torch.nn.Module, fusion_cfg: dict[str, Any], dataset: P
                 result = model.fuse(raw, fusion, refine)
                 _sync(device)
                 seconds[spec.name] += time.perf_counter() - start
-                if spec.fusion == "ranking":
+                if needs_head(fusion) == RANKING_HEAD:   # the ranking head's time is this merge's cost
                     seconds[spec.name] += raw.ranking_seconds
                 evaluators[spec.name].add(sample, result)
         bar.update(len(samples))

@@ -29,6 +29,7 @@ from torch import nn
 from torchvision.ops import batched_nms, box_iou
 
 from panoptix.fusion.average import average_semantic, reads_logits
+from panoptix.fusion.needs import single_model
 from panoptix.errors import PanoptixError
 from panoptix.models.postprocess import detector_postprocess, resize_semantic_logits
 from panoptix.models.preprocess import resize_image
@@ -134,17 +135,16 @@ class PanopticEnsemble(nn.Module):
             if m.meta.to_json() != first.meta.to_json() or m.semantic_categories != first.semantic_categories:
                 raise EnsembleError(f"model {i} was trained on other categories or another semantic variant than "
                                     f"model 0; an ensemble needs the same ones")
-        merge = getattr(getattr(first.fusion, "func", first.fusion), "__name__", "")
-        if merge.startswith("ranking"):
-            raise EnsembleError("the ranking merges need one model's ranking scores per instance; an ensemble or TTA "
-                                "merges with heuristic or upsnet (override model.fusion.name)")
+        if single_model(first.fusion):
+            merge = getattr(getattr(first.fusion, "func", first.fusion), "__name__", "")
+            raise EnsembleError(f"the {merge} merge needs one model's scores per instance (the ranking merges); an "
+                                f"ensemble or TTA merges with heuristic or upsnet (override model.fusion.name)")
         self.models = nn.ModuleList(models)
         self.average_logits = reads_logits(first.fusion)
         self.weights = weights
         self.tta = tta
-        head = first.instance_head
-        self.nms_thresh = float(getattr(head, "nms_thresh", None) or head.roi_heads.nms_thresh)
-        self.detections = int(getattr(head, "detections_per_img", None) or head.roi_heads.detections_per_img)
+        self.nms_thresh = float(first.instance_head.nms_thresh)
+        self.detections = int(first.instance_head.detections_per_img)
 
     @property
     def system(self) -> nn.Module:

@@ -30,51 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from panoptix.errors import PanoptixError
-from panoptix.fusion.embedding import assign_segments
-from panoptix.models.heads.fcos import LOCATION_FIELD
-from panoptix.models.preprocess import inference_size
-from panoptix.models.systems.ciae import CIAEPanoptic, image_embeddings, read_queries
+from panoptix.errors import ExportError
+from panoptix.models.systems.ciae_graph import OUTPUT_NAMES, CIAEGraph
 
-OUTPUT_NAMES = ("ids", "categories", "scores", "areas")
-
-
-class ExportError(PanoptixError, ValueError):
-    """The model cannot be exported: a system without an exportable merge, or a size the model would resize."""
 
 OPSET = 17
-
-
-class CIAEGraph(nn.Module):
-    """A `CIAEPanoptic` on one image of a fixed ``size``: (3, H, W) float 0..1 -> ``OUTPUT_NAMES``."""
-
-    def __init__(self, model: CIAEPanoptic, size: tuple[int, int]) -> None:
-        super().__init__()
-        self.model, self.size = model.eval(), (int(size[0]), int(size[1]))
-        pre = model.preprocess
-        resized = inference_size(*self.size, pre.min_size_test, pre.max_size_test)
-        if resized != self.size:
-            raise ExportError(f"the model resizes a {self.size[0]}x{self.size[1]} image to {resized[0]}x{resized[1]} "
-                              f"(model.preprocess.min_size_test={pre.min_size_test}); export at --size "
-                              f"{resized[0]} {resized[1]} and resize images to it, or pass "
-                              f"model.preprocess.min_size_test=0")
-        self.register_buffer("stuff_categories", torch.as_tensor(model.stuff_categories, dtype=torch.int64))
-        self.register_buffer("thing_categories", torch.as_tensor(model.thing_categories, dtype=torch.int64))
-        self.stuff_min_area = model.stuff_area_limit(self.size)
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        batch = self.model.preprocess([image])       # normalisation and padding, as in PyTorch
-        out, raw, feats = self.model.network(batch.tensors)
-        det = self.model.detect(out, feats, [self.size])[0]
-        stride = batch.tensors.shape[-2] // raw.shape[-2]
-        emb = image_embeddings(raw[0], self.size, self.size, stride)
-        query = read_queries(emb, det.extra[LOCATION_FIELD], self.size)
-        ids, areas = assign_segments(emb, self.model.stuff_queries(), query, det.boxes, self.stuff_min_area,
-                                     self.model.box_filter)
-        labels = self.model.instance_labels(det.labels, query)
-        categories = torch.cat([self.stuff_categories, self.thing_categories[labels]])
-        scores = torch.cat([torch.ones_like(self.stuff_categories, dtype=torch.float32), det.scores.float()])
-        return ids, categories, scores, areas
 
 
 def segments_from_outputs(ids: np.ndarray, categories: np.ndarray, scores: np.ndarray, areas: np.ndarray,
@@ -85,14 +45,20 @@ def segments_from_outputs(ids: np.ndarray, categories: np.ndarray, scores: np.nd
              "score": float(scores[q]), "area": int(areas[q])} for q in np.flatnonzero(np.asarray(areas) > 0)]
 
 
-def export_onnx(model: CIAEPanoptic, path: str | Path, size: tuple[int, int], opset: int = OPSET) -> dict[str, Any]:
-    """Write the whole model to ``path``; returns {"path", "exporter", "size", "seconds", "dynamo_error"}."""
-    if not isinstance(model, CIAEPanoptic):
-        raise ExportError(f"ONNX export covers the CIAE system (its merge is one matrix product); got "
-                        f"{type(model).__name__}. The two-stage system's merge is not exportable yet.")
+def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], opset: int = OPSET) -> dict[str, Any]:
+    """Write the whole model to ``path``; returns {"path", "exporter", "size", "seconds", "dynamo_error"}.
+
+    The system provides its graph (``export_graph(size)``: an ``nn.Module`` with a ``size``, taking
+    one (3, H, W) image and returning ``OUTPUT_NAMES``); a system without one is refused.
+    """
+    export_graph = getattr(model, "export_graph", None)
+    if export_graph is None:
+        raise ExportError(f"ONNX export covers the CIAE system (its merge is one matrix product); "
+                          f"{type(model).__name__} has no export_graph. The two-stage system's merge is not "
+                          f"exportable yet.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = CIAEGraph(model.cpu(), size).eval()
+    graph = export_graph(size).cpu().eval()
     example = (torch.rand(3, *graph.size, generator=torch.Generator().manual_seed(0)),)
     start = time.perf_counter()
     dynamo_error = None
@@ -121,7 +87,7 @@ def export_onnx(model: CIAEPanoptic, path: str | Path, size: tuple[int, int], op
             "seconds": round(time.perf_counter() - start, 2), "dynamo_error": dynamo_error}
 
 
-def check_onnx(model: CIAEPanoptic, path: str | Path, image: torch.Tensor | None = None, repeat: int = 10,
+def check_onnx(model: nn.Module, path: str | Path, image: torch.Tensor | None = None, repeat: int = 10,
                seed: int = 0) -> dict[str, Any]:
     """Run the graph with onnxruntime (CPU) and the PyTorch model on the same image; the share of
     pixels whose segment ids agree and the median ms/image of each. ``{"skipped": why}`` without

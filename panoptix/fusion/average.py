@@ -9,15 +9,11 @@ everywhere (an E-UPS ensemble fell to PQ 7.1). For it, the models' logits themse
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
-
-def reads_logits(fusion: Optional[Callable[..., Any]]) -> bool:
-    """Whether a merge compares semantic logits on their own scale (UPSNet's), not just their argmax."""
-    name = getattr(getattr(fusion, "func", fusion), "__name__", "")
-    return name.startswith("upsnet")
+from panoptix.fusion.needs import reads_logits
 
 
 def average_semantic(maps: Sequence[torch.Tensor], weights: Optional[Sequence[float]] = None,

@@ -18,14 +18,19 @@ from typing import Literal, Optional, Sequence
 import torch
 
 from panoptix.fusion.heuristic import heuristic_fusion
+from panoptix.fusion.needs import declare
 from panoptix.registry import FUSIONS
 from panoptix.structures import Instances, PanopticResult
+
+# The system slot whose per-instance scores the ranking merges read, and its default component.
+RANKING_HEAD = ("ranking_head", "spatial_ranking")
 
 RANK_FIELD = "rank_scores"
 ORDERS = ("rank", "rank_x_score")
 
 
 @FUSIONS.register("ranking")
+@declare(head=RANKING_HEAD, single_model=True)
 def ranking_fusion(instances: Optional[Instances], semantic_logits: torch.Tensor,
                    semantic_categories: Sequence[int], thing_categories: Sequence[int],
                    score_thresh: float = 0.5, overlap_thresh: float = 0.5, stuff_min_area: int = 4096,
@@ -54,6 +59,7 @@ def ranking_fusion(instances: Optional[Instances], semantic_logits: torch.Tensor
 
 
 @FUSIONS.register("ranking_x_score")
+@declare(head=RANKING_HEAD, single_model=True)
 def ranking_x_score_fusion(instances: Optional[Instances], semantic_logits: torch.Tensor,
                            semantic_categories: Sequence[int], thing_categories: Sequence[int],
                            score_thresh: float = 0.5, overlap_thresh: float = 0.5, stuff_min_area: int = 4096,
@@ -67,4 +73,4 @@ def ranking_x_score_fusion(instances: Optional[Instances], semantic_logits: torc
                           mask_thresh=mask_thresh, order="rank_x_score")
 
 
-__all__ = ["ranking_fusion", "ranking_x_score_fusion", "RANK_FIELD", "ORDERS"]
+__all__ = ["ranking_fusion", "ranking_x_score_fusion", "RANK_FIELD", "ORDERS", "RANKING_HEAD"]

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import torch
 
 from panoptix.fusion.area import stuff_area_limit
+from panoptix.fusion.needs import declare
 from panoptix.registry import FUSIONS
 from panoptix.structures import Instances, PanopticResult, SegmentInfo
 
@@ -114,6 +115,7 @@ def mask_logits_of(instances: Instances) -> torch.Tensor:
 
 
 @FUSIONS.register("upsnet")
+@declare(head=("upsnet_head", "upsnet"), reads_logits=True)
 def upsnet_fusion(instances: Optional[Instances], semantic_logits: torch.Tensor,
                   semantic_categories: Sequence[int], thing_categories: Sequence[int],
                   score_thresh: float = 0.5, duplicate_iou: float = 0.5, class_agnostic: bool = True,

@@ -190,6 +190,15 @@ class MaskRCNNBranch(Configurable, nn.Module):
         return [Instances(d["boxes"], d["scores"], d["labels"] - 1, d["masks"], image_size=tuple(size))
                 for d, size in zip(detections, images.image_sizes)], {}
 
+    @property
+    def nms_thresh(self) -> float:
+        """The class-wise NMS IoU of inference (what TTA's box voting re-applies)."""
+        return float(self.roi_heads.nms_thresh)
+
+    @property
+    def detections_per_img(self) -> int:
+        return int(self.roi_heads.detections_per_img)
+
     @torch.no_grad()
     def detect_boxes(self, images: ImageList, features: Mapping[str, torch.Tensor]) -> list[Instances]:
         """Detections without masks (box branch only: what test-time augmentation merges across

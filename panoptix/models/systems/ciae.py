@@ -276,6 +276,13 @@ class CIAEPanoptic(Configurable, nn.Module):
         result.extra.update(network_seconds=raw.network_seconds, merge_seconds=time.perf_counter() - start)
         return result
 
+    def export_graph(self, size: tuple[int, int]) -> nn.Module:
+        """The whole system for one (3, *size) image as one traceable module (`CIAEGraph`), what
+        ``panoptix export`` writes to ONNX."""
+        from panoptix.models.systems.ciae_graph import CIAEGraph   # it builds on this module
+
+        return CIAEGraph(self, size)
+
 
 __all__ = ["CIAEPanoptic", "RawEmbedding", "ciae_targets", "instance_index", "image_embeddings", "read_queries",
            "QUERY_FIELD"]
