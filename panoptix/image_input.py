@@ -65,7 +65,7 @@ def to_unit_float(images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """
     floats = [i for i, im in enumerate(images) if im.is_floating_point()]
     if floats:
-        bounds = torch.stack([torch.stack([images[i].amin(), images[i].amax()]).float() for i in floats]).cpu()
+        bounds = torch.stack([torch.stack(torch.aminmax(images[i])).float() for i in floats]).cpu()
         for i, (lo, hi) in zip(floats, bounds.tolist()):
             if lo < -FLOAT_TOLERANCE or hi > 1 + FLOAT_TOLERANCE:
                 kind = ", which looks normalised" if lo < -FLOAT_TOLERANCE else ", which looks like 0..255" \

@@ -79,6 +79,16 @@ def tiny_overrides(synth_root: Path, out: Path, **extra) -> list[str]:
     return [f"{k.replace('__', '.')}={v}" for k, v in values.items()]
 
 
+def tiny_trainer(synth_root: Path, out: Path, val: bool = False, **extra):
+    """The `Trainer` ``panoptix train`` would build for the tiny config with `tiny_overrides` (no
+    validation set unless ``val``), without a progress bar."""
+    from panoptix.config import load_config
+    from panoptix.engine.build import build_training
+
+    overrides = tiny_overrides(synth_root, out, **extra) + ([] if val else ["data.val.root="])
+    return build_training(load_config("panoptic_fpn_tiny", overrides), progress=False)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
     import socket

@@ -15,10 +15,8 @@ import pytest
 import torch
 import torch.distributed as tdist
 
-from conftest import REPO, free_port, tiny_overrides
+from conftest import REPO, free_port, tiny_overrides, tiny_trainer
 from panoptix.cli import main
-from panoptix.config import load_config
-from panoptix.engine.build import build_dataset, build_model, build_trainer
 from panoptix.engine import distributed
 from panoptix.engine.checkpoint import (CheckpointError, atomic_save, capture_rng, last_checkpoint, restore_rng,
                                         safe_torch_load, seed_all_rng)
@@ -85,35 +83,28 @@ def test_crafted_pickle_checkpoint_is_refused(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "EVIL_MARKER").exists()
 
 
-def _trainer(synth_root, out, **extra):
-    cfg = load_config("panoptic_fpn_tiny", tiny_overrides(synth_root, out, **extra))
-    train_set = build_dataset(cfg["data"]["train"])
-    torch.manual_seed(cfg["engine"]["seed"])
-    return build_trainer(cfg, build_model(cfg, train_set.meta), train_set, progress=False)
-
-
 @pytest.mark.slow
 def test_resume_is_exact(synth_root, tmp_path):
     common = dict(solver__max_iter=200, solver__steps="[150]", solver__warmup_iters=20, data__num_workers=1,
                   data__min_size_train="[48, 64]", engine__checkpoint_period=0, engine__log_period=50)
-    straight = _trainer(synth_root, tmp_path / "straight", **common)
+    straight = tiny_trainer(synth_root, tmp_path / "straight", **common)
     straight.train()
-    first = _trainer(synth_root, tmp_path / "split", **{**common, "solver__max_iter": 100})
+    first = tiny_trainer(synth_root, tmp_path / "split", **{**common, "solver__max_iter": 100})
     first.train()
     assert last_checkpoint(tmp_path / "split").name == "model_0000100.pth"
-    second = _trainer(synth_root, tmp_path / "split", **common)  # a fresh process would build exactly this
+    second = tiny_trainer(synth_root, tmp_path / "split", **common)  # a fresh process would build exactly this
     summary = second.train()
     assert summary["started_at"] == 100 and summary["iterations"] == 200
     a, b = straight.model.state_dict(), second.model.state_dict()
     assert a.keys() == b.keys()
     changed = [k for k in a if not torch.equal(a[k], b[k])]
     assert changed == []
-    init = _trainer(synth_root, tmp_path / "init", **common).model.state_dict()
+    init = tiny_trainer(synth_root, tmp_path / "init", **common).model.state_dict()
     assert any(not torch.equal(a[k], init[k]) for k in a)  # training did move the weights
 
 
 def test_nan_guard_keeps_last_good_checkpoint(synth_root, tmp_path):
-    trainer = _trainer(synth_root, tmp_path, solver__max_iter=6, engine__checkpoint_period=2)
+    trainer = tiny_trainer(synth_root, tmp_path, solver__max_iter=6, engine__checkpoint_period=2)
     real_forward = trainer.ddp.forward
     calls = {"n": 0}
 
@@ -204,7 +195,7 @@ def test_close_drops_the_ddp_wrapper_before_leaving_the_group(synth_root, tmp_pa
     hold the group's last reference (whose release, with the GIL held, could hang at exit)."""
     tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        trainer = _trainer(synth_root, tmp_path / "out")
+        trainer = tiny_trainer(synth_root, tmp_path / "out")
         trainer.ddp = torch.nn.parallel.DistributedDataParallel(trainer.model)
         wrapper, reducer = weakref.ref(trainer.ddp), weakref.ref(trainer.ddp.reducer)
         alive_at_cleanup = []

@@ -8,18 +8,9 @@ import csv
 
 import pytest
 
-from conftest import tiny_overrides
+from conftest import tiny_overrides, tiny_trainer
 from panoptix.cli import main
-from panoptix.config import load_config
-from panoptix.engine.build import build_dataset, build_model, build_trainer
 from panoptix.engine.checkpoint import LAST, CheckpointError, find_resume_checkpoint, last_checkpoint
-
-
-def _trainer(synth_root, out, **extra):
-    cfg = load_config("panoptic_fpn_tiny", tiny_overrides(synth_root, out, **extra))
-    train_set = build_dataset(cfg["data"]["train"])
-    val_set = build_dataset(cfg["data"]["val"])
-    return build_trainer(cfg, build_model(cfg, train_set.meta), train_set, val_set, progress=False)
 
 
 def _iterations(path):
@@ -30,8 +21,8 @@ def _iterations(path):
 
 def _killed_run(synth_root, out):
     """A run killed after logging iteration 6, its last checkpoint at 4 (as after ``kill -9``)."""
-    _trainer(synth_root, out, solver__max_iter=6, engine__checkpoint_period=4, engine__eval_period=2,
-             engine__eval_images=2).train()
+    tiny_trainer(synth_root, out, val=True, solver__max_iter=6, engine__checkpoint_period=4, engine__eval_period=2,
+                 engine__eval_images=2).train()
     (out / "model_0000006.pth").unlink()
     (out / LAST).write_text("model_0000004.pth")
     assert _iterations(out / "train_log.csv") == [1, 2, 3, 4, 5, 6]
@@ -41,8 +32,8 @@ def _killed_run(synth_root, out):
 def test_logs_after_a_kill_keep_rows_to_the_checkpoint_and_no_duplicates(synth_root, tmp_path):
     out = tmp_path / "run"
     _killed_run(synth_root, out)
-    summary = _trainer(synth_root, out, solver__max_iter=8, engine__checkpoint_period=4, engine__eval_period=2,
-                       engine__eval_images=2).train()
+    summary = tiny_trainer(synth_root, out, val=True, solver__max_iter=8, engine__checkpoint_period=4,
+                           engine__eval_period=2, engine__eval_images=2).train()
     assert summary["started_at"] == 4
     assert _iterations(out / "train_log.csv") == list(range(1, 9))
     assert _iterations(out / "eval_log.csv") == [2, 4, 6, 8]
@@ -50,11 +41,11 @@ def test_logs_after_a_kill_keep_rows_to_the_checkpoint_and_no_duplicates(synth_r
 
 def test_a_deleted_last_checkpoint_resumes_from_the_newest_readable_one(synth_root, tmp_path, capsys):
     out = tmp_path / "run"
-    _trainer(synth_root, out, solver__max_iter=6, engine__checkpoint_period=2).train()
+    tiny_trainer(synth_root, out, val=True, solver__max_iter=6, engine__checkpoint_period=2).train()
     (out / "model_0000006.pth").unlink()                                   # named by last_checkpoint
     (out / "model_0000004.pth").write_bytes((out / "model_0000004.pth").read_bytes()[:5000])  # truncated
     capsys.readouterr()
-    summary = _trainer(synth_root, out, solver__max_iter=6, engine__checkpoint_period=2).train()
+    summary = tiny_trainer(synth_root, out, val=True, solver__max_iter=6, engine__checkpoint_period=2).train()
     assert summary["started_at"] == 2 and summary["iterations"] == 6
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("resume:")]
     assert len(lines) == 1 and "model_0000006.pth (missing)" in lines[0] and "from model_0000002.pth" in lines[0]
@@ -63,7 +54,7 @@ def test_a_deleted_last_checkpoint_resumes_from_the_newest_readable_one(synth_ro
 
 def test_no_readable_checkpoint_stops_and_names_the_files(synth_root, tmp_path, capsys):
     out = tmp_path / "run"
-    _trainer(synth_root, out, solver__max_iter=4, engine__checkpoint_period=2).train()
+    tiny_trainer(synth_root, out, val=True, solver__max_iter=4, engine__checkpoint_period=2).train()
     for p in out.glob("model_*.pth"):
         p.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match=r"model_0000004\.pth .*model_0000002\.pth"):

@@ -46,7 +46,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 def atomic_write_text(text: str, path: Path) -> None:
     """Write, fsync, then rename: after a crash the file holds the old text or the new, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
+    with open(tmp, "w", newline="") as f:   # the text as given (a CSV's \r\n too)
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

@@ -44,9 +44,6 @@ class ImageListing:
         shown = ", ".join(names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
         return [f"{len(names)} sub-folder(s) not entered: {shown}; --recursive enters them"]
 
-    def __iter__(self):  # ``files, skipped = list_images(...)``
-        return iter((self.files, self.skipped))
-
 
 def list_images(path: str | Path, recursive: bool = False) -> ImageListing:
     """One image file, or the image files of a folder (its sub-folders too with ``recursive``).

@@ -4,9 +4,13 @@ headline figures (PQ, or mIoU for scene parsing; rank 0 only)."""
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from panoptix.engine.checkpoint import atomic_write_text
 
 
 LOGS = ("train_log.csv", "eval_log.csv")
@@ -96,22 +100,21 @@ def truncate_rows(path: Path, last_iteration: int) -> None:
         fields, rows = reader.fieldnames, list(reader)
     if not fields:
         return
-    keep = [r for r in rows if _iteration(r) is not None and _iteration(r) <= last_iteration]
+    keep = [r for r in rows if _iteration(r) <= last_iteration]
     if len(keep) == len(rows):
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fields)
-        w.writeheader()
-        w.writerows(keep)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = io.StringIO()
+    w = csv.DictWriter(text, fields)
+    w.writeheader()
+    w.writerows(keep)
+    atomic_write_text(text.getvalue(), path)
 
 
-def _iteration(row: dict[str, Any]) -> Optional[int]:
+def _iteration(row: dict[str, Any]) -> float:
+    """A complete row's iteration; infinity for a half-written one (so that it is always dropped)."""
     value = row.get("iteration")
-    return int(value) if isinstance(value, str) and value.isdigit() and None not in row.values() else None
+    complete = isinstance(value, str) and value.isdigit() and None not in row.values()
+    return int(value) if complete else math.inf
 
 
 def _read(path: Path) -> list[dict[str, str]]:

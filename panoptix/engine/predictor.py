@@ -24,8 +24,8 @@ from panoptix.data.meta import DatasetMeta
 from panoptix.data.png import read_image
 from panoptix.engine import distributed as dist
 from panoptix.engine.image_files import Skipped, image_ids_from_gt, list_images, output_names
-from panoptix.errors import PanoptixError
 from panoptix.engine.tasks import task_of
+from panoptix.errors import PanoptixError
 from panoptix.image_input import as_image_tensors, to_chw
 from panoptix.structures import PanopticResult
 
@@ -116,20 +116,18 @@ def _warn(skipped: Skipped) -> None:
 def _image_ids(files: Sequence[Path], names: Sequence[str], known: Optional[dict[str, Any]]) -> list[Any]:
     """Each file's image id: ``known[file name]``, else ``known[stem]`` for a file whose stem is its
     own, else its output name (an int when all digits). `PanoptixError` if two files get one id."""
-    ids = []
+    seen: dict[Any, Path] = {}   # image id -> the file that has it
     for f, name in zip(files, names):
         if known and f.name in known:
-            ids.append(known[f.name])
+            image_id = known[f.name]
         elif known and name == f.stem and f.stem in known:
-            ids.append(known[f.stem])
+            image_id = known[f.stem]
         else:
-            ids.append(int(name) if name.isdigit() else name)
-    seen: dict[Any, Path] = {}
-    for f, image_id in zip(files, ids):
+            image_id = int(name) if name.isdigit() else name
         if image_id in seen:
             raise PanoptixError(f"{seen[image_id]} and {f} get the same image id {image_id!r}; rename one")
         seen[image_id] = f
-    return ids
+    return list(seen)
 
 
 def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path], out_dir: str | Path,
@@ -157,7 +155,8 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
     task = task_of(predictor.model)
     ids = _image_ids(files, names, image_ids)
     entries, images_json = [], []
-    for batch in tqdm(list(_batches(zip(files, names, ids), predictor.batch_size)), desc="predict", unit="batch", disable=not progress):
+    batches = list(_batches(zip(files, names, ids), predictor.batch_size))
+    for batch in tqdm(batches, desc="predict", unit="batch", disable=not progress):
         readable, images = [], []
         for f, name, image_id in batch:
             try:
