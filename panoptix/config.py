@@ -123,8 +123,25 @@ def stored_config(stored: dict[str, Any], weights: str | Path, overrides: Sequen
         flags = " ".join(f"--import {m}" for m in unasked)
         raise ConfigError(f"{weights} names module(s) to import ({', '.join(unasked)}), which would run their code; "
                           f"if you trust them, pass {flags} (Python: imports={unasked!r})")
-    raw = {"imports": stored_imports, "model": stored["model"], "solver": stored.get("solver", {}),
-           "data": stored.get("data", {})}
+    raw = {"imports": stored_imports, "model": upgrade_stored_model(stored["model"]),
+           "solver": stored.get("solver", {}), "data": stored.get("data", {})}
     for text in overrides:
         raw = merge_config(raw, parse_override(text))
     return validate_config(raw, imports)
+
+
+def upgrade_stored_model(model: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's stored model section in today's layout.
+
+    Checkpoints written before the shared ``rpn:`` sub-section kept the RPN's settings as the
+    instance head's ``anchor_sizes``, ``aspect_ratios`` and ``rpn_*`` keys: they are nested into
+    ``instance_head.rpn`` (``rpn_nms`` -> ``rpn.nms``), so such a checkpoint builds the same model.
+    """
+    head = model.get("instance_head")
+    if not isinstance(head, dict):
+        return model
+    moved = {k: v for k, v in head.items() if k in ("anchor_sizes", "aspect_ratios") or k.startswith("rpn_")}
+    if not moved:
+        return model
+    rpn = {**{k.removeprefix("rpn_"): v for k, v in moved.items()}, **(head.get("rpn") or {})}
+    return {**model, "instance_head": {**{k: v for k, v in head.items() if k not in moved}, "rpn": rpn}}

@@ -54,7 +54,10 @@ class Registry:
     def get(self, name: str, where: str = "") -> Any:
         import_builtin_components()
         if name not in self._items:
-            raise ConfigError(f"{where + '.name' if where else 'name'}: unknown {self.kind} {name!r}; registered: "
+            elsewhere = [r.kind for r in INTERFACES if r is not self and name in r._items]
+            what = (f"{name!r} is in the {elsewhere[0]} registry, not the {self.kind} registry" if elsewhere
+                    else f"unknown {self.kind} {name!r}")
+            raise ConfigError(f"{where + '.name' if where else 'name'}: {what}; registered {self.kind}s: "
                               f"{', '.join(sorted(self._items))} (register your own and load it with --import)")
         return self._items[name]
 
@@ -66,18 +69,27 @@ class Registry:
         return name in self.names()
 
 
+# One registry per interface: a slot's registry holds only components that fit the slot's call, so a
+# config that wires a component into the wrong slot is refused by name before anything is built.
 SYSTEMS = Registry("system")
 BACKBONES = Registry("backbone")
 NECKS = Registry("neck")
-INSTANCE_HEADS = Registry("instance head")
-SEMANTIC_HEADS = Registry("semantic head")
-FUSIONS = Registry("fusion method")
-PANOPTIC_HEADS = Registry("panoptic head")
-REFINEMENTS = Registry("refinement")
+ROI_HEADS = Registry("RoI head")  # RPN + RoI heads on FPN levels -> Instances (two-stage instance_head)
+DENSE_DETECTORS = Registry("dense detector")  # per-location boxes on FPN levels (CIAE's detector)
+BOX_CLASSIFIERS = Registry("box classifier")  # re-classifies given boxes (CIAE's classifier)
+SEMANTIC_HEADS = Registry("semantic head")  # FPN levels -> per-pixel logits
+UPSNET_HEADS = Registry("UPSNet panoptic head")  # semantic + instance logits -> panoptic logits
+RANKING_HEADS = Registry("ranking head")  # scattered instance masks -> occlusion scores
 EMBEDDING_HEADS = Registry("embedding head")
+CONTEXT_HEADS = Registry("context head")  # one feature map -> a context feature and its logits (DANet)
+DECODE_HEADS = Registry("decode head")  # one feature map -> the scene parser's final logits (OCR, FCN)
+FUSIONS = Registry("fusion method")
+REFINEMENTS = Registry("refinement")
 LOSS_WEIGHTINGS = Registry("loss weighting")
-CONTEXT_HEADS = Registry("context head")  # scene parsing heads on one feature map (DANet, OCR)
 TASKS = Registry("task")  # what a kind of result needs from the engine (panoptix.engine.tasks)
+INTERFACES = (SYSTEMS, BACKBONES, NECKS, ROI_HEADS, DENSE_DETECTORS, BOX_CLASSIFIERS, SEMANTIC_HEADS, UPSNET_HEADS,
+              RANKING_HEADS, EMBEDDING_HEADS, CONTEXT_HEADS, DECODE_HEADS, FUSIONS, REFINEMENTS, LOSS_WEIGHTINGS,
+              TASKS)
 
 # Packages whose modules register panoptix's own components: every module in them is imported
 # before a name is looked up, so an in-tree component is a new file, with no list to edit.
@@ -115,7 +127,11 @@ class Configurable:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], **context: Any) -> Any:
-        return cls(**cfg, **{k: v for k, v in context.items() if k in cls.derived})
+        """``cls`` built from a checked section: sub-component sections are built first, with the same
+        context (an RPN receives its head's ``in_channels``)."""
+        parts = {key: build(spec, cfg[key], key, **context) for key, (spec, _) in cls.components.items()
+                 if key in cfg}
+        return cls(**{**cfg, **parts}, **{k: v for k, v in context.items() if k in cls.derived})
 
 
 # --------------------------------------------------------------------------- checking
@@ -191,8 +207,8 @@ def check_section(obj: Any, section: dict[str, Any], where: str) -> dict[str, An
     unknown = sorted(set(section) - set(params))
     if unknown:
         shown = ", ".join(f"{where}.{k}" if where else k for k in unknown)
-        raise ConfigError(f"unknown config key(s) {shown} for {_label(obj)}; valid keys: "
-                          f"{', '.join(sorted(params)) or 'none'}")
+        raise ConfigError(f"unknown config key(s) {shown} for {_label(obj)}{_nested_hint(obj, unknown)}; "
+                          f"valid keys: {', '.join(sorted(params)) or 'none'}")
     hints = _hints(obj)
     components = getattr(obj, "components", {})
     out: dict[str, Any] = {}
@@ -211,6 +227,21 @@ def check_section(obj: Any, section: dict[str, Any], where: str) -> dict[str, An
         else:
             raise ConfigError(f"{here}: required by {_label(obj)} but not set")
     return out
+
+
+def _nested_hint(obj: Any, unknown: list[str]) -> str:
+    """" (did you mean rpn.nms?)" when an unknown key is a setting of a fixed sub-component, written
+    flat (``rpn_nms`` or ``anchor_sizes`` for the ``rpn:`` section); "" otherwise."""
+    found = []
+    for part, (spec, _) in getattr(obj, "components", {}).items():
+        if isinstance(spec, Registry):
+            continue
+        inner = config_parameters(spec)
+        for key in unknown:
+            name = key.removeprefix(part + "_")
+            if name in inner:
+                found.append(f"{part}.{name}")
+    return f" (did you mean {', '.join(found)}?)" if found else ""
 
 
 def _merged(default: dict[str, Any], section: Optional[dict[str, Any]]) -> dict[str, Any]:
@@ -254,7 +285,8 @@ def build(spec: Any, section: Optional[dict[str, Any]], where: str = "", **conte
     return functools.partial(obj, **values)
 
 
-__all__ = ["Registry", "Configurable", "ConfigError", "SYSTEMS", "BACKBONES", "NECKS", "INSTANCE_HEADS",
-           "CONTEXT_HEADS", "SEMANTIC_HEADS", "FUSIONS", "PANOPTIC_HEADS", "REFINEMENTS", "EMBEDDING_HEADS",
-           "LOSS_WEIGHTINGS", "TASKS", "build", "validate", "check_section", "check_value", "import_modules",
+__all__ = ["Registry", "Configurable", "ConfigError", "SYSTEMS", "BACKBONES", "NECKS", "ROI_HEADS",
+           "DENSE_DETECTORS", "BOX_CLASSIFIERS", "SEMANTIC_HEADS", "UPSNET_HEADS", "RANKING_HEADS",
+           "EMBEDDING_HEADS", "CONTEXT_HEADS", "DECODE_HEADS", "FUSIONS", "REFINEMENTS", "LOSS_WEIGHTINGS", "TASKS",
+           "INTERFACES", "build", "validate", "check_section", "check_value", "import_modules",
            "import_builtin_components", "config_parameters"]

@@ -15,12 +15,15 @@ from panoptix.data.datasets import PanopticDataset
 from panoptix.data.targets import build_targets
 from panoptix.losses import total_loss
 from panoptix.models.heads.cascade import CascadeMaskRCNN
+from panoptix.models.heads.rpn import RPN
 from panoptix.structures import PanopticResult
 
 from conftest import image_batch, seeded_model
 
-TINY = dict(anchor_sizes=[8, 16, 32, 64, 128], box_batch_size=16, box_fc_dim=16, mask_conv_dim=8, mask_convs=1,
-            rpn_pre_nms_test=50, rpn_post_nms_test=20)
+def tiny() -> dict:
+    """A tiny head's keywords (a fresh RPN each call, built first as from a config)."""
+    return dict(rpn=RPN(8, anchor_sizes=[8, 16, 32, 64, 128], pre_nms_test=50, post_nms_test=20), box_batch_size=16,
+                box_fc_dim=16, mask_conv_dim=8, mask_convs=1)
 
 
 def _feats(c=8, h=64, w=64):
@@ -46,7 +49,7 @@ def _decode(box, deltas, weights):
 
 
 def test_stages_refine_boxes_in_turn_and_average_probabilities():
-    head = CascadeMaskRCNN(8, 2, **TINY, box_score_thresh=0.0).eval()
+    head = CascadeMaskRCNN(8, 2, **tiny(), box_score_thresh=0.0).eval()
     deltas = [(1.0, -2.0, 0.5, 0.0), (2.0, 0.0, 0.0, -1.0), (-3.0, 1.5, 0.3, 0.3)]
     logits = [(0.0, 2.0, 0.0), (0.0, 0.0, 1.0), (1.0, 0.0, 1.0)]
     for stage, d, lg in zip(head.stages, deltas, logits):
@@ -82,7 +85,7 @@ def test_stage_loss_weights_scale_each_stage():
     out = {}
     for weights in ((1.0, 1.0, 1.0), (1.0, 0.5, 0.25)):
         torch.manual_seed(0)
-        head = CascadeMaskRCNN(8, 2, **TINY, stage_loss_weights=weights).train()
+        head = CascadeMaskRCNN(8, 2, **tiny(), stage_loss_weights=weights).train()
         torch.manual_seed(1)
         out[weights] = {k: v.item() for k, v in head(images, feats, targets)[1].items()}
     a, b = out[(1.0, 1.0, 1.0)], out[(1.0, 0.5, 0.25)]
@@ -95,7 +98,7 @@ def test_stage_loss_weights_scale_each_stage():
 def test_next_stage_gets_the_refined_rois_without_the_ground_truth(monkeypatch):
     feats, images, targets = _train_case()
     torch.manual_seed(0)
-    head = CascadeMaskRCNN(8, 2, **TINY, mask_stages=[1]).train()
+    head = CascadeMaskRCNN(8, 2, **tiny(), mask_stages=[1]).train()
     _fix_stage(head.stages[0], (1.0, 1.0, 0.0, 0.0), (0.0, 0.0, 0.0))
     seen = []
     original = CascadeMaskRCNN.sample
@@ -149,7 +152,7 @@ def test_two_stage_system_with_a_cascade_head(synth_root, mask_stages):
 def test_lsh_shares_its_trunk_between_regression_and_mask_but_not_classification():
     feats, images, targets = _train_case()
     torch.manual_seed(0)
-    head = CascadeMaskRCNN(8, 2, **TINY, header="lsh", stage_ious=[0.5], stage_loss_weights=[1.0],
+    head = CascadeMaskRCNN(8, 2, **tiny(), header="lsh", stage_ious=[0.5], stage_loss_weights=[1.0],
                            stage_coder_weights=[[10, 10, 5, 5]], mask_stages=[0]).train()
     header = head.stages[0].header
     trunk_weight = header.trunk[0][0].weight

@@ -17,8 +17,8 @@ from panoptix.cli import main
 from panoptix.config import ConfigError, load_config, parse_override
 from panoptix.engine.build import build_model
 from panoptix.data.synthetic import synthetic_meta
-from panoptix.registry import (BACKBONES, CONTEXT_HEADS, EMBEDDING_HEADS, FUSIONS, INSTANCE_HEADS, NECKS,
-                                      SEMANTIC_HEADS, SYSTEMS, Registry, build)
+from panoptix.registry import (BACKBONES, DECODE_HEADS, EMBEDDING_HEADS, FUSIONS, NECKS, ROI_HEADS, SEMANTIC_HEADS,
+                               SYSTEMS, Registry, build)
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -39,7 +39,7 @@ def test_unknown_keys_and_files(tmp_path):
     with pytest.raises(ConfigError, match=r"model.semantic_head.deform_convs for FPNSemanticHead; valid keys: "
                                           r"channels, loss_weight$"):
         load_config("panoptic_fpn_tiny", ["model.semantic_head.deform_convs=2"])
-    with pytest.raises(ConfigError, match=r"model.name: unknown system 'detr'; registered: ciae, semantic, two_stage"):
+    with pytest.raises(ConfigError, match=r"model.name: unknown system 'detr'; registered systems: ciae, semantic, two_stage"):
         load_config(None, ["model.name=detr"])
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) trainer; valid keys: imports, model, data"):
         load_config(None, ["trainer.x=1"])
@@ -63,7 +63,8 @@ def test_values_are_typed_by_the_constructors():
              "model.fusion.stuff_source=pixels":
                  r"^model.fusion.stuff_source: expected Literal\['argmax', 'stuff_only'\]",
              "solver.amp_dtype=fp8": r"^solver.amp_dtype: expected Literal\['float16', 'bfloat16'\]",
-             "model.instance_head.anchor_sizes=big": r"^model.instance_head.anchor_sizes: expected Sequence\[int\]"}
+             "model.instance_head.rpn.anchor_sizes=big":
+                 r"^model.instance_head.rpn.anchor_sizes: expected Sequence\[int\]"}
     for override, pattern in wrong.items():
         with pytest.raises(ConfigError, match=pattern) as err:
             load_config("panoptic_fpn_tiny", [override])
@@ -79,7 +80,7 @@ def test_defaults_live_in_the_constructors():
     assert (r50["optimizer"], r50["weight_decay"], r50["base_lr"]) == ("sgd", 1e-4, 0.02)
     r50_head = load_config("panoptic_fpn_r50")["model"]["instance_head"]
     assert r50_head["roi_align"] == "torchvision" and r50_head["mask_convs"] == 4
-    assert cfg["model"]["instance_head"]["rpn_nms"] == 0.7 and cfg["model"]["instance_head"]["box_convs"] == 0
+    assert cfg["model"]["instance_head"]["rpn"]["nms"] == 0.7 and cfg["model"]["instance_head"]["box_convs"] == 0
     oanet = load_config("oanet_r50")["model"]
     assert oanet["semantic_head"] == {"name": "oanet", "channels": 128, "loss_weight": 0.25}  # OANet Table 1
     assert oanet["fusion"]["stuff_min_area"] == 4900 and oanet["fusion"]["stuff_source"] == "stuff_only"
@@ -90,7 +91,7 @@ def test_defaults_live_in_the_constructors():
 
 def test_config_py_holds_no_per_system_code():
     source = (REPO / "panoptix" / "config.py").read_text()
-    names = set(SYSTEMS.names() + BACKBONES.names() + NECKS.names() + INSTANCE_HEADS.names()
+    names = set(SYSTEMS.names() + BACKBONES.names() + NECKS.names() + ROI_HEADS.names()
                 + SEMANTIC_HEADS.names() + FUSIONS.names()) - {"two_stage"}
     code = "\n".join(line for line in source.splitlines() if not line.strip().startswith(("#", '"', "'")))
     assert not [n for n in names if re.search(rf"[\"']{n}[\"']", code)]
@@ -186,7 +187,7 @@ def test_bundled_configs_build_through_the_registry(path):
         assert model.loss.total_iters == cfg["solver"]["max_iter"]
     elif cfg["model"]["name"] == "semantic":
         assert model.num_classes == meta.num_classes
-        assert type(model.decoder) is CONTEXT_HEADS.get(cfg["model"]["decoder"]["name"])
+        assert type(model.decoder) is DECODE_HEADS.get(cfg["model"]["decoder"]["name"])
     else:
         assert model.instance_head.num_things == meta.num_things
         assert type(model.semantic_head) is SEMANTIC_HEADS.get(cfg["model"]["semantic_head"]["name"])

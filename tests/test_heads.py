@@ -77,7 +77,7 @@ def test_oanet_stuff_head_layout():
 def test_unknown_semantic_head_lists_the_registered_ones():
     from panoptix.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"unknown semantic head 'aspp'; registered: deformable, fpn, htc_fused, oanet"):
+    with pytest.raises(ConfigError, match=r"unknown semantic head 'aspp'; registered semantic heads: deformable, fpn, htc_fused, oanet"):
         build(SEMANTIC_HEADS, {"name": "aspp"}, in_channels=32, num_classes=5)
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) head.deform_convs for FPNSemanticHead; valid "
                                           r"keys: channels, loss_weight"):

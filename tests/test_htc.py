@@ -15,14 +15,17 @@ from panoptix.data.datasets import PanopticDataset
 from panoptix.data.targets import build_targets
 from panoptix.losses import total_loss
 from panoptix.models.heads.htc import HybridTaskCascade
+from panoptix.models.heads.rpn import RPN
 from panoptix.models.heads.htc_semantic import FusedSemanticHead
 from panoptix.registry import ConfigError
 from panoptix.structures import PanopticResult
 
 from conftest import image_batch, seeded_model
 
-TINY = dict(anchor_sizes=[8, 16, 32, 64, 128], box_batch_size=16, box_fc_dim=16, mask_conv_dim=8, mask_convs=1,
-            rpn_pre_nms_test=50, rpn_post_nms_test=20)
+def tiny() -> dict:
+    """A tiny head's keywords (a fresh RPN each call, built first as from a config)."""
+    return dict(rpn=RPN(8, anchor_sizes=[8, 16, 32, 64, 128], pre_nms_test=50, post_nms_test=20), box_batch_size=16,
+                box_fc_dim=16, mask_conv_dim=8, mask_convs=1)
 
 
 def _feats(c=8, h=64, w=64):
@@ -32,7 +35,7 @@ def _feats(c=8, h=64, w=64):
 
 def test_mask_information_flow_chains_the_previous_heads():
     torch.manual_seed(0)
-    head = HybridTaskCascade(8, 2, **TINY, semantic_fusion=[]).eval()
+    head = HybridTaskCascade(8, 2, **tiny(), semantic_fusion=[]).eval()
     roi = torch.randn(3, 8, 14, 14)
     f0 = head.stages[0].header.mask_head(roi)
     f1 = head.stages[1].header.mask_head(roi + head.mask_residuals[1](f0))
@@ -53,7 +56,7 @@ def test_mask_information_flow_chains_the_previous_heads():
 def test_semantic_feature_is_added_to_box_and_mask_rois():
     torch.manual_seed(0)
     feats = _feats()
-    head = HybridTaskCascade(8, 2, **TINY)
+    head = HybridTaskCascade(8, 2, **tiny())
     boxes = [torch.tensor([[8.0, 8.0, 40.0, 24.0]])]
     semantic = torch.zeros(1, 8, 8, 8)
     semantic[..., 0:5, 0:7] = 2.0   # the box spans x 1..5, y 1..3 of the stride-8 grid, inside this block
@@ -75,7 +78,7 @@ def test_interleaved_training_resamples_the_refined_boxes(monkeypatch):
     targets = [{"boxes": torch.tensor([[8.0, 10.0, 40.0, 30.0]]), "labels": torch.tensor([1]), "masks": masks}]
     calls = {}
     for interleaved in (True, False):
-        head = HybridTaskCascade(8, 2, **TINY, interleaved=interleaved, semantic_fusion=[]).train()
+        head = HybridTaskCascade(8, 2, **tiny(), interleaved=interleaved, semantic_fusion=[]).train()
         n = []
         original = HybridTaskCascade.sample
         monkeypatch.setattr(HybridTaskCascade, "sample", lambda self, *a: n.append(1) or original(self, *a))
@@ -106,7 +109,7 @@ def test_htc_refuses_a_semantic_head_without_a_feature_and_per_stage_mask_choice
         load_config("panoptic_fpn_tiny", ["model.instance_head.name=htc", "model.instance_head.interleaved=maybe"])
     with pytest.raises(ConfigError, match="stage_ious"):
         load_config("panoptic_fpn_tiny", ["model.instance_head.name=htc", "model.instance_head.stage_ious=high"])
-    with pytest.raises(ConfigError, match="valid keys: .*anchor_sizes.*semantic_fusion"):
+    with pytest.raises(ConfigError, match="valid keys: .*interleaved.*rpn.*semantic_fusion"):
         load_config("panoptic_fpn_tiny", ["model.instance_head.name=htc", "model.instance_head.bogus=1"])
 
 

@@ -35,8 +35,9 @@ from torchvision.models.detection.roi_heads import maskrcnn_loss
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 from panoptix.models.heads.lsh import LocationSensitiveHeader
-from panoptix.models.heads.rcnn import build_box_head, build_rpn, float32_outputs, head_norm_layer, roi_pools
-from panoptix.registry import INSTANCE_HEADS, Configurable
+from panoptix.models.heads.rcnn import build_box_head, head_norm_layer, roi_pools
+from panoptix.models.heads.rpn import RPN, float32_outputs
+from panoptix.registry import ROI_HEADS, Configurable
 from panoptix.structures import Instances
 
 STAGE_IOUS = (0.5, 0.6, 0.7)
@@ -95,13 +96,13 @@ class CascadeStage(nn.Module):
         return self.header.mask_predictor is not None
 
 
-@INSTANCE_HEADS.register("cascade_mask_rcnn")
+@ROI_HEADS.register("cascade_mask_rcnn")
 class CascadeMaskRCNN(Configurable, nn.Module):
     """RPN + a cascade of box stages + mask heads on chosen stages.
 
     Args:
         in_channels, num_things: FPN width and thing classes (from the system).
-        anchor_sizes, aspect_ratios, rpn_*: the RPN, as `MaskRCNNBranch`.
+        rpn: the region proposal network (`RPN`; the ``rpn:`` sub-section), as `MaskRCNNBranch`.
         stage_ious: IoU threshold of each stage (0.5, 0.6, 0.7).
         stage_loss_weights: weight of each stage's box and mask losses (1, 0.5, 0.25).
         stage_coder_weights: box-coder weights of each stage (1 / target stds).
@@ -120,13 +121,9 @@ class CascadeMaskRCNN(Configurable, nn.Module):
     """
 
     derived = ("in_channels", "num_things")
+    components = {"rpn": (RPN, {})}
 
-    def __init__(self, in_channels: int, num_things: int,
-                 anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
-                 aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-                 rpn_fg_iou: float = 0.7, rpn_bg_iou: float = 0.3, rpn_batch_size: int = 256,
-                 rpn_positive_fraction: float = 0.5, rpn_pre_nms_train: int = 2000, rpn_pre_nms_test: int = 1000,
-                 rpn_post_nms_train: int = 2000, rpn_post_nms_test: int = 1000, rpn_nms: float = 0.7,
+    def __init__(self, in_channels: int, num_things: int, rpn: Optional[RPN] = None,
                  stage_ious: Sequence[float] = STAGE_IOUS, stage_loss_weights: Sequence[float] = STAGE_WEIGHTS,
                  stage_coder_weights: Sequence[Sequence[float]] = STAGE_CODER_WEIGHTS,
                  box_batch_size: int = 512, box_positive_fraction: float = 0.25, box_score_thresh: float = 0.05,
@@ -146,9 +143,7 @@ class CascadeMaskRCNN(Configurable, nn.Module):
         if not test_stages or not set(test_stages) <= set(mask_stages):
             raise ValueError(f"mask_test_stages {test_stages} must be a non-empty subset of mask_stages "
                              f"{list(mask_stages)}")
-        self.rpn = build_rpn(in_channels, anchor_sizes, aspect_ratios, rpn_fg_iou, rpn_bg_iou, rpn_batch_size,
-                             rpn_positive_fraction, rpn_pre_nms_train, rpn_pre_nms_test, rpn_post_nms_train,
-                             rpn_post_nms_test, rpn_nms)
+        self.rpn = rpn if rpn is not None else RPN(in_channels)
         self.box_pool, self.mask_pool = roi_pools(roi_align)
         norm = head_norm_layer(head_norm)
         if header not in ("fc", "lsh"):

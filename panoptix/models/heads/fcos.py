@@ -26,7 +26,7 @@ from torchvision.ops import nms, sigmoid_focal_loss
 
 from panoptix.data.targets import instance_index_map
 from panoptix.models.layers import group_norm
-from panoptix.registry import INSTANCE_HEADS, Configurable
+from panoptix.registry import DENSE_DETECTORS, Configurable
 from panoptix.structures import Instances
 
 INF = 1e8
@@ -80,7 +80,7 @@ def _tower(in_channels: int, num_convs: int, groups: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-@INSTANCE_HEADS.register("fcos")
+@DENSE_DETECTORS.register("fcos")
 class FCOSHead(Configurable, nn.Module):
     """FCOS on ``levels`` with CIAE's mask-based positives and box embeddings.
 

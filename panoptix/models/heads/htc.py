@@ -27,13 +27,13 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import roi_align
 
 from panoptix.models.heads.cascade import CascadeMaskRCNN
-from panoptix.registry import INSTANCE_HEADS
+from panoptix.registry import ROI_HEADS
 from panoptix.structures import Instances
 
 SEMANTIC_STRIDE = 8
 
 
-@INSTANCE_HEADS.register("htc")
+@ROI_HEADS.register("htc")
 class HybridTaskCascade(CascadeMaskRCNN):
     """HTC: `CascadeMaskRCNN`'s arguments (every stage has a mask head; ``header`` is ``fc``), plus
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
-from panoptix.models.heads.rcnn import float32_outputs
+from panoptix.models.heads.rpn import float32_outputs
 
 
 class LocationSensitiveHeader(nn.Module):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from panoptix.models.heads.danet import conv_bn_relu
-from panoptix.registry import CONTEXT_HEADS, Configurable
+from panoptix.registry import DECODE_HEADS, Configurable
 
 
 def _projection(in_channels: int, out_channels: int, layers: int) -> nn.Sequential:
@@ -29,7 +29,7 @@ def object_region_representations(features: torch.Tensor, region_logits: torch.T
     return (features.flatten(2) @ weights.transpose(1, 2)).unsqueeze(-1)
 
 
-@CONTEXT_HEADS.register("ocr")
+@DECODE_HEADS.register("ocr")
 class OCRHead(Configurable, nn.Module):
     """OCR decoder on a (B, C_in, H, W) map.
 
@@ -78,7 +78,7 @@ class OCRHead(Configurable, nn.Module):
         return {"feature": feature, "logits": self.classifier(feature), "aux_logits": aux_logits}
 
 
-@CONTEXT_HEADS.register("fcn")
+@DECODE_HEADS.register("fcn")
 class FCNHead(Configurable, nn.Module):
     """HRNet's segmentation head: 1x1 conv-BN-ReLU at the input width, then a 1x1 classifier.
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from panoptix.data.meta import IGNORE_INDEX
-from panoptix.registry import PANOPTIC_HEADS, Configurable
+from panoptix.registry import RANKING_HEADS, Configurable
 
 
 def scatter_masks(masks: torch.Tensor, labels: torch.Tensor, num_things: int) -> torch.Tensor:
@@ -57,7 +57,7 @@ def conflict_labels(masks: torch.Tensor, thing_labels: torch.Tensor) -> torch.Te
     return torch.where(conflict, thing_labels, torch.full_like(thing_labels, IGNORE_INDEX))
 
 
-@PANOPTIC_HEADS.register("spatial_ranking")
+@RANKING_HEADS.register("spatial_ranking")
 class SpatialRankingHead(Configurable, nn.Module):
     """The Spatial Ranking Module.
 

@@ -2,82 +2,30 @@
 MultiScaleRoIAlign (not re-implemented). Thing classes come from `DatasetMeta` (contiguous thing
 index ``k`` is torchvision label ``k + 1``; 0 is background).
 
-Two departures from torchvision's defaults, both detectron2's behaviour:
-- anchors use the fixed strides 4..64 of P2..P6; torchvision derives a level's stride from the
-  padded image size (a 96 px batch puts P6 anchors at stride 48);
-- box geometry stays float32 under autocast: anchors are generated in float32, and the RPN head's
-  and box predictor's outputs are cast to float32 before decoding and NMS (in float16 a box
-  coordinate near 1000 px has a resolution of 0.5 px and offsets round away).
+The RPN is `panoptix.models.heads.rpn.RPN` (its ``rpn:`` sub-section). As there, box geometry stays
+float32 under autocast: the box predictor's outputs are cast to float32 before decoding and NMS
+(detectron2's behaviour).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Mapping, Optional, Sequence
+from typing import Callable, Literal, Mapping, Optional
 
 import torch
 from torch import nn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from panoptix.models.heads.rpn import RPN, float32_outputs
 from panoptix.models.layers import group_norm
-from panoptix.registry import INSTANCE_HEADS, Configurable
 from panoptix.models.roi_align import MatmulMultiScaleRoIAlign
+from panoptix.registry import ROI_HEADS, Configurable
 from panoptix.structures import Instances
 
 _POOLED_LEVELS = ["p2", "p3", "p4", "p5"]
-FPN_STRIDES = (4, 8, 16, 32, 64)
-
-
-class FixedStrideAnchorGenerator(AnchorGenerator):
-    """torchvision's `AnchorGenerator` with fixed per-level strides and float32 anchors.
-
-    Forward: (`ImageList`, feature maps) -> one (sum_l H_l W_l A, 4) float32 anchor tensor per image.
-    """
-
-    def __init__(self, sizes: Sequence[Sequence[int]], aspect_ratios: Sequence[Sequence[float]],
-                 strides: Sequence[int] = FPN_STRIDES) -> None:
-        super().__init__(tuple(tuple(s) for s in sizes), tuple(tuple(a) for a in aspect_ratios))
-        if len(strides) != len(sizes):
-            raise ValueError(f"{len(sizes)} anchor levels but {len(strides)} strides")
-        self.strides = tuple(int(s) for s in strides)
-
-    def forward(self, image_list: ImageList, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
-        grid_sizes = [list(f.shape[-2:]) for f in feature_maps]
-        device = feature_maps[0].device
-        strides = [[torch.tensor(s, dtype=torch.int64, device=device)] * 2 for s in self.strides]
-        self.set_cell_anchors(torch.float32, device)
-        per_level = self.grid_anchors(grid_sizes, strides)
-        return [torch.cat(per_level) for _ in image_list.image_sizes]
-
-
-def float32_outputs(module: nn.Module, inputs: object, output: object) -> object:
-    """Forward hook: every tensor of a module's (nested list/tuple) output as float32."""
-    if isinstance(output, torch.Tensor):
-        return output.float()
-    if isinstance(output, (list, tuple)):
-        return type(output)(float32_outputs(module, inputs, o) for o in output)
-    return output
-
-
-def build_rpn(in_channels: int, anchor_sizes: Sequence[int], aspect_ratios: Sequence[float], fg_iou: float,
-              bg_iou: float, batch_size: int, positive_fraction: float, pre_nms_train: int, pre_nms_test: int,
-              post_nms_train: int, post_nms_test: int, nms_thresh: float) -> RegionProposalNetwork:
-    """torchvision's RPN on P2..P6 with fixed-stride float32 anchors (one size per level) and its
-    head's outputs in float32."""
-    if len(anchor_sizes) != 5:
-        raise ValueError(f"anchor_sizes needs one size per level P2..P6 (5), got {len(anchor_sizes)}")
-    anchors = FixedStrideAnchorGenerator([(int(s),) for s in anchor_sizes], [tuple(aspect_ratios)] * 5)
-    rpn = RegionProposalNetwork(
-        anchors, RPNHead(in_channels, anchors.num_anchors_per_location()[0]), fg_iou, bg_iou, batch_size,
-        positive_fraction, dict(training=pre_nms_train, testing=pre_nms_test),
-        dict(training=post_nms_train, testing=post_nms_test), nms_thresh)
-    rpn.head.register_forward_hook(float32_outputs)
-    return rpn
 
 
 def _roi_pool(roi_align: str, output_size: int) -> nn.Module:
@@ -124,16 +72,15 @@ def build_box_head(in_channels: int, fc_dim: int, convs: int, norm: Optional[Cal
     return TwoMLPHead(in_channels * 7 * 7, fc_dim)
 
 
-@INSTANCE_HEADS.register("mask_rcnn")
+@ROI_HEADS.register("mask_rcnn")
 class MaskRCNNBranch(Configurable, nn.Module):
     """RPN + box head + mask head. Defaults are Mask R-CNN's (He et al.; torchvision/detectron2).
 
     Args:
         in_channels: FPN width.
         num_things: thing classes (background is added here).
-        anchor_sizes: one anchor size per pyramid level P2..P6.
-        aspect_ratios: anchor aspect ratios at every level.
-        rpn_*: RPN sampling, NMS and proposal counts.
+        rpn: the region proposal network (`RPN`: anchors, sampling, NMS and proposal counts); None
+            builds it with Mask R-CNN's defaults. In a config, the ``rpn:`` sub-section.
         box_*: RoI sampling and inference settings of the box head.
         box_fc_dim: width of the fully connected layers.
         box_convs: 0 gives Mask R-CNN's 2-fc box head; k > 0 a k-conv + 1-fc head (detectron2's
@@ -150,22 +97,16 @@ class MaskRCNNBranch(Configurable, nn.Module):
     """
 
     derived = ("in_channels", "num_things")
+    components = {"rpn": (RPN, {})}
 
-    def __init__(self, in_channels: int, num_things: int,
-                 anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
-                 aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-                 rpn_fg_iou: float = 0.7, rpn_bg_iou: float = 0.3, rpn_batch_size: int = 256,
-                 rpn_positive_fraction: float = 0.5, rpn_pre_nms_train: int = 2000, rpn_pre_nms_test: int = 1000,
-                 rpn_post_nms_train: int = 2000, rpn_post_nms_test: int = 1000, rpn_nms: float = 0.7,
+    def __init__(self, in_channels: int, num_things: int, rpn: Optional[RPN] = None,
                  box_fg_iou: float = 0.5, box_bg_iou: float = 0.5, box_batch_size: int = 512,
                  box_positive_fraction: float = 0.25, box_score_thresh: float = 0.05, box_nms: float = 0.5,
                  detections_per_img: int = 100, box_fc_dim: int = 1024, box_convs: int = 0,
                  mask_conv_dim: int = 256, mask_convs: int = 4, head_norm: str = "",
                  roi_align: Literal["torchvision", "matmul"] = "torchvision") -> None:
         super().__init__()
-        self.rpn = build_rpn(in_channels, anchor_sizes, aspect_ratios, rpn_fg_iou, rpn_bg_iou, rpn_batch_size,
-                             rpn_positive_fraction, rpn_pre_nms_train, rpn_pre_nms_test, rpn_post_nms_train,
-                             rpn_post_nms_test, rpn_nms)
+        self.rpn = rpn if rpn is not None else RPN(in_channels)
         box_pool, mask_pool = roi_pools(roi_align)
         norm = head_norm_layer(head_norm)
         box_head = build_box_head(in_channels, box_fc_dim, box_convs, norm)

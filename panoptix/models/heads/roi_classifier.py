@@ -31,7 +31,7 @@ from torch import nn
 from torchvision.models.detection.roi_heads import maskrcnn_loss
 
 from panoptix.models.heads.rcnn import box_roi_pool, build_box_head, build_mask_head, mask_roi_pool
-from panoptix.registry import INSTANCE_HEADS, Configurable
+from panoptix.registry import BOX_CLASSIFIERS, Configurable
 
 
 def jittered_boxes(boxes: torch.Tensor, copies: int, jitter: float, size: tuple[int, int]) -> torch.Tensor:
@@ -51,7 +51,7 @@ def jittered_boxes(boxes: torch.Tensor, copies: int, jitter: float, size: tuple[
     return torch.cat([boxes, torch.stack([x1, y1, x2, y2], 1)])
 
 
-@INSTANCE_HEADS.register("roi_classifier")
+@BOX_CLASSIFIERS.register("roi_classifier")
 class RoIClassifier(Configurable, nn.Module):
     """Thing class of each box from a 7x7 RoIAlign of P2-P5.
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from panoptix.data.meta import IGNORE_INDEX
 from panoptix.fusion.upsnet import panoptic_logits
-from panoptix.registry import PANOPTIC_HEADS, Configurable
+from panoptix.registry import UPSNET_HEADS, Configurable
 
 
 def panoptic_target(semantic: torch.Tensor, index: torch.Tensor, num_instances: int, keep: torch.Tensor,
@@ -51,7 +51,7 @@ def panoptic_target(semantic: torch.Tensor, index: torch.Tensor, num_instances: 
     return label
 
 
-@PANOPTIC_HEADS.register("upsnet")
+@UPSNET_HEADS.register("upsnet")
 class UPSNetPanopticHead(Configurable, nn.Module):
     """Loss of the parameter-free UPSNet panoptic head.
 

@@ -29,7 +29,8 @@ from panoptix.models.heads.embedding import embedding_map
 from panoptix.models.heads.fcos import LOCATION_FIELD
 from panoptix.models.postprocess import resize_boxes
 from panoptix.models.preprocess import Preprocessor, check_targets, pad_maps
-from panoptix.registry import BACKBONES, EMBEDDING_HEADS, INSTANCE_HEADS, NECKS, SYSTEMS, Configurable, build
+from panoptix.registry import (BACKBONES, BOX_CLASSIFIERS, DENSE_DETECTORS, EMBEDDING_HEADS, NECKS, SYSTEMS,
+                               Configurable, build)
 from panoptix.structures import Instances, PanopticResult
 
 QUERY_FIELD = "query"
@@ -123,10 +124,10 @@ class CIAEPanoptic(Configurable, nn.Module):
         "preprocess": (Preprocessor, {}),
         "backbone": (BACKBONES, {"name": "timm"}),
         "neck": (NECKS, {"name": "fpn", "top_levels": "p6p7"}),
-        "detector": (INSTANCE_HEADS, {"name": "fcos"}),
+        "detector": (DENSE_DETECTORS, {"name": "fcos"}),
         "embedding": (EMBEDDING_HEADS, {"name": "ciae"}),
         "loss": (CIAELoss, {}),
-        "classifier": (INSTANCE_HEADS, None),
+        "classifier": (BOX_CLASSIFIERS, None),
     }
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, detector: nn.Module, embedding: nn.Module,
@@ -164,14 +165,14 @@ class CIAEPanoptic(Configurable, nn.Module):
                     **context: Any) -> "CIAEPanoptic":
         backbone = build(BACKBONES, cfg["backbone"], **context)
         neck = build(NECKS, cfg["neck"], in_channels=backbone.out_channels)
-        detector = build(INSTANCE_HEADS, cfg["detector"], in_channels=neck.out_channels, num_things=meta.num_things)
+        detector = build(DENSE_DETECTORS, cfg["detector"], in_channels=neck.out_channels, num_things=meta.num_things)
         embedding = build(EMBEDDING_HEADS, cfg["embedding"], in_channels=neck.out_channels,
                           box_embed_dim=getattr(detector, "embed_dim", 0))
         table = semantic_category_table(meta, "stuff_things" if cfg["merge_things"] else "all")
         loss = build(CIAELoss, cfg["loss"], num_categories=len(table), embed_dim=embedding.embed_dim,
                      stuff_rows=stuff_rows(table),
                      **({"total_iters": total_iters} if total_iters else {}))
-        classifier = build(INSTANCE_HEADS, cfg["classifier"], in_channels=neck.out_channels,
+        classifier = build(BOX_CLASSIFIERS, cfg["classifier"], in_channels=neck.out_channels,
                            num_things=meta.num_things)
         return cls(backbone, neck, detector, embedding, loss, meta, preprocess=build(Preprocessor, cfg["preprocess"]),
                    merge_things=cfg["merge_things"], stuff_min_area=cfg["stuff_min_area"],

@@ -27,7 +27,7 @@ from panoptix.models.bfp import NonLocal2d
 from panoptix.models.heads.semantic import semantic_loss, upsample_concat
 from panoptix.models.postprocess import resize_semantic_logits
 from panoptix.models.preprocess import Preprocessor, check_targets, pad_maps
-from panoptix.registry import BACKBONES, CONTEXT_HEADS, SYSTEMS, Configurable, build
+from panoptix.registry import BACKBONES, CONTEXT_HEADS, DECODE_HEADS, SYSTEMS, Configurable, build
 from panoptix.structures import PanopticResult, SegmentInfo
 
 
@@ -68,7 +68,7 @@ class SceneParser(Configurable, nn.Module):
         "preprocess": (Preprocessor, {}),
         "backbone": (BACKBONES, {"name": "timm", "arch": "hrnet_w48"}),
         "context": (CONTEXT_HEADS, None),
-        "decoder": (CONTEXT_HEADS, {"name": "ocr"}),
+        "decoder": (DECODE_HEADS, {"name": "ocr"}),
     }
 
     def __init__(self, backbone: nn.Module, decoder: nn.Module, meta: DatasetMeta, context: Optional[nn.Module] = None,
@@ -90,7 +90,7 @@ class SceneParser(Configurable, nn.Module):
         context_head = build(CONTEXT_HEADS, cfg["context"], in_channels=channels, num_classes=meta.num_classes)
         if context_head is not None:
             channels = context_head.out_channels
-        decoder = build(CONTEXT_HEADS, cfg["decoder"], in_channels=channels, num_classes=meta.num_classes)
+        decoder = build(DECODE_HEADS, cfg["decoder"], in_channels=channels, num_classes=meta.num_classes)
         return cls(backbone, decoder, meta, context=context_head, non_local=cfg["non_local"],
                    preprocess=build(Preprocessor, cfg["preprocess"]),
                    keep_semantic_logits=cfg["keep_semantic_logits"])

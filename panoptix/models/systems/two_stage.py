@@ -24,8 +24,8 @@ from panoptix.models.heads.ranking import thing_label_map
 from panoptix.models.heads.upsnet import panoptic_target
 from panoptix.models.postprocess import detector_postprocess, paste_masks, resize_semantic_logits
 from panoptix.models.preprocess import Preprocessor, check_targets, pad_maps
-from panoptix.registry import (BACKBONES, FUSIONS, INSTANCE_HEADS, LOSS_WEIGHTINGS, NECKS, PANOPTIC_HEADS,
-                                      REFINEMENTS, SEMANTIC_HEADS, SYSTEMS, Configurable, build)
+from panoptix.registry import (BACKBONES, FUSIONS, LOSS_WEIGHTINGS, NECKS, RANKING_HEADS, REFINEMENTS, ROI_HEADS,
+                               SEMANTIC_HEADS, SYSTEMS, UPSNET_HEADS, Configurable, build)
 from panoptix.structures import PanopticResult, RawPanoptic
 
 
@@ -69,11 +69,11 @@ class TwoStagePanoptic(Configurable, nn.Module):
         "preprocess": (Preprocessor, {}),
         "backbone": (BACKBONES, {"name": "timm"}),
         "neck": (NECKS, {"name": "fpn"}),
-        "instance_head": (INSTANCE_HEADS, {"name": "mask_rcnn"}),
+        "instance_head": (ROI_HEADS, {"name": "mask_rcnn"}),
         "semantic_head": (SEMANTIC_HEADS, {"name": "fpn"}),
         "fusion": (FUSIONS, {"name": "heuristic"}),
-        "upsnet_head": (PANOPTIC_HEADS, None),
-        "ranking_head": (PANOPTIC_HEADS, None),
+        "upsnet_head": (UPSNET_HEADS, None),
+        "ranking_head": (RANKING_HEADS, None),
         "refine": (REFINEMENTS, None),
         "loss_weighting": (LOSS_WEIGHTINGS, None),
     }
@@ -119,15 +119,15 @@ class TwoStagePanoptic(Configurable, nn.Module):
     def from_config(cls, cfg: dict[str, Any], meta: DatasetMeta, **context: Any) -> "TwoStagePanoptic":
         backbone = build(BACKBONES, cfg["backbone"], **context)
         neck = build(NECKS, cfg["neck"], in_channels=backbone.out_channels)
-        instance = build(INSTANCE_HEADS, cfg["instance_head"], in_channels=neck.out_channels,
+        instance = build(ROI_HEADS, cfg["instance_head"], in_channels=neck.out_channels,
                          num_things=meta.num_things)
         semantic = build(SEMANTIC_HEADS, cfg["semantic_head"], in_channels=neck.out_channels,
                          num_classes=num_semantic_classes(meta, cfg["semantic_variant"]))
         return cls(backbone, neck, instance, semantic, build(FUSIONS, cfg["fusion"]), meta,
                    preprocess=build(Preprocessor, cfg["preprocess"]), semantic_variant=cfg["semantic_variant"],
                    keep_semantic_logits=cfg["keep_semantic_logits"],
-                   upsnet_head=build(PANOPTIC_HEADS, cfg["upsnet_head"], num_things=meta.num_things),
-                   ranking_head=build(PANOPTIC_HEADS, cfg["ranking_head"], num_things=meta.num_things),
+                   upsnet_head=build(UPSNET_HEADS, cfg["upsnet_head"], num_things=meta.num_things),
+                   ranking_head=build(RANKING_HEADS, cfg["ranking_head"], num_things=meta.num_things),
                    refine=build(REFINEMENTS, cfg["refine"]),
                    loss_weighting=build(LOSS_WEIGHTINGS, cfg["loss_weighting"]))
 
