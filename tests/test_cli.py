@@ -1,3 +1,4 @@
+import argparse
 import json
 import subprocess
 import sys
@@ -68,6 +69,35 @@ def test_help_does_not_import_torch():
                           "build_parser().format_help()\nprint('torch' in sys.modules)"],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.stdout.strip() == "False"
+    # ``panoptix --help`` itself: every command listed, torch never imported
+    out = subprocess.run([sys.executable, "-c", "import sys\nfrom panoptix.cli import main\ntry:\n    main(['--help'])\n"
+                          "except SystemExit as e:\n    print('EXIT', e.code, 'torch' in sys.modules)"],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "EXIT 0 False"
+    assert all(f"    {name}" in out.stdout for name in ("synth", "pseudo-label", "fit-fusion", "export", "demo"))
+
+
+def test_every_option_of_every_command_has_a_help_text():
+    from panoptix.cli import COMMANDS, command_module
+
+    missing = []
+    for name in COMMANDS:
+        parser = argparse.ArgumentParser()
+        command_module(name).add_arguments(parser)
+        missing += [f"{name} {a.option_strings or a.dest}" for a in parser._actions
+                    if a.dest != "help" and not (a.help or "").strip()]
+    assert not missing
+    assert len(COMMANDS) == 12
+
+
+def test_namespace_gives_a_commands_defaults_and_refuses_unknown_names():
+    from panoptix.cli import predict
+    from panoptix.cli.options import namespace
+
+    args = namespace(predict, input="in", output="out", weights="w.pth")
+    assert (args.batch_size, args.device, args.overrides, args.imports, args.tta) == (4, "auto", [], [], None)
+    with pytest.raises(TypeError, match="unknown \\['inputs'\\], missing \\['output'\\]"):
+        namespace(predict, inputs="in", input="in")
 
 
 @pytest.fixture()

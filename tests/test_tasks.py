@@ -74,7 +74,7 @@ def test_a_new_task_is_one_registered_class(synth_root):
 def test_merges_declare_what_they_need_and_the_ablation_asks_them():
     from functools import partial
 
-    from panoptix.cli import _variant_overrides
+    from panoptix.engine.ablation_runs import variant_overrides as _variant_overrides
     from panoptix.fusion.heuristic import heuristic_fusion
     from panoptix.fusion.needs import needs_head, reads_logits, single_model
     from panoptix.fusion.ranking import ranking_x_score_fusion

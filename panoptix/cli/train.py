@@ -1,0 +1,38 @@
+"""``panoptix train``: train a system from a YAML config (``torchrun`` for several processes)."""
+
+from __future__ import annotations
+
+import argparse
+
+from panoptix.cli.options import add_import, add_overrides
+
+HELP = "train a system from a YAML config (torchrun for several processes)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML file, or the name of one in configs/")
+    add_overrides(p)
+    add_import(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from panoptix.config import load_config
+    from panoptix.engine.build import build_training
+
+    trainer = build_training(load_config(args.config, args.overrides, args.imports))
+    try:
+        summary = trainer.train()
+    except BaseException:
+        trainer.close(barrier=False)
+        raise
+    trainer.close()
+    if trainer.rank == 0:
+        print(f"trained {summary['iterations']} iterations ({summary['started_at']} resumed) in "
+              f"{summary['seconds']} s, {summary['images_per_second']} images/s on {summary['device']} "
+              f"x{summary['world_size']}")
+        final = summary["final_eval"]
+        if final:
+            print(trainer.task.table(final))
+        print(f"checkpoint: {summary['checkpoint']}; curves: {summary.get('curves')}; "
+              f"summary: {trainer.out / 'train_summary.json'}")
+    return 0
