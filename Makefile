@@ -36,7 +36,9 @@ $(CRF_STAMP): $(STAMP)
 	-$(BIN)/pip install -q -c constraints.txt -e '.[crf]'
 	touch $(CRF_STAMP)
 
+# ruff (config in pyproject.toml: line length, import order, pyupgrade) first: a lint error fails fast.
 test: $(STAMP) $(CRF_STAMP)
+	$(BIN)/ruff check panoptix tests bench
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from panoptix.config import load_config  # noqa: E402
-from panoptix.engine.build import build_model  # noqa: E402
 from panoptix.data.meta import DatasetMeta  # noqa: E402
 from panoptix.data.synthetic import synthetic_meta  # noqa: E402
+from panoptix.engine.build import build_model  # noqa: E402
 
 COCO_CATEGORIES = REPO.parent / "shared" / "data" / "coco_panoptic_val2017_sample" / "panoptic_coco_categories.json"
 
@@ -72,7 +72,7 @@ def _time(fn, device: torch.device, warmup: int, repeat: int) -> list[float]:
     return times
 
 
-def main() -> int:
+def _arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, nargs=2, default=None, help="H W (default 800 1333 on GPU, 400 667 on CPU)")
     ap.add_argument("--device", default="auto")
@@ -84,20 +84,49 @@ def main() -> int:
                     help="H W of the CIAE vs two-stage table (default 800 1333 on GPU, 512 683 on CPU)")
     ap.add_argument("--panoptic-only", action="store_true", help="only the CIAE vs two-stage table")
     ap.add_argument("--skip-onnx", action="store_true", help="no ONNX export / onnxruntime row")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else torch.device(args.device)
+
+def main() -> int:
+    args = _arguments()
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
     gpu = device.type == "cuda"
     h, w = args.size or ((800, 1333) if gpu else (400, 667))
     batch = args.train_batch or (4 if gpu else 2)
     repeat = args.repeat or (20 if gpu else 5)
     warmup = 5 if gpu else 1
+    amp = args.amp and gpu
     meta = DatasetMeta.from_json(COCO_CATEGORIES) if COCO_CATEGORIES.is_file() else synthetic_meta()
     ph, pw = args.panoptic_size or ((800, 1333) if gpu else (512, 683))
-    panoptic = panoptic_rows(meta, ph, pw, device, warmup, repeat, args.amp and gpu, not args.skip_onnx)
+    panoptic = panoptic_rows(meta, ph, pw, device, warmup, repeat, amp, not args.skip_onnx)
     if args.panoptic_only:
         return report_panoptic(panoptic, device, ph, pw, repeat, Path(args.out).with_name("latency_panoptic.json"))
 
+    rows = training_rows(meta, h, w, batch, device, warmup, repeat, amp)
+    base = rows[1]
+    dev_name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {dev_name}; images {h}x{w}; training batch {batch}; amp {amp}; "
+          f"median of {repeat} (inference) / {max(3, repeat // 2)} (training)")
+    if not gpu:
+        print("CPU run: smaller images than the 800x1333 of the papers; ratios only, absolute times are not "
+              "GPU figures")
+    print(f"{'model':48s} {'infer ms/img':>12s} {'vs peer':>8s} {'train img/s':>12s} {'vs peer':>8s}")
+    for r in rows:
+        print(f"{r['model']:48s} {r['infer_ms']:12.1f} {r['infer_ms'] / base['infer_ms']:7.2f}x "
+              f"{r['train_img_s']:12.2f} {r['train_img_s'] / base['train_img_s']:7.2f}x")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": dev_name, "size": [h, w], "batch": batch, "amp": amp, "rows": rows},
+                              indent=1))
+    print(f"results: {out}")
+    return report_panoptic(panoptic, device, ph, pw, repeat, out.with_name("latency_panoptic.json"))
+
+
+def training_rows(meta: DatasetMeta, h: int, w: int, batch: int, device: torch.device, warmup: int, repeat: int,
+                  amp: bool) -> list[dict]:
+    """Inference ms/image and training images/s of our R50 two-stage system and torchvision's
+    maskrcnn_resnet50_fpn, random weights, same images."""
     from torchvision.models import resnet50
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
     from torchvision.models.detection.mask_rcnn import MaskRCNN
@@ -117,49 +146,35 @@ def main() -> int:
     train_images = [torch.rand(3, h, w, generator=gen).to(device) for _ in range(batch)]
     targets = _targets(batch, h, w, meta.num_things, 1 + meta.num_stuff, device, gen)
     peer_targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1, "masks": t["masks"]} for t in targets]
+    return [_model_row(name, model, image, train_images, tg, device, warmup, repeat, amp)
+            for name, model, tg in (("panoptix two_stage R50 (panoptic)", ours, targets),
+                                    ("torchvision maskrcnn_resnet50_fpn (instances)", peer, peer_targets))]
 
-    rows = []
-    for name, model, tg in (("panoptix two_stage R50 (panoptic)", ours, targets),
-                            ("torchvision maskrcnn_resnet50_fpn (instances)", peer, peer_targets)):
-        model.eval()
 
-        def infer():
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=args.amp and gpu):
-                model([image])
+def _model_row(name: str, model: torch.nn.Module, image: torch.Tensor, train_images: list[torch.Tensor],
+               targets: list[dict], device: torch.device, warmup: int, repeat: int, amp: bool) -> dict:
+    model.eval()
 
-        inf = _time(infer, device, warmup, repeat)
-        model.train()
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-        scaler = torch.amp.GradScaler("cuda", enabled=args.amp and gpu)
+    def infer():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            model([image])
 
-        def step():
-            with torch.autocast(device.type, dtype=torch.float16, enabled=args.amp and gpu):
-                losses = model(train_images, tg)
-            opt.zero_grad()
-            scaler.scale(sum(losses.values())).backward()
-            scaler.step(opt)
-            scaler.update()
+    inf = _time(infer, device, warmup, repeat)
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
-        tr = _time(step, device, warmup, max(3, repeat // 2))
-        rows.append({"model": name, "infer_ms": 1000 * statistics.median(inf),
-                     "train_img_s": batch / statistics.median(tr)})
+    def step():
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            losses = model(train_images, targets)
+        opt.zero_grad()
+        scaler.scale(sum(losses.values())).backward()
+        scaler.step(opt)
+        scaler.update()
 
-    base = rows[1]
-    dev_name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {dev_name}; images {h}x{w}; training batch {batch}; amp {args.amp and gpu}; "
-          f"median of {repeat} (inference) / {max(3, repeat // 2)} (training)")
-    if not gpu:
-        print("CPU run: smaller images than the 800x1333 of the papers; ratios only, absolute times are not GPU figures")
-    print(f"{'model':48s} {'infer ms/img':>12s} {'vs peer':>8s} {'train img/s':>12s} {'vs peer':>8s}")
-    for r in rows:
-        print(f"{r['model']:48s} {r['infer_ms']:12.1f} {r['infer_ms'] / base['infer_ms']:7.2f}x "
-              f"{r['train_img_s']:12.2f} {r['train_img_s'] / base['train_img_s']:7.2f}x")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"device": dev_name, "size": [h, w], "batch": batch, "amp": args.amp and gpu,
-                               "rows": rows}, indent=1))
-    print(f"results: {out}")
-    return report_panoptic(panoptic, device, ph, pw, repeat, out.with_name("latency_panoptic.json"))
+    tr = _time(step, device, warmup, max(3, repeat // 2))
+    return {"model": name, "infer_ms": 1000 * statistics.median(inf),
+            "train_img_s": len(train_images) / statistics.median(tr)}
 
 
 def panoptic_rows(meta: DatasetMeta, h: int, w: int, device: torch.device, warmup: int, repeat: int, amp: bool,

@@ -1,14 +1,14 @@
 """PQ and cost of panoptic test-time augmentation and weighted ensembles against the plain model,
-same checkpoints, same images, same run (seed 001's ensemble; spec section 9).
+same checkpoints, same images, same run (AntVisionPS's ensemble; spec section 9).
 
     python bench/tta.py --weights A.pth --data ROOT [--split val] [--limit 100] \
         [--ensemble A.pth:0.4,B.pth:1.2] [--device cpu]
 
 Rows: the plain model; flip; scales 0.75/1/1.25; scales + flip; scales + flip + box voting; and,
-with --ensemble, the weighted ensemble alone and with flip. For a scene parsing checkpoint (seed 003):
-the plain model, flip, the seed's seven scales 0.5-2.0, and both, scored by mIoU, pixel accuracy and
-the ADE score. Ratios are per image against the plain
-model; absolute times only mean something on a GPU. Writes bench/out/tta.json.
+with --ensemble, the weighted ensemble alone and with flip. For a scene parsing checkpoint: the
+plain model, flip, AinnoSeg's seven scales 0.5-2.0 (Wu et al. 2020), and both, scored by mIoU, pixel
+accuracy and the ADE score. Ratios are per image against the plain model; absolute times only mean
+something on a GPU. Writes bench/out/tta.json.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from panoptix.engine.build import load_model  # noqa: E402
 from panoptix.data.datasets import PanopticDataset  # noqa: E402
+from panoptix.engine.build import load_model  # noqa: E402
 from panoptix.engine.ensemble import PanopticEnsemble, TTASettings, parse_ensemble  # noqa: E402
 from panoptix.engine.predictor import Predictor, evaluate_dataset  # noqa: E402
 from panoptix.engine.semantic_tta import SemanticTTA  # noqa: E402
+from panoptix.engine.tasks import task_of  # noqa: E402
 
-
-SEED_003_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+AINNOSEG_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 
 
 def panoptic_variants(model: torch.nn.Module, args: argparse.Namespace) -> list[tuple[str, torch.nn.Module]]:
@@ -54,10 +54,13 @@ def panoptic_variants(model: torch.nn.Module, args: argparse.Namespace) -> list[
 
 
 def semantic_variants(model: torch.nn.Module, args: argparse.Namespace) -> list[tuple[str, torch.nn.Module]]:
-    """The plain scene parser, flip, seed 003's seven scales, and both (softmax averaged)."""
+    """The plain scene parser, flip, AinnoSeg's seven scales, and both (softmax averaged)."""
     return [("plain model", model), ("TTA flip", SemanticTTA(model, flip=True)),
-            ("TTA scales 0.5..2 (7)", SemanticTTA(model, SEED_003_SCALES)),
-            ("TTA scales 0.5..2 (7) + flip", SemanticTTA(model, SEED_003_SCALES, flip=True))]
+            ("TTA scales 0.5..2 (7)", SemanticTTA(model, AINNOSEG_SCALES)),
+            ("TTA scales 0.5..2 (7) + flip", SemanticTTA(model, AINNOSEG_SCALES, flip=True))]
+
+
+VARIANTS = {"panoptic": panoptic_variants, "semantic": semantic_variants}  # the rows of each task
 
 
 def main() -> None:
@@ -75,19 +78,15 @@ def main() -> None:
     ds = PanopticDataset.synthetic(args.data, args.split)
     idx = range(min(args.limit, len(ds)))
     model, _, _, device = load_model(args.weights, device=args.device)
-    semantic = getattr(model, "task", "panoptic") == "semantic"
-    variants = semantic_variants(model, args) if semantic else panoptic_variants(model, args)
+    task = task_of(model)
+    variants = VARIANTS[task.name](model, args)
     rows = []
     for name, m in variants:
         m.eval()
         start = time.perf_counter()
         r = evaluate_dataset(Predictor(m, device, batch_size=1), ds, idx, progress=True)
         seconds = (time.perf_counter() - start) / len(idx)
-        if semantic:
-            metrics = {"mIoU": 100 * r["mIoU"], "pixel_acc": 100 * r["pixel_accuracy"], "ADE": 100 * r["ade_score"]}
-        else:
-            metrics = {"PQ": 100 * r["All"]["pq"], "PQ_th": 100 * r["Things"]["pq"], "PQ_st": 100 * r["Stuff"]["pq"]}
-        rows.append({"variant": name, **metrics, "ms_per_image": 1000 * seconds})
+        rows.append({"variant": name, **task.headline(r), "ms_per_image": 1000 * seconds})
     base = rows[0]["ms_per_image"]
     keys = [k for k in rows[0] if k not in ("variant", "ms_per_image")]
     print(f"{len(idx)} images of {args.data} ({args.split}) on {device}; cost relative to the plain model")

@@ -12,8 +12,9 @@ the copy stored with a run says exactly what was trained.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import yaml
 
@@ -74,7 +75,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = (),
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
                 imports: Sequence[str] = ()) -> dict[str, Any]:
     """YAML file <- ``key=value`` overrides, validated (see `validate_config`).
 

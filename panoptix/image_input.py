@@ -13,7 +13,7 @@ Arrays are channels-last and tensors channels-first, as PIL/OpenCV and torchvisi
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -27,7 +27,8 @@ import functools
 import importlib
 import inspect
 import typing
-from typing import Any, Callable, ClassVar, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 from panoptix.errors import PanoptixError
 
@@ -96,7 +97,7 @@ INTERFACES = (SYSTEMS, BACKBONES, NECKS, ROI_HEADS, DENSE_DETECTORS, BOX_CLASSIF
 _BUILTIN_PACKAGES = ("panoptix.models", "panoptix.fusion", "panoptix.losses", "panoptix.engine.tasks")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def import_builtin_components() -> None:
     import pkgutil
 
@@ -149,14 +150,14 @@ def config_parameters(obj: Any) -> dict[str, inspect.Parameter]:
     return {n: p for n, p in params.items() if p.default is not inspect.Parameter.empty}
 
 
-def _kwargs_base(cls: type, sig: inspect.Signature) -> Optional[type]:
+def _kwargs_base(cls: type, sig: inspect.Signature) -> type | None:
     """The base class whose constructor receives ``cls``'s ``**kwargs``, if it has them."""
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
         return None
     return next((b for b in cls.__mro__[1:] if "__init__" in vars(b) and b is not object), None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(obj: Any) -> dict[str, Any]:
     target = obj.__init__ if isinstance(obj, type) and "__init__" in vars(obj) else obj
     try:
@@ -167,7 +168,7 @@ def _hints(obj: Any) -> dict[str, Any]:
     return {**_hints(base), **hints} if base is not None else hints
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _adapter(annotation: Any) -> Any:
     from pydantic import ConfigDict, TypeAdapter
 
@@ -177,7 +178,8 @@ def _adapter(annotation: Any) -> Any:
 def type_name(annotation: Any) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
-    return str(annotation).replace("typing.", "").replace("pathlib.", "").replace("NoneType", "None")
+    return (str(annotation).replace("typing.", "").replace("collections.abc.", "").replace("pathlib.", "")
+            .replace("NoneType", "None"))
 
 
 def check_value(annotation: Any, value: Any, where: str) -> Any:
@@ -244,7 +246,7 @@ def _nested_hint(obj: Any, unknown: list[str]) -> str:
     return f" (did you mean {', '.join(found)}?)" if found else ""
 
 
-def _merged(default: dict[str, Any], section: Optional[dict[str, Any]]) -> dict[str, Any]:
+def _merged(default: dict[str, Any], section: dict[str, Any] | None) -> dict[str, Any]:
     if section is None:
         return dict(default)
     if not isinstance(section, dict):
@@ -270,7 +272,7 @@ def validate(spec: Any, section: dict[str, Any], where: str = "") -> dict[str, A
     return {"name": section["name"], **check_section(spec.get(section["name"], where), rest, where)}
 
 
-def build(spec: Any, section: Optional[dict[str, Any]], where: str = "", **context: Any) -> Any:
+def build(spec: Any, section: dict[str, Any] | None, where: str = "", **context: Any) -> Any:
     """The component a section names, built with ``from_config`` (classes) or bound with
     ``functools.partial`` (functions). Context values reach ``from_config``. A None section (an
     optional part left out) builds None."""

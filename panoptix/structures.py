@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ class Instances:
     boxes: torch.Tensor
     scores: torch.Tensor
     labels: torch.Tensor
-    masks: Optional[torch.Tensor] = None
+    masks: torch.Tensor | None = None
     mask_logits: bool = False
     image_size: tuple[int, int] = (0, 0)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -45,7 +45,7 @@ class Instances:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
-    def __getitem__(self, index: int | slice | torch.Tensor) -> "Instances":
+    def __getitem__(self, index: int | slice | torch.Tensor) -> Instances:
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
         pick = (lambda t: t[index]) if not isinstance(index, torch.Tensor) else (lambda t: t[index.to(t.device)])
@@ -53,11 +53,11 @@ class Instances:
                          pick(self.masks) if self.masks is not None else None, self.mask_logits, self.image_size,
                          {k: pick(v) for k, v in self.extra.items()})
 
-    def replace(self, **fields: Any) -> "Instances":
+    def replace(self, **fields: Any) -> Instances:
         """A copy with some fields replaced (``dataclasses.replace`` that keeps ``extra`` a new dict)."""
         return dataclasses.replace(self, **{"extra": dict(self.extra), **fields})
 
-    def to(self, device: torch.device | str) -> "Instances":
+    def to(self, device: torch.device | str) -> Instances:
         masks = self.masks.to(device) if self.masks is not None else None
         return Instances(self.boxes.to(device), self.scores.to(device), self.labels.to(device), masks,
                          self.mask_logits, self.image_size, {k: v.to(device) for k, v in self.extra.items()})
@@ -91,8 +91,8 @@ class PanopticResult:
 
     ids: torch.Tensor
     segments: list[SegmentInfo]
-    semantic_logits: Optional[torch.Tensor] = None
-    instances: Optional[Instances] = None
+    semantic_logits: torch.Tensor | None = None
+    instances: Instances | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def ids_numpy(self) -> np.ndarray:

@@ -7,7 +7,8 @@ thin white lines.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -56,7 +57,7 @@ def boundaries(ids: np.ndarray) -> np.ndarray:
     return edge
 
 
-def overlay(image: Optional[np.ndarray], ids: np.ndarray, segments: Iterable[Any], meta: DatasetMeta,
+def overlay(image: np.ndarray | None, ids: np.ndarray, segments: Iterable[Any], meta: DatasetMeta,
             alpha: float = 0.55, draw_boundaries: bool = True, labels: bool = False) -> np.ndarray:
     """Blend the coloured map over ``image`` (H, W, 3 uint8; grey when None). Returns (H, W, 3) uint8."""
     segments = list(segments)
@@ -89,7 +90,7 @@ def _draw_labels(img: np.ndarray, ids: np.ndarray, segments: list[Any], meta: Da
     return np.asarray(pil)
 
 
-def side_by_side(image: Optional[np.ndarray], gt: tuple[np.ndarray, Iterable[Any]], pred: tuple[np.ndarray, Iterable[Any]],
+def side_by_side(image: np.ndarray | None, gt: tuple[np.ndarray, Iterable[Any]], pred: tuple[np.ndarray, Iterable[Any]],
                  meta: DatasetMeta, labels: bool = False, titles: tuple[str, str] = ("ground truth", "prediction")
                  ) -> np.ndarray:
     """Ground truth | prediction overlays with a title bar over each. Returns (H + 14, 2W + 4, 3) uint8."""

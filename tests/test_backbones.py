@@ -116,7 +116,8 @@ def test_weights_errors(tmp_path):
     save_file(other.state_dict(), str(tmp_path / "wide.safetensors"))
     with pytest.raises(BackboneWeightsError, match="wrong shape"):
         TimmBackbone("resnet18", weights=tmp_path / "wide.safetensors", **TINY)
-    save_file({"conv1.weight": torch.zeros(16, 3, 7, 7), "extra.bias": torch.zeros(3)}, str(tmp_path / "bad.safetensors"))
+    save_file({"conv1.weight": torch.zeros(16, 3, 7, 7), "extra.bias": torch.zeros(3)},
+              str(tmp_path / "bad.safetensors"))
     with pytest.raises(BackboneWeightsError, match=r"missing.*unexpected: extra\.bias"):
         TimmBackbone("resnet18", weights=tmp_path / "bad.safetensors", **TINY)
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")

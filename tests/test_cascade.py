@@ -20,6 +20,7 @@ from panoptix.structures import PanopticResult
 
 from conftest import image_batch, seeded_model
 
+
 def tiny() -> dict:
     """A tiny head's keywords (a fresh RPN each call, built first as from a config)."""
     return dict(rpn=RPN(8, anchor_sizes=[8, 16, 32, 64, 128], pre_nms_test=50, post_nms_test=20), box_batch_size=16,

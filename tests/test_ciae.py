@@ -1,4 +1,4 @@
-"""CIAE (seed 002): the loss, the memory, the merge, box filtering and FCOS matching, with known answers."""
+"""CIAE (Gao et al. 2021): the loss, the memory, the merge, box filtering and FCOS matching, with known answers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from panoptix.fusion.embedding import assign_segments, embedding_fusion
-from panoptix.losses.ciae import (CIAELoss, expand_boxes, inside_boxes, memory_momentum, segment_means,
-                                  triplet_embedding_loss)
+from panoptix.losses.ciae import (
+    CIAELoss,
+    expand_boxes,
+    inside_boxes,
+    memory_momentum,
+    segment_means,
+    triplet_embedding_loss,
+)
 from panoptix.models.heads.fcos import FCOSHead, centerness_target, iou_loss
 
 MARGIN = 0.15

@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from conftest import REPO
 from panoptix.cli import main
+
+from conftest import REPO
 
 
 def test_synth_evaluate_viz(tmp_path, capsys):
@@ -70,8 +71,9 @@ def test_help_does_not_import_torch():
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.stdout.strip() == "False"
     # ``panoptix --help`` itself: every command listed, torch never imported
-    out = subprocess.run([sys.executable, "-c", "import sys\nfrom panoptix.cli import main\ntry:\n    main(['--help'])\n"
-                          "except SystemExit as e:\n    print('EXIT', e.code, 'torch' in sys.modules)"],
+    script = ("import sys\nfrom panoptix.cli import main\ntry:\n    main(['--help'])\n"
+              "except SystemExit as e:\n    print('EXIT', e.code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "EXIT 0 False"
     assert all(f"    {name}" in out.stdout for name in ("synth", "pseudo-label", "fit-fusion", "export", "demo"))

@@ -12,13 +12,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, tiny_overrides
 from panoptix.cli import main
 from panoptix.config import ConfigError, load_config, parse_override
-from panoptix.engine.build import build_model
 from panoptix.data.synthetic import synthetic_meta
-from panoptix.registry import (BACKBONES, DECODE_HEADS, EMBEDDING_HEADS, FUSIONS, NECKS, ROI_HEADS, SEMANTIC_HEADS,
-                               SYSTEMS, Registry, build)
+from panoptix.engine.build import build_model
+from panoptix.registry import (
+    BACKBONES,
+    DECODE_HEADS,
+    EMBEDDING_HEADS,
+    FUSIONS,
+    NECKS,
+    ROI_HEADS,
+    SEMANTIC_HEADS,
+    SYSTEMS,
+    Registry,
+    build,
+)
+
+from conftest import REPO, tiny_overrides
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -39,7 +50,8 @@ def test_unknown_keys_and_files(tmp_path):
     with pytest.raises(ConfigError, match=r"model.semantic_head.deform_convs for FPNSemanticHead; valid keys: "
                                           r"channels, loss_weight$"):
         load_config("panoptic_fpn_tiny", ["model.semantic_head.deform_convs=2"])
-    with pytest.raises(ConfigError, match=r"model.name: unknown system 'detr'; registered systems: ciae, semantic, two_stage"):
+    with pytest.raises(ConfigError,
+                       match=r"model.name: unknown system 'detr'; registered systems: ciae, semantic, two_stage"):
         load_config(None, ["model.name=detr"])
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) trainer; valid keys: imports, model, data"):
         load_config(None, ["trainer.x=1"])

@@ -15,12 +15,20 @@ import pytest
 import torch
 import torch.distributed as tdist
 
-from conftest import REPO, free_port, tiny_overrides, tiny_trainer
 from panoptix.cli import main
 from panoptix.engine import distributed
-from panoptix.engine.checkpoint import (CheckpointError, atomic_save, capture_rng, last_checkpoint, restore_rng,
-                                        safe_torch_load, seed_all_rng)
+from panoptix.engine.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    capture_rng,
+    last_checkpoint,
+    restore_rng,
+    safe_torch_load,
+    seed_all_rng,
+)
 from panoptix.engine.trainer import TrainingDiverged, lr_factor
+
+from conftest import REPO, free_port, tiny_overrides, tiny_trainer
 
 
 def test_lr_schedule():
@@ -141,7 +149,8 @@ def test_predict_then_evaluate(trained_tiny, synth_val, tmp_path):
     data = json.loads((out / "panoptic_pred.json").read_text())
     assert len(data["annotations"]) == 24 and len(list((out / "overlays").glob("*.png"))) == 24
     assert len(list((out / "panoptic_pred").glob("*.png"))) == 24
-    assert main(["evaluate", "--gt-json", str(synth_val["gt_json"]), "--pred-json", str(out / "panoptic_pred.json")]) == 0
+    assert main(["evaluate", "--gt-json", str(synth_val["gt_json"]),
+                 "--pred-json", str(out / "panoptic_pred.json")]) == 0
     results = json.loads((out / "pq_results.json").read_text())
     assert results["num_images"] == 24
     # the same numbers as the in-memory evaluator used during training

@@ -6,8 +6,7 @@ from PIL import Image
 
 from panoptix.data import DatasetMeta, PanopticFormatError
 from panoptix.data.datasets import PanopticDataset
-from panoptix.data.formats import (load_ade20k, load_coco_panoptic, read_sample,
-                                   write_coco_panoptic)
+from panoptix.data.formats import load_ade20k, load_coco_panoptic, read_sample, write_coco_panoptic
 from panoptix.data.png import write_id_png
 
 CATS = [{"id": 1, "name": "thing", "isthing": 1, "color": [200, 0, 0]},

@@ -53,8 +53,8 @@ def test_fusion_rules():
     segs = {s.id: s for s in r.segments}
     # 0.95 first (36 px), then 0.9 (100 px, 36 taken -> kept), 0.8 (100 px, 50 taken -> kept at exactly 0.5),
     # 0.3 below the score threshold.
-    assert [(s.category_id, s.area) for s in r.segments if s.isthing] == [(meta.thing_ids[2], 36),
-                                                                         (meta.thing_ids[0], 64), (meta.thing_ids[1], 50)]
+    things = [(s.category_id, s.area) for s in r.segments if s.isthing]
+    assert things == [(meta.thing_ids[2], 36), (meta.thing_ids[0], 64), (meta.thing_ids[1], 50)]
     stuff = [s for s in r.segments if not s.isthing]
     assert [s.category_id for s in stuff] == [meta.stuff_ids[0]]
     assert stuff[0].area == 400 - 150 - 12 - 3 + 0  # thing pixels, the things blob and the tiny stuff patch are VOID
@@ -112,7 +112,7 @@ def test_stuff_area_limit_is_in_pixels_of_the_original_image():
 
 
 def test_stuff_only_source_fills_unexplained_thing_pixels():
-    """OANet (seed 004, 3.1) uses only the stuff predictions: a free pixel whose argmax is a thing
+    """OANet (Liu et al. 2019, 3.1) uses only the stuff predictions: a free pixel whose argmax is a thing
     class gets its best stuff class instead of VOID."""
     meta = synthetic_meta()
     table = semantic_category_table(meta, "all")

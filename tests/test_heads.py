@@ -19,7 +19,8 @@ from panoptix.registry import SEMANTIC_HEADS, build
 
 def _feats(b=2, h=64, w=96):
     chans = [16, 32, 64, 128]
-    return OrderedDict((f"c{i + 2}", torch.rand(b, c, h // 2 ** (i + 2), w // 2 ** (i + 2))) for i, c in enumerate(chans))
+    return OrderedDict((f"c{i + 2}", torch.rand(b, c, h // 2 ** (i + 2), w // 2 ** (i + 2)))
+                       for i, c in enumerate(chans))
 
 
 @pytest.mark.parametrize("deformable", [(), ("p3", "p4", "p5")])
@@ -67,7 +68,7 @@ def test_semantic_heads_return_logits_and_their_loss(name, cls):
 
 
 def test_oanet_stuff_head_layout():
-    """Seed 004 Fig. 3: two shared 3x3 convs per level, concatenation, a 3x3 conv, a 1x1 classifier."""
+    """OANet (Liu et al. 2019) Fig. 3: two shared 3x3 convs per level, concatenation, a 3x3 conv, a 1x1 classifier."""
     head = OANetStuffHead(32, num_classes=7, channels=16)
     assert [m.kernel_size for m in head.shared.modules() if isinstance(m, torch.nn.Conv2d)] == [(3, 3), (3, 3)]
     assert head.fuse[0].in_channels == 4 * 16 and head.fuse[0].kernel_size == (3, 3)
@@ -77,7 +78,8 @@ def test_oanet_stuff_head_layout():
 def test_unknown_semantic_head_lists_the_registered_ones():
     from panoptix.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"unknown semantic head 'aspp'; registered semantic heads: deformable, fpn, htc_fused, oanet"):
+    with pytest.raises(ConfigError, match=r"unknown semantic head 'aspp'; registered semantic heads: "
+                                          r"deformable, fpn, htc_fused, oanet"):
         build(SEMANTIC_HEADS, {"name": "aspp"}, in_channels=32, num_classes=5)
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) head.deform_convs for FPNSemanticHead; valid "
                                           r"keys: channels, loss_weight"):

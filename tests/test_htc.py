@@ -15,12 +15,13 @@ from panoptix.data.datasets import PanopticDataset
 from panoptix.data.targets import build_targets
 from panoptix.losses import total_loss
 from panoptix.models.heads.htc import HybridTaskCascade
-from panoptix.models.heads.rpn import RPN
 from panoptix.models.heads.htc_semantic import FusedSemanticHead
+from panoptix.models.heads.rpn import RPN
 from panoptix.registry import ConfigError
 from panoptix.structures import PanopticResult
 
 from conftest import image_batch, seeded_model
+
 
 def tiny() -> dict:
     """A tiny head's keywords (a fresh RPN each call, built first as from a config)."""

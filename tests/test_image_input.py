@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import seeded_model
 from panoptix.data.datasets import PanopticDataset
 from panoptix.engine.predictor import Predictor
 from panoptix.image_input import ImageInputError, as_image_tensors
+
+from conftest import seeded_model
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ WRONG_SLOTS = {
     "model.upsnet_head.name=spatial_ranking": ("panoptic_fpn_tiny", "registered UPSNet panoptic heads: upsnet "),
     "model.detector.name=mask_rcnn": ("ciae_tiny", "in the RoI head registry, not the dense detector registry"),
     "model.classifier.name=fcos": ("ciae_tiny", "registered box classifiers: roi_classifier "),
-    "model.decoder.name=danet": ("ainnoseg_tiny", "in the context head registry, not the decode head registry; registered decode heads: fcn, ocr "),
+    "model.decoder.name=danet": ("ainnoseg_tiny", "in the context head registry, not the decode head registry; "
+                                 "registered decode heads: fcn, ocr "),
     "model.context.name=ocr": ("ainnoseg_tiny", "registered context heads: danet "),
 }
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from panoptix.data.meta import IGNORE_INDEX
-from panoptix.data.targets import instance_index_map
 from panoptix.data.synthetic import synthetic_meta
+from panoptix.data.targets import instance_index_map
 from panoptix.fusion.crf import crf_refine
 from panoptix.fusion.heuristic import heuristic_fusion, semantic_category_table
 from panoptix.fusion.ranking import ranking_fusion, ranking_x_score_fusion
@@ -23,7 +23,7 @@ DISC, STAR = 0, 5
 
 def _tie_on_person(size=24):
     """A large disc (frequent class, score 0.95) whose predicted mask also covers the small star
-    (rare class, score 0.6) sitting on it: the tie-on-person case of seed 004, Figure 7."""
+    (rare class, score 0.6) sitting on it: the tie-on-person case of OANet (Liu et al. 2019), Figure 7."""
     big = torch.zeros(size, size)
     big[2:22, 2:22] = 0.9
     small = torch.zeros(size, size)

@@ -10,12 +10,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as tmp_mp
 
-from conftest import free_port, perturbed
 from panoptix.data import PanopticFormatError
 from panoptix.data.datasets import PanopticDataset
 from panoptix.data.png import read_id_png, write_id_png
 from panoptix.evaluation.panoptic import PanopticEvaluator, PQStat, evaluate_coco_panoptic
 from panoptix.structures import PanopticResult, SegmentInfo
+
+from conftest import free_port, perturbed
 
 
 def _edit_pred(pj, fn):

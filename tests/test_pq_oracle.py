@@ -7,12 +7,13 @@ import math
 
 import numpy as np
 import pytest
-from PIL import Image
 from panopticapi.evaluation import pq_compute
+from PIL import Image
 
-from conftest import perturbed
 from panoptix.data.perturb import write_perturbed
 from panoptix.evaluation.panoptic import evaluate_coco_panoptic
+
+from conftest import perturbed
 
 TOL = 1e-12
 

@@ -8,9 +8,10 @@ import csv
 
 import pytest
 
-from conftest import tiny_overrides, tiny_trainer
 from panoptix.cli import main
 from panoptix.engine.checkpoint import LAST, CheckpointError, find_resume_checkpoint, last_checkpoint
+
+from conftest import tiny_overrides, tiny_trainer
 
 
 def _iterations(path):

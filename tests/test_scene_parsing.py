@@ -1,4 +1,4 @@
-"""Seed 003's scene parser: DANet's attention modules, OCR's region representations, the system's
+"""AinnoSeg's scene parser: DANet's attention modules, OCR's region representations, the system's
 losses and results, and training + evaluation through the CLI."""
 
 import json
@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import seeded_model, tiny_overrides
 from panoptix.data.synthetic import synthetic_meta
 from panoptix.models.heads.danet import ChannelAttention, DANetHead, PositionAttention
 from panoptix.models.heads.ocr import OCRHead, object_region_representations
+
+from conftest import seeded_model, tiny_overrides
 
 
 def test_position_attention_is_the_unscaled_softmax_formula():

@@ -7,13 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_overrides
 from panoptix.data import PanopticFormatError
 from panoptix.data.formats import load_ade20k
 from panoptix.data.labels import category_map, pseudo_label, write_categories, write_label_png
 from panoptix.data.synthetic import synthetic_meta
 from panoptix.engine.sampler import MixedStream
 from panoptix.evaluation.semantic import evaluate_label_folders
+
+from conftest import tiny_overrides
 
 META = synthetic_meta()
 CATS = list(META.category_ids)  # 1..6, 11..14
@@ -124,8 +125,9 @@ def test_self_train_under_torchrun_exits_with_every_stage_on_two_ranks(synth_roo
     import subprocess
     import sys
 
-    from conftest import REPO, free_port
     from panoptix.cli import main
+
+    from conftest import REPO, free_port
 
     common = [o for o in tiny_overrides(synth_root, tmp_path / "unused", solver__batch_size=4)
               if not o.startswith("engine.output_dir")]

@@ -4,11 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import seeded_model
 from panoptix.data.synthetic import synthetic_meta
 from panoptix.engine.semantic_tta import SemanticTTA, window_starts
 from panoptix.models.preprocess import Preprocessor
 from panoptix.models.systems.semantic import semantic_result
+
+from conftest import seeded_model
 
 META = synthetic_meta()
 

@@ -13,8 +13,8 @@ from torch import nn
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from panoptix.engine.optim import build_optimizer, parameter_groups, prepare_norms
-from panoptix.engine.settings import SolverSettings
 from panoptix.engine.sampler import StreamBatchSampler, TrainingStream
+from panoptix.engine.settings import SolverSettings
 from panoptix.models.postprocess import detector_postprocess, paste_masks, resize_boxes
 from panoptix.models.preprocess import Preprocessor, pad_maps
 from panoptix.structures import Instances

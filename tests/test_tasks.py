@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from conftest import seeded_model
 from panoptix.data.datasets import PanopticDataset
 from panoptix.engine.ensemble import TTASettings, tta_model
 from panoptix.engine.predictor import Predictor, evaluate_dataset
@@ -13,6 +12,8 @@ from panoptix.engine.tasks import Task, task_of
 from panoptix.engine.tasks.panoptic import PanopticTask
 from panoptix.engine.tasks.semantic import SemanticTask
 from panoptix.registry import TASKS
+
+from conftest import seeded_model
 
 
 def test_systems_and_their_wrappers_declare_their_task(synth_root):

@@ -14,7 +14,8 @@ def _sample():
     ids[:4] = 5
     ids[4:] = 7
     ids[0, 0] = 9  # one pixel: vanishes when halved
-    segs = [Segment(5, 1, False, (0, 0, 8, 4), 31), Segment(7, 11, False, (0, 4, 8, 4), 32), Segment(9, 2, False, (0, 0, 1, 1), 1)]
+    segs = [Segment(5, 1, False, (0, 0, 8, 4), 31), Segment(7, 11, False, (0, 4, 8, 4), 32),
+            Segment(9, 2, False, (0, 0, 1, 1), 1)]
     image = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
     return PanopticSample(ids, segs, image)
 

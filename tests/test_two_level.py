@@ -1,4 +1,4 @@
-"""Two-level fusion (seed 001): the per-class choice of end, instances taken per class from the
+"""Two-level fusion (AntVisionPS, Hong et al. 2019): the per-class choice of end, instances taken per class from the
 chosen end, averaged semantic probabilities, refusals, and fit-fusion / predict --two-level."""
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def test_fit_fusion_and_predict_two_level(trained_tiny, trained_tiny_other_seed,
     """Two different ends: every thing class routed to end b gives exactly b's own thing segments, and
     routed to end a, a's (the merge pastes things from instances alone); the ends differ, so routing
     that ignores the record, or swaps the ends, fails."""
-    from panoptix.engine.build import load_predictor, load_two_level
     from panoptix.data.png import read_image
+    from panoptix.engine.build import load_predictor, load_two_level
     from panoptix.engine.checkpoint import last_checkpoint
 
     a, b = str(last_checkpoint(trained_tiny)), str(last_checkpoint(trained_tiny_other_seed))

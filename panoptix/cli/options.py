@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 SHOWN_LINES = 20
 

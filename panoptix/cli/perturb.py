@@ -13,7 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-json", required=True, help="the prediction JSON to write")
     p.add_argument("--out-dir", required=True, help="the prediction PNG folder to write")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--strength", type=float, default=1.0, help="scale of the perturbations (drops, class swaps, merges)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="scale of the perturbations (drops, class swaps, merges)")
 
 
 def run(args: argparse.Namespace) -> int:

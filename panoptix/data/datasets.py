@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 from torch.utils.data import Dataset
 
-from panoptix.data.formats import (PanopticRecord, load_ade20k, load_cityscapes_panoptic, load_coco_panoptic,
-                                   read_sample)
+from panoptix.data.formats import PanopticRecord, load_ade20k, load_cityscapes_panoptic, load_coco_panoptic, read_sample
 from panoptix.data.meta import DatasetMeta
 from panoptix.data.sample import PanopticSample
 from panoptix.data.synthetic import synthetic_paths
@@ -25,7 +24,7 @@ class PanopticDataset(Dataset):
     """
 
     def __init__(self, meta: DatasetMeta, records: Sequence[PanopticRecord], load_images: bool = True,
-                 transform: Optional[Callable[[PanopticSample], PanopticSample]] = None) -> None:
+                 transform: Callable[[PanopticSample], PanopticSample] | None = None) -> None:
         self.meta = meta
         self.records = list(records)
         self.load_images = load_images
@@ -41,21 +40,21 @@ class PanopticDataset(Dataset):
     # ----------------------------------------------------------------- constructors
     @classmethod
     def coco(cls, gt_json: str | Path, gt_dir: str | Path | None = None, image_dir: str | Path | None = None,
-             **kwargs) -> "PanopticDataset":
+             **kwargs) -> PanopticDataset:
         meta, records = load_coco_panoptic(gt_json, gt_dir, image_dir)
         return cls(meta, records, **kwargs)
 
     @classmethod
-    def synthetic(cls, root: str | Path, split: str, **kwargs) -> "PanopticDataset":
+    def synthetic(cls, root: str | Path, split: str, **kwargs) -> PanopticDataset:
         p = synthetic_paths(root, split)
         return cls.coco(p["gt_json"], p["gt_dir"], p["image_dir"], **kwargs)
 
     @classmethod
-    def cityscapes(cls, root: str | Path, split: str = "val", **kwargs) -> "PanopticDataset":
+    def cityscapes(cls, root: str | Path, split: str = "val", **kwargs) -> PanopticDataset:
         meta, records = load_cityscapes_panoptic(root, split)
         return cls(meta, records, **kwargs)
 
     @classmethod
-    def ade20k(cls, root: str | Path, split: str = "validation", **kwargs) -> "PanopticDataset":
+    def ade20k(cls, root: str | Path, split: str = "validation", **kwargs) -> PanopticDataset:
         meta, records = load_ade20k(root, split)
         return cls(meta, records, **kwargs)

@@ -7,9 +7,10 @@ A reader returns a `DatasetMeta` and a list of `PanopticRecord`s (paths and segm
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -34,10 +35,10 @@ class PanopticRecord:
     image_id: Any
     file_name: str
     png_path: Path
-    image_path: Optional[Path]
+    image_path: Path | None
     segments: list[Segment]
-    height: Optional[int] = None
-    width: Optional[int] = None
+    height: int | None = None
+    width: int | None = None
     label_png: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -10,8 +10,8 @@ scene parsing system and ``panoptix pseudo-label`` writes for a student.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -12,9 +12,10 @@ Contiguous indices:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class DatasetMeta:
 
     # ----------------------------------------------------------------- construction
     @classmethod
-    def from_categories(cls, records: Iterable[Mapping[str, Any]], name: str = "dataset") -> "DatasetMeta":
+    def from_categories(cls, records: Iterable[Mapping[str, Any]], name: str = "dataset") -> DatasetMeta:
         """Build from COCO-style category dicts (``id``, ``name``, ``isthing``, optional ``color``)."""
         cats = []
         for i, rec in enumerate(records):
@@ -68,7 +69,8 @@ class DatasetMeta:
             if missing:
                 raise PanopticFormatError(f"{name}: category #{i} lacks field(s) {missing}: {dict(rec)}")
             if rec["isthing"] not in (0, 1, True, False):
-                raise PanopticFormatError(f"{name}: category {rec['id']} has isthing={rec['isthing']!r}, expected 0 or 1")
+                raise PanopticFormatError(f"{name}: category {rec['id']} has isthing={rec['isthing']!r}, "
+                                          "expected 0 or 1")
             color = rec.get("color") or _fallback_color(int(rec["id"]))
             if len(color) != 3:
                 raise PanopticFormatError(f"{name}: category {rec['id']} colour {color!r} is not RGB")
@@ -76,7 +78,7 @@ class DatasetMeta:
         return cls(cats, name=name)
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "DatasetMeta":
+    def from_json(cls, path: str | Path) -> DatasetMeta:
         """Read categories from a COCO panoptic JSON (``{"categories": [...]}``) or a bare list."""
         path = Path(path)
         if not path.is_file():

@@ -8,7 +8,7 @@ false-positive blobs are added and crowd flags are removed, as a prediction has 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +73,7 @@ def perturb_sample(sample: PanopticSample, meta: DatasetMeta, rng: np.random.Gen
 
 
 def write_perturbed(gt_json: str | Path, gt_dir: str | Path, out_json: str | Path, out_dir: str | Path,
-                    seed: int = 0, strength: float = 1.0, limit: Optional[int] = None) -> int:
+                    seed: int = 0, strength: float = 1.0, limit: int | None = None) -> int:
     """Write a perturbed copy of a COCO panoptic ground truth as a prediction set; returns #images."""
     meta, records = load_coco_panoptic(gt_json, gt_dir)
     records = records[:limit] if limit else records

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ class Segment:
     area: int = 0
 
     @classmethod
-    def from_json(cls, rec: Mapping[str, Any]) -> "Segment":
+    def from_json(cls, rec: Mapping[str, Any]) -> Segment:
         bbox = rec.get("bbox", (0, 0, 0, 0))
         return cls(int(rec["id"]), int(rec["category_id"]), bool(rec.get("iscrowd", 0)),
                    tuple(int(v) for v in bbox), int(rec.get("area", 0)))
@@ -46,7 +47,7 @@ class PanopticSample:
 
     ids: np.ndarray
     segments: list[Segment]
-    image: Optional[np.ndarray] = None
+    image: np.ndarray | None = None
     image_id: Any = None
     file_name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -92,7 +93,8 @@ def bbox_of_mask(mask: np.ndarray) -> tuple[int, int, int, int]:
     return (int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
 
 
-def segments_from_ids(ids: np.ndarray, categories: Mapping[int, int], iscrowd: Mapping[int, bool] | None = None) -> list[Segment]:
+def segments_from_ids(ids: np.ndarray, categories: Mapping[int, int],
+                      iscrowd: Mapping[int, bool] | None = None) -> list[Segment]:
     """Segments (with area and bbox measured from ``ids``) for every non-zero id in ``ids``.
 
     ``categories`` maps segment id -> category id.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from panoptix.errors import PanoptixError
 
@@ -18,11 +18,11 @@ class DatasetSpec:
     """
 
     format: Literal["coco", "synthetic", "cityscapes", "ade20k"] = "coco"
-    json: Optional[str] = None
-    png_dir: Optional[str] = None
-    image_dir: Optional[str] = None
-    root: Optional[str] = None
-    split: Optional[str] = None
+    json: str | None = None
+    png_dir: str | None = None
+    image_dir: str | None = None
+    root: str | None = None
+    split: str | None = None
 
     def names_data(self) -> bool:
         return bool(self.json if self.format == "coco" else self.root)

@@ -6,7 +6,7 @@ star) whose colour, texture, size (8 px to half the image) and rotation vary wit
 only shape tells the class. Things occlude each other; some images carry a crowd region (a
 cluster of small objects annotated as one ``iscrowd=1`` segment) and VOID clutter blobs.
 ``occlusion="heavy"`` adds frequent small-on-large pairs: a rare class (star, cross) sitting on a
-frequent one (disc, square), the tie-on-person case of OANet (seed 004).
+frequent one (disc, square), the tie-on-person case of OANet (Liu et al. 2019).
 
 Output layout (COCO-like)::
 
@@ -25,7 +25,7 @@ import multiprocessing as mp
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -56,7 +56,7 @@ def synthetic_meta() -> DatasetMeta:
 @dataclass(frozen=True)
 class SynthConfig:
     size: int = 128                    # image height (and width unless ``width`` is given)
-    width: Optional[int] = None
+    width: int | None = None
     occlusion: str = "normal"          # "normal" or "heavy"
     min_things: int = 2
     max_things: int = 8
@@ -103,7 +103,8 @@ def _stuff_texture(rng: np.random.Generator, kind: int, yy: np.ndarray, xx: np.n
         bw = 2 * bh
         row = yy // bh
         mortar = (yy % bh == 0) | (((xx + (row % 2) * (bw // 2)) % bw) == 0)
-        shade = rng.uniform(-20, 20, size=(shape[0] // bh + 2, shape[1] // bw + 3))[row, (xx + (row % 2) * (bw // 2)) // bw]
+        shades = rng.uniform(-20, 20, size=(shape[0] // bh + 2, shape[1] // bw + 3))
+        shade = shades[row, (xx + (row % 2) * (bw // 2)) // bw]
         img = base + shade[..., None]
         return np.where(mortar[..., None], np.array([200, 200, 190]), img)
     if kind == 2:    # water: wavy stripes
@@ -182,8 +183,8 @@ def _draw(obj: _Obj, shape: tuple[int, int]) -> tuple[tuple[slice, slice], np.nd
     return (slice(y0, y1), slice(x0, x1)), _shape_mask(obj.kind, u, v)
 
 
-def _random_obj(rng: np.random.Generator, shape: tuple[int, int], cfg: SynthConfig, kind: Optional[int] = None,
-                extent: Optional[float] = None) -> _Obj:
+def _random_obj(rng: np.random.Generator, shape: tuple[int, int], cfg: SynthConfig, kind: int | None = None,
+                extent: float | None = None) -> _Obj:
     if kind is None:
         kind = int(rng.choice(len(THING_CLASSES), p=THING_FREQUENCY))
     if extent is None:
@@ -194,52 +195,87 @@ def _random_obj(rng: np.random.Generator, shape: tuple[int, int], cfg: SynthConf
 
 # --------------------------------------------------------------------------- one scene
 def render_scene(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
-    """Render one scene.
+    """Render one scene: stuff layout, VOID clutter, an optional crowd, then the things, painted back to
+    front (the random draws happen in that order, so a seed always gives the same scene).
 
     Returns:
         image (H, W, 3) uint8, ids (H, W) int32 (0 = VOID), segments_info (COCO dicts with
         id, category_id, iscrowd, bbox, area).
     """
-    shape = cfg.shape
-    h, w = shape
-    s = min(shape)
     meta = synthetic_meta()
-    yy, xx = np.mgrid[0:h, 0:w]
+    yy, xx = np.mgrid[0:cfg.shape[0], 0:cfg.shape[1]]
+    kinds, stuff_label, image = _stuff_layer(rng, cfg.shape, yy, xx)
+    # owner: -1 stuff, -2 VOID, >= 0 index into `owners` (thing instances and the crowd)
+    owner = np.full(cfg.shape, -1, np.int64)
+    owners: list[tuple[int, bool]] = []                       # (category_id, iscrowd)
+    if rng.random() < cfg.void_prob:
+        _paint_void_blobs(rng, cfg.shape, yy, xx, owner, image)
+    if rng.random() < cfg.crowd_prob:
+        kind = int(rng.integers(0, len(THING_CLASSES)))
+        owners.append((meta.thing_ids[kind], True))
+        _paint_crowd(rng, cfg.shape, kind, owner, image)
+    for kind, win, m in _visible_things(_scene_objects(rng, cfg), cfg):
+        owners.append((meta.thing_ids[kind], False))
+        owner[win][m] = len(owners) - 1
+        image[win][m] = _thing_texture(rng, *m.shape)[m]
 
-    # Stuff layout: argmax of smooth random fields plus a vertical prior per class.
+    # Segment ids: things and the crowd by owner index, stuff by class; remove fully hidden ones.
+    ids = np.zeros(cfg.shape, np.int32)
+    segments: list[dict[str, Any]] = []
+    for i, (cat, crowd) in enumerate(owners):
+        _add_segment(ids, owner == i, cat, crowd, segments)
+    for k in kinds:
+        _add_segment(ids, (owner == -1) & (stuff_label == k), meta.stuff_ids[int(k)], False, segments)
+    image += rng.normal(0, 4, size=image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), ids, segments
+
+
+def _stuff_layer(rng: np.random.Generator, shape: tuple[int, int], yy: np.ndarray, xx: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(stuff classes used, (H, W) stuff class map, (H, W, 3) float image): the argmax of smooth random
+    fields plus a vertical prior per class, each region filled with its class's texture."""
     kinds = np.sort(rng.choice(len(STUFF_CLASSES), size=int(rng.integers(2, 5)), replace=False))
-    height = 1.0 - 2.0 * (yy + 0.5) / h
-    fields = np.stack([STUFF_PRIOR[k] * height + 0.8 * _smooth_noise(rng, shape, 3) + 0.25 * _smooth_noise(rng, shape, 9)
-                       for k in kinds])
+    height = 1.0 - 2.0 * (yy + 0.5) / shape[0]
+    fields = np.stack([STUFF_PRIOR[k] * height + 0.8 * _smooth_noise(rng, shape, 3)
+                       + 0.25 * _smooth_noise(rng, shape, 9) for k in kinds])
     stuff_label = kinds[np.argmax(fields, axis=0)]
-    image = np.zeros((h, w, 3), np.float64)
+    image = np.zeros((*shape, 3), np.float64)
     for k in kinds:
         sel = stuff_label == k
         if sel.any():
             image[sel] = _stuff_texture(rng, int(k), yy, xx)[sel]
-    # owner: -1 stuff, -2 VOID, >= 0 index into `owners` (thing instances and the crowd)
-    owner = np.full((h, w), -1, np.int64)
+    return kinds, stuff_label, image
 
-    if rng.random() < cfg.void_prob:                           # VOID clutter blobs
-        for _ in range(int(rng.integers(1, 4))):
-            cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(3, max(4, s / 12))
-            blob = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (_smooth_noise(rng, shape, 12) > -0.3)
-            owner[blob] = -2
-            image[blob] = rng.uniform(60, 200) + rng.normal(0, 30, size=(int(blob.sum()), 3))
 
-    owners: list[tuple[int, bool]] = []                       # (category_id, iscrowd)
-    if rng.random() < cfg.crowd_prob:                          # crowd: a cluster of small objects
-        kind = int(rng.integers(0, len(THING_CLASSES)))
-        cy, cx, spread = rng.uniform(0.2 * h, 0.8 * h), rng.uniform(0.2 * w, 0.8 * w), rng.uniform(s / 12, s / 6)
-        owners.append((meta.thing_ids[kind], True))
-        for _ in range(int(rng.integers(6, 13))):
-            obj = _Obj(kind, cy + rng.normal(0, spread), cx + rng.normal(0, spread), rng.uniform(3, 6),
-                       rng.uniform(0, 2 * np.pi), 1.0)
-            win, m = _draw(obj, shape)
-            if m.size:
-                owner[win][m] = 0
-                image[win][m] = _thing_texture(rng, *m.shape)[m]
+def _paint_void_blobs(rng: np.random.Generator, shape: tuple[int, int], yy: np.ndarray, xx: np.ndarray,
+                      owner: np.ndarray, image: np.ndarray) -> None:
+    """1-3 VOID clutter blobs: ``owner`` -2 and random grey noise in ``image``."""
+    h, w = shape
+    for _ in range(int(rng.integers(1, 4))):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(3, max(4, min(shape) / 12))
+        blob = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (_smooth_noise(rng, shape, 12) > -0.3)
+        owner[blob] = -2
+        image[blob] = rng.uniform(60, 200) + rng.normal(0, 30, size=(int(blob.sum()), 3))
 
+
+def _paint_crowd(rng: np.random.Generator, shape: tuple[int, int], kind: int, owner: np.ndarray,
+                 image: np.ndarray) -> None:
+    """A crowd: 6-12 small objects of one class around a centre, all owner 0 (one iscrowd segment)."""
+    h, w, s = shape[0], shape[1], min(shape)
+    cy, cx, spread = rng.uniform(0.2 * h, 0.8 * h), rng.uniform(0.2 * w, 0.8 * w), rng.uniform(s / 12, s / 6)
+    for _ in range(int(rng.integers(6, 13))):
+        obj = _Obj(kind, cy + rng.normal(0, spread), cx + rng.normal(0, spread), rng.uniform(3, 6),
+                   rng.uniform(0, 2 * np.pi), 1.0)
+        win, m = _draw(obj, shape)
+        if m.size:
+            owner[win][m] = 0
+            image[win][m] = _thing_texture(rng, *m.shape)[m]
+
+
+def _scene_objects(rng: np.random.Generator, cfg: SynthConfig) -> list[_Obj]:
+    """The scene's things, back to front; with heavy occlusion, 0-2 extra pairs of a small rare object
+    on a large frequent one."""
+    shape, s = cfg.shape, min(cfg.shape)
     objs = [_random_obj(rng, shape, cfg) for _ in range(int(rng.integers(cfg.min_things, cfg.max_things + 1)))]
     if cfg.occlusion == "heavy":
         for _ in range(int(rng.integers(1, 3)) if rng.random() < 0.7 else 0):
@@ -248,31 +284,19 @@ def render_scene(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray
             small.cy = big.cy + rng.uniform(-0.3, 0.3) * big.radius
             small.cx = big.cx + rng.uniform(-0.3, 0.3) * big.radius
             objs += [big, small]
+    return objs
 
-    drawn = [(obj, *_draw(obj, shape)) for obj in objs]
-    # Paint indices first to find what stays visible; drop objects that are mostly hidden.
-    paint = np.full((h, w), -1, np.int64)
+
+def _visible_things(objs: list[_Obj], cfg: SynthConfig) -> list[tuple[int, tuple[slice, slice], np.ndarray]]:
+    """(class, window, mask) of the objects that stay visible enough once all are painted back to front
+    (at least ``min_visible`` of their pixels, and 10)."""
+    drawn = [(obj, *_draw(obj, cfg.shape)) for obj in objs]
+    paint = np.full(cfg.shape, -1, np.int64)
     for i, (_, win, m) in enumerate(drawn):
         paint[win][m] = i
     visible = np.bincount(paint[paint >= 0], minlength=len(drawn))
-    for i, (obj, win, m) in enumerate(drawn):
-        full = int(m.sum())
-        if full == 0 or visible[i] < max(cfg.min_visible * full, 10):
-            continue
-        owners.append((meta.thing_ids[obj.kind], False))
-        owner[win][m] = len(owners) - 1
-        image[win][m] = _thing_texture(rng, *m.shape)[m]
-
-    # Segment ids: things and the crowd by owner index, stuff by class; remove fully hidden ones.
-    ids = np.zeros((h, w), np.int32)
-    segments: list[dict[str, Any]] = []
-    for i, (cat, crowd) in enumerate(owners):
-        _add_segment(ids, owner == i, cat, crowd, segments)
-    for k in kinds:
-        _add_segment(ids, (owner == -1) & (stuff_label == k), meta.stuff_ids[int(k)], False, segments)
-
-    image += rng.normal(0, 4, size=image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8), ids, segments
+    return [(obj.kind, win, m) for i, (obj, win, m) in enumerate(drawn)
+            if int(m.sum()) > 0 and visible[i] >= max(cfg.min_visible * int(m.sum()), 10)]
 
 
 def _add_segment(ids: np.ndarray, mask: np.ndarray, category_id: int, iscrowd: bool,
@@ -299,7 +323,7 @@ def _write_one(args: tuple) -> dict[str, Any]:
 
 
 def write_synthetic(out: str | Path, splits: dict[str, int], seed: int = 0, cfg: SynthConfig = SynthConfig(),
-                    workers: Optional[int] = None, progress: bool = True) -> dict[str, Any]:
+                    workers: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Write a synthetic COCO panoptic dataset.
 
     Args:
@@ -316,7 +340,8 @@ def write_synthetic(out: str | Path, splits: dict[str, int], seed: int = 0, cfg:
     out.mkdir(parents=True, exist_ok=True)
     (out / "categories.json").write_text(json.dumps(meta.to_json(), indent=1))
     workers = workers or os.cpu_count() or 1
-    summary: dict[str, Any] = {"root": str(out), "seed": seed, "height": cfg.shape[0], "width": cfg.shape[1], "occlusion": cfg.occlusion, "splits": {}}
+    summary: dict[str, Any] = {"root": str(out), "seed": seed, "height": cfg.shape[0], "width": cfg.shape[1],
+                               "occlusion": cfg.occlusion, "splits": {}}
     for split, n in splits.items():
         (out / split).mkdir(exist_ok=True)
         (out / "annotations" / f"panoptic_{split}").mkdir(parents=True, exist_ok=True)

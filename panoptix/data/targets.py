@@ -2,7 +2,7 @@
 
 Semantic variants (``semantic=``):
 - ``"stuff_things"`` (Panoptic FPN): 0 = any thing, 1..S = stuff in contiguous stuff order.
-- ``"all"`` (OANet's object context, seed 004 Table 2): every category by its contiguous id.
+- ``"all"`` (OANet's object context, Liu et al. 2019, Table 2): every category by its contiguous id.
 VOID pixels are ``IGNORE_INDEX`` (255) in both. Crowd pixels get their class (the "things" class
 in ``stuff_things``), as detectron2 builds its semantic targets: a crowd region is still that
 class for the semantic head; only the detector leaves crowd out (``crowd_*`` targets).
@@ -68,7 +68,8 @@ def build_targets(sample: PanopticSample, meta: DatasetMeta, semantic: SemanticV
         boxes = masks_to_boxes(masks).float() if len(things) else torch.zeros((0, 4))
         boxes[:, 2:] += 1
         out[prefix + "boxes"] = boxes
-        out[prefix + "labels"] = torch.tensor([meta.thing_contiguous_id[s.category_id] for s in things], dtype=torch.int64)
+        out[prefix + "labels"] = torch.tensor([meta.thing_contiguous_id[s.category_id] for s in things],
+                                              dtype=torch.int64)
         out[prefix + "masks"] = masks
         if not crowd:
             out["segment_ids"] = tid

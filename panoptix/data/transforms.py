@@ -8,7 +8,7 @@ stream can be replayed exactly on resume (see `panoptix.engine.sampler`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -118,7 +118,7 @@ class TrainTransform:
     then a random horizontal flip.
 
     Args:
-        min_sizes: short-side sizes to pick from uniformly (detectron2's ``MIN_SIZE_TRAIN``; seed 003's
+        min_sizes: short-side sizes to pick from uniformly (detectron2's ``MIN_SIZE_TRAIN``; AinnoSeg's
             base scales 520/640/800).
         max_size: cap on the long side (scaled by the ratio too).
         flip: probability of a horizontal flip.
@@ -132,8 +132,8 @@ class TrainTransform:
 
     def __init__(self, min_sizes: Sequence[int] = (640, 672, 704, 736, 768, 800), max_size: int = 1333,
                  flip: float = 0.5, scale_range: Sequence[float] = (1.0, 1.0),
-                 crop_size: Optional[Sequence[int]] = None, mosaic: float = 0.0,
-                 mosaic_size: Optional[Sequence[int]] = None) -> None:
+                 crop_size: Sequence[int] | None = None, mosaic: float = 0.0,
+                 mosaic_size: Sequence[int] | None = None) -> None:
         if not min_sizes:
             raise ValueError("min_sizes must name at least one short-side size")
         if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
@@ -151,7 +151,7 @@ class TrainTransform:
         self.mosaic_size = None if mosaic_size is None else (int(mosaic_size[0]), int(mosaic_size[1]))
 
     def __call__(self, sample: PanopticSample, rng: np.random.Generator,
-                 pick: Optional[Callable[[np.random.Generator], PanopticSample]] = None) -> PanopticSample:
+                 pick: Callable[[np.random.Generator], PanopticSample] | None = None) -> PanopticSample:
         """``pick(rng)`` draws another training sample (for Mosaic)."""
         if self.mosaic and rng.random() < self.mosaic:
             if pick is None:

@@ -1,6 +1,6 @@
 """Merge ablations of a two-stage system (``panoptix ablate``): one network pass per image, every
 merge on the same instances and semantic logits, PQ and merge time per merge, in the shape of
-seed 004's Table 3.
+OANet's Table 3.
 
 A merge is written ``FUSION`` or ``FUSION+crf`` / ``FUSION+crf:BACKEND`` (``upsnet+crf:densecrf``);
 the fusion's options are the system's ``model.fusion`` options that the fusion also has (score
@@ -10,15 +10,16 @@ threshold, stuff area limit, ...), so the merges differ only in how they merge.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from panoptix.data.datasets import PanopticDataset
 from panoptix.engine.predictor import to_tensor
-from panoptix.evaluation.panoptic import PanopticEvaluator
+from panoptix.evaluation.panoptic import PanopticEvaluator, percent_row
 from panoptix.fusion.needs import needs_head
 from panoptix.fusion.ranking import RANKING_HEAD
 from panoptix.registry import FUSIONS, REFINEMENTS, ConfigError, build, config_parameters
@@ -31,14 +32,14 @@ class MergeSpec:
     """One row of the ablation: a registered fusion and an optional CRF backend."""
 
     fusion: str
-    crf_backend: Optional[str] = None
+    crf_backend: str | None = None
 
     @property
     def name(self) -> str:
         return self.fusion + (f"+crf:{self.crf_backend}" if self.crf_backend else "")
 
     @classmethod
-    def parse(cls, text: str, default_backend: str = "torch") -> "MergeSpec":
+    def parse(cls, text: str, default_backend: str = "torch") -> MergeSpec:
         fusion, _, refine = text.strip().partition("+")
         if fusion not in FUSIONS:
             raise ConfigError(f"--fusions: unknown fusion {fusion!r}; registered: {', '.join(FUSIONS.names())}")
@@ -58,8 +59,8 @@ def parse_merges(text: str, default_backend: str = "torch") -> list[MergeSpec]:
     return specs
 
 
-def build_merge(spec: MergeSpec, fusion_cfg: dict[str, Any], crf_cfg: Optional[dict[str, Any]] = None
-                ) -> tuple[Callable[..., Any], Optional[Callable[..., Any]]]:
+def build_merge(spec: MergeSpec, fusion_cfg: dict[str, Any], crf_cfg: dict[str, Any] | None = None
+                ) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
     """(fusion, refine) of a spec; the fusion takes the options of ``fusion_cfg`` it also has."""
     params = config_parameters(FUSIONS.get(spec.fusion))
     shared = {k: v for k, v in fusion_cfg.items() if k != "name" and k in params}
@@ -77,7 +78,7 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def ablate_merges(model: torch.nn.Module, fusion_cfg: dict[str, Any], dataset: PanopticDataset,
                   specs: Sequence[MergeSpec], device: torch.device | str = "cpu", batch_size: int = 4,
-                  indices: Optional[Sequence[int]] = None, crf_cfg: Optional[dict[str, Any]] = None,
+                  indices: Sequence[int] | None = None, crf_cfg: dict[str, Any] | None = None,
                   progress: bool = True) -> dict[str, Any]:
     """PQ and merge time of each merge on the same network outputs.
 
@@ -123,15 +124,14 @@ def ablate_merges(model: torch.nn.Module, fusion_cfg: dict[str, Any], dataset: P
     rows = []
     for spec in specs:
         s = evaluators[spec.name].summary()
-        rows.append({"merge": spec.name, "pq": 100 * s["All"]["pq"], "pq_th": 100 * s["Things"]["pq"],
-                     "pq_st": 100 * s["Stuff"]["pq"], "sq": 100 * s["All"]["sq"], "rq": 100 * s["All"]["rq"],
+        rows.append({"merge": spec.name, **{k.lower(): v for k, v in percent_row(s).items()},
                      "merge_ms": 1000 * seconds[spec.name] / n, "per_class": s.get("per_class")})
     return {"rows": rows, "network_ms": 1000 * (network - ranking) / n, "images": len(indices),
             "device": str(device)}
 
 
 def markdown_table(report: dict[str, Any], title: str = "") -> str:
-    """The rows as a Markdown table in the shape of seed 004 Table 3 (plus merge ms/image)."""
+    """The rows as a Markdown table in the shape of OANet (Liu et al. 2019) Table 3 (plus merge ms/image)."""
     lines = [f"### {title}", ""] if title else []
     lines += ["| Merge | PQ | PQ_th | PQ_st | SQ | RQ | merge ms/img |", "|---|---|---|---|---|---|---|"]
     for r in report["rows"]:

@@ -4,8 +4,9 @@ through `build_training` like ``panoptix train``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from panoptix.config import load_config
 from panoptix.engine.ablation import MergeSpec, ablate_merges
@@ -28,7 +29,7 @@ def variant_overrides(fusion: str, model_cfg: dict[str, Any]) -> list[str]:
 
 
 def evaluate_merges(model: Any, cfg: dict[str, Any], specs: Sequence[MergeSpec], device: Any, batch_size: int,
-                    limit: Optional[int]) -> dict[str, Any]:
+                    limit: int | None) -> dict[str, Any]:
     """`ablate_merges` of ``model`` on the config's ``data.val`` (its categories must be the model's)."""
     dataset = build_dataset(cfg["data"]["val"])
     if dataset is None:
@@ -39,19 +40,19 @@ def evaluate_merges(model: Any, cfg: dict[str, Any], specs: Sequence[MergeSpec],
     return ablate_merges(model, cfg["model"]["fusion"], dataset, specs, device, batch_size, indices)
 
 
-def ablate_checkpoint(weights: str, config: Optional[str], overrides: Sequence[str], imports: Sequence[str],
-                      specs: Sequence[MergeSpec], device: str, batch_size: int, limit: Optional[int]) -> dict[str, Any]:
+def ablate_checkpoint(weights: str, config: str | None, overrides: Sequence[str], imports: Sequence[str],
+                      specs: Sequence[MergeSpec], device: str, batch_size: int, limit: int | None) -> dict[str, Any]:
     """Every merge on one trained model's outputs."""
     model, _, cfg, dev = load_model(weights, config, overrides, device, imports)
     return evaluate_merges(model, cfg, specs, dev, batch_size, limit)
 
 
 def ablate_variants(config: str, overrides: Sequence[str], imports: Sequence[str], specs: Sequence[MergeSpec],
-                    out: Path, device: str, batch_size: int, limit: Optional[int]) -> dict[str, Any]:
+                    out: Path, device: str, batch_size: int, limit: int | None) -> dict[str, Any]:
     """One model per merge (with the head it needs, ``engine.seed`` alike), trained in ``out/variants/FUSION``
     through `build_training` (its data checks included), then its merges evaluated."""
     base = load_config(config, overrides, imports)
-    report: Optional[dict[str, Any]] = None
+    report: dict[str, Any] | None = None
     seconds = {}
     for fusion in dict.fromkeys(s.fusion for s in specs):
         cfg = load_config(config, [*overrides, *variant_overrides(fusion, base["model"]), f"engine.device={device}",

@@ -5,8 +5,9 @@ only configures.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from panoptix.config import ConfigError, load_config, stored_config
 from panoptix.data.meta import DatasetMeta
@@ -58,7 +59,7 @@ def build_training(cfg: dict[str, Any], progress: bool = True):
     return build_trainer(cfg, build_model(cfg, train_set.meta), train_set, val_set, progress=progress)
 
 
-def load_predictor(weights: str | Path, config: Optional[str | Path] = None, overrides: Sequence[str] = (),
+def load_predictor(weights: str | Path, config: str | Path | None = None, overrides: Sequence[str] = (),
                    batch_size: int = 4, device: str = "auto", imports: Sequence[str] = ()):
     """(`Predictor`, `DatasetMeta`) from a training checkpoint.
 
@@ -71,8 +72,8 @@ def load_predictor(weights: str | Path, config: Optional[str | Path] = None, ove
     return Predictor(model, dev, batch_size=batch_size, amp=solver["amp"], amp_dtype=solver["amp_dtype"]), meta
 
 
-def load_ensemble(members: Sequence[tuple[str | Path, float]], tta: Optional[str] = None, box_voting: bool = False,
-                  config: Optional[str | Path] = None, overrides: Sequence[str] = (), batch_size: int = 1,
+def load_ensemble(members: Sequence[tuple[str | Path, float]], tta: str | None = None, box_voting: bool = False,
+                  config: str | Path | None = None, overrides: Sequence[str] = (), batch_size: int = 1,
                   device: str = "auto", imports: Sequence[str] = ()):
     """(`Predictor` over a `PanopticEnsemble`, or a `SemanticTTA` for scene parsing systems, `DatasetMeta`):
     weighted checkpoints (one for plain TTA) with test-time augmentation ``tta`` (``"scales=0.75,1,1.25
@@ -89,7 +90,7 @@ def load_ensemble(members: Sequence[tuple[str | Path, float]], tta: Optional[str
     return Predictor(model, dev, batch_size=batch_size, amp=solver["amp"], amp_dtype=solver["amp_dtype"]), meta
 
 
-def load_two_level(record_path: str | Path, fusion: Optional[str] = None, overrides: Sequence[str] = (),
+def load_two_level(record_path: str | Path, fusion: str | None = None, overrides: Sequence[str] = (),
                    batch_size: int = 4, device: str = "auto", imports: Sequence[str] = ()):
     """(`Predictor` over a `TwoLevelFusion`, `DatasetMeta`) from a ``panoptix fit-fusion`` record."""
     import json
@@ -112,7 +113,7 @@ def load_two_level(record_path: str | Path, fusion: Optional[str] = None, overri
                      amp_dtype=cfg["solver"]["amp_dtype"]), meta
 
 
-def load_model(weights: str | Path, config: Optional[str | Path] = None, overrides: Sequence[str] = (),
+def load_model(weights: str | Path, config: str | Path | None = None, overrides: Sequence[str] = (),
                device: str = "auto", imports: Sequence[str] = ()):
     """(model on the device, `DatasetMeta`, config, device) from a training checkpoint.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -44,7 +43,7 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(values: dict[str, float], device: Optional[torch.device] = None) -> dict[str, float]:
+def all_reduce_mean(values: dict[str, float], device: torch.device | None = None) -> dict[str, float]:
     """Average scalar logs over ranks (a no-op on one process)."""
     if get_world_size() == 1 or not values:
         return values
@@ -62,7 +61,7 @@ def all_gather_objects(obj: object) -> list[object]:
     return out
 
 
-def any_rank(flag: bool, device: Optional[torch.device] = None) -> bool:
+def any_rank(flag: bool, device: torch.device | None = None) -> bool:
     """True when ``flag`` is true on any rank."""
     if get_world_size() == 1:
         return flag
@@ -71,7 +70,7 @@ def any_rank(flag: bool, device: Optional[torch.device] = None) -> bool:
     return bool(t.item() > 0)
 
 
-def replicas_in_sync(model: torch.nn.Module, device: Optional[torch.device] = None) -> bool:
+def replicas_in_sync(model: torch.nn.Module, device: torch.device | None = None) -> bool:
     """Whether every rank holds the same parameters and floating-point buffers (memory embeddings,
     norm statistics): max - min of a checksum over ranks is 0."""
     if get_world_size() == 1:

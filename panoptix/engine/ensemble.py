@@ -1,4 +1,4 @@
-"""Panoptic test-time augmentation and weighted model ensembles for two-stage systems (seed 001's
+"""Panoptic test-time augmentation and weighted model ensembles for two-stage systems (AntVisionPS's
 ensemble; spec section 9's panoptic design). One mechanism serves both: a *view* is one model on
 one scale of the image, optionally flipped, and
 
@@ -13,7 +13,7 @@ one scale of the image, optionally flipped, and
    the 28x28 probabilities of flipped views are flipped back, and the weighted mean is pasted once;
 4. the system's own merge runs **once** on the merged outputs (never per view).
 
-The model weights scale each view's semantic and mask contributions (seed 001: 0.4/1.2/1.1/1.3 for
+The model weights scale each view's semantic and mask contributions (AntVisionPS, Hong et al. 2019: 0.4/1.2/1.1/1.3 for
 four UPSNet models); box scores enter the NMS unweighted, as in d2's TTA. Scales are multiples of
 each model's own test size. With one model, one scale of 1 and no flip this is the model itself,
 up to the box pass being re-run for the masks.
@@ -21,16 +21,17 @@ up to the box pass being re-run for the masks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torchvision.ops import batched_nms, box_iou
 
+from panoptix.errors import PanoptixError
 from panoptix.fusion.average import average_semantic, reads_logits
 from panoptix.fusion.needs import single_model
-from panoptix.errors import PanoptixError
 from panoptix.models.postprocess import detector_postprocess, resize_semantic_logits
 from panoptix.models.preprocess import resize_image
 from panoptix.structures import Instances, PanopticResult, RawPanoptic
@@ -49,7 +50,7 @@ class TTASettings:
     box_voting: bool = False
 
     @classmethod
-    def parse(cls, text: str, box_voting: bool = False) -> "TTASettings":
+    def parse(cls, text: str, box_voting: bool = False) -> TTASettings:
         """``"scales=0.75,1,1.25 flip"`` -> TTASettings((0.75, 1.0, 1.25), True)."""
         scales, flip = (1.0,), False
         for token in text.replace(";", " ").split():
@@ -119,7 +120,7 @@ class PanopticEnsemble(nn.Module):
         tta: the views (`TTASettings`).
     """
 
-    def __init__(self, models: Sequence[nn.Module], weights: Optional[Sequence[float]] = None,
+    def __init__(self, models: Sequence[nn.Module], weights: Sequence[float] | None = None,
                  tta: TTASettings = TTASettings()) -> None:
         super().__init__()
         if not models:
@@ -245,7 +246,7 @@ class PanopticEnsemble(nn.Module):
 
 
 def tta_model(models: Sequence[nn.Module], weights: Sequence[float], settings: TTASettings,
-                    crop_size: Optional[Sequence[int]] = None) -> nn.Module:
+                    crop_size: Sequence[int] | None = None) -> nn.Module:
     """The models under TTA / as a weighted ensemble, as their task wraps them (`Task.tta`: a
     `PanopticEnsemble` for panoptic systems, a `SemanticTTA` for scene parsing)."""
     from panoptix.engine.tasks import task_of

@@ -23,8 +23,9 @@ import io
 import re
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,6 @@ from torch import nn
 
 from panoptix.errors import ExportError
 from panoptix.models.systems.ciae_graph import OUTPUT_NAMES, CIAEGraph
-
 
 OPSET = 17
 

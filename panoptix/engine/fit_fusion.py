@@ -1,20 +1,22 @@
-"""``panoptix fit-fusion``: choose, per thing class, the end of a two-level fusion (seed 001) from
+"""``panoptix fit-fusion``: choose, per thing class, the end of a two-level fusion (AntVisionPS, Hong et al. 2019) from
 each end's per-class PQ on a held-out split, and optionally compare the ends with the fused system
-on a test split (the shape of seed 001's Table 3)."""
+on a test split (the shape of AntVisionPS's Table 3)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
 from panoptix.data.datasets import PanopticDataset
 from panoptix.engine.ablation import MergeSpec, build_merge
 from panoptix.engine.predictor import Predictor, evaluate_dataset
+from panoptix.evaluation.panoptic import percent_row
 from panoptix.fusion.two_level import TwoLevelFusion, choice_to_json, choose_ends
 
 
-def named_fusion(system: nn.Module, name: Optional[str]) -> Any:
+def named_fusion(system: nn.Module, name: str | None) -> Any:
     """The merge ``name`` with the system's merge settings that it accepts (None: the system's own)."""
     if name is None:
         return None
@@ -22,13 +24,13 @@ def named_fusion(system: nn.Module, name: Optional[str]) -> Any:
 
 
 def _row(name: str, result: dict[str, Any], images: int) -> dict[str, Any]:
-    return {"system": name, "PQ": 100 * result["All"]["pq"], "PQ_th": 100 * result["Things"]["pq"],
-            "PQ_st": 100 * result["Stuff"]["pq"], "images": images}
+    row = percent_row(result)
+    return {"system": name, **{k: row[k] for k in ("PQ", "PQ_th", "PQ_st")}, "images": images}
 
 
 def fit_two_level(ends: Sequence[nn.Module], names: Sequence[str], fit_set: PanopticDataset,
-                  test_set: Optional[PanopticDataset], device: Any, fusion: Optional[str] = None,
-                  limit: Optional[int] = None, batch_size: int = 4) -> dict[str, Any]:
+                  test_set: PanopticDataset | None, device: Any, fusion: str | None = None,
+                  limit: int | None = None, batch_size: int = 4) -> dict[str, Any]:
     """The per-class choice on ``fit_set`` and, with ``test_set``, a table of each end and the fused
     system. Returns the JSON record (``choice_to_json`` plus ``fit``, ``table``)."""
     meta = ends[0].meta

@@ -3,9 +3,10 @@ each one's outputs get, so that no two inputs write the same file or share an im
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from panoptix.jsonio import load_json
 
@@ -33,7 +34,7 @@ class ImageListing:
 
     files: list[Path]
     skipped: list[Skipped] = field(default_factory=list)
-    root: Optional[Path] = None
+    root: Path | None = None
     folders: list[Path] = field(default_factory=list)
 
     def folders_note(self) -> list[str]:
@@ -69,7 +70,7 @@ def list_images(path: str | Path, recursive: bool = False) -> ImageListing:
     return ImageListing(files, skipped, path, folders)
 
 
-def output_names(files: Sequence[Path], root: Optional[Path] = None) -> tuple[list[str], list[str]]:
+def output_names(files: Sequence[Path], root: Path | None = None) -> tuple[list[str], list[str]]:
     """(a unique output name per file, one line per group of files that share a stem).
 
     A file's name is its stem (``a.jpg`` -> ``a``) unless another file has the same stem; each of
@@ -92,7 +93,7 @@ def output_names(files: Sequence[Path], root: Optional[Path] = None) -> tuple[li
     return names, notes
 
 
-def _flat(f: Path, root: Optional[Path]) -> str:
+def _flat(f: Path, root: Path | None) -> str:
     rel = f.relative_to(root) if root is not None and f.is_relative_to(root) else Path(f.name)
     return rel.as_posix().replace("/", "_").replace(".", "_")
 

@@ -7,11 +7,11 @@ import csv
 import io
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from panoptix.engine.checkpoint import atomic_write_text
-
 
 LOGS = ("train_log.csv", "eval_log.csv")
 
@@ -30,7 +30,7 @@ class MetricsLogger:
     def __init__(self, output_dir: str | Path, tensorboard: bool = True, start_iteration: int = 0) -> None:
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.writer: Optional[Any] = None
+        self.writer: Any | None = None
         self._fields: dict[str, list[str]] = {}
         for name in LOGS:
             truncate_rows(self.dir / name, start_iteration)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.mo
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float = 0.0,
-                     weight_decay_bias: Optional[float] = None) -> list[dict[str, Any]]:
+                     weight_decay_bias: float | None = None) -> list[dict[str, Any]]:
     """Trainable parameters in groups by weight decay: norm-layer parameters get ``weight_decay_norm``
     (detectron2: 0), biases ``weight_decay_bias`` (None: ``weight_decay``), parameters of a module
     that sets ``no_weight_decay = True`` (an uncertainty weighting's log-variances) 0, the rest

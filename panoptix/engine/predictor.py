@@ -8,9 +8,10 @@ model resizes, pads and maps results back.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,6 @@ from panoptix.engine.tasks import task_of
 from panoptix.errors import PanoptixError
 from panoptix.image_input import as_image_tensors, to_chw
 from panoptix.structures import PanopticResult
-
 
 
 def to_tensor(image: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
@@ -80,7 +80,7 @@ def _batches(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def evaluate_dataset(predictor: Predictor, dataset: PanopticDataset, indices: Optional[Sequence[int]] = None,
+def evaluate_dataset(predictor: Predictor, dataset: PanopticDataset, indices: Sequence[int] | None = None,
                      progress: bool = False) -> dict[str, Any]:
     """PQ of ``predictor`` on ``dataset`` (or the given indices), sharded over ranks and all-reduced;
     or what the model's task evaluates (`panoptix.engine.tasks`: mIoU, pixel accuracy and the ADE
@@ -105,7 +105,7 @@ class PredictionRun:
     json_path: Path
     written: int = 0
     skipped: list[Skipped] = field(default_factory=list)
-    labels_dir: Optional[Path] = None  # the task's extra files (label PNGs of a scene parsing system)
+    labels_dir: Path | None = None  # the task's extra files (label PNGs of a scene parsing system)
     notes: list[str] = field(default_factory=list)  # inputs renamed so that none overwrites another
 
 
@@ -113,7 +113,7 @@ def _warn(skipped: Skipped) -> None:
     tqdm.write(f"warning: {skipped}", file=sys.stderr)   # tqdm.write keeps the progress bar intact
 
 
-def _image_ids(files: Sequence[Path], names: Sequence[str], known: Optional[dict[str, Any]]) -> list[Any]:
+def _image_ids(files: Sequence[Path], names: Sequence[str], known: dict[str, Any] | None) -> list[Any]:
     """Each file's image id: ``known[file name]``, else ``known[stem]`` for a file whose stem is its
     own, else its output name (an int when all digits). `PanoptixError` if two files get one id."""
     seen: dict[Any, Path] = {}   # image id -> the file that has it
@@ -131,8 +131,8 @@ def _image_ids(files: Sequence[Path], names: Sequence[str], known: Optional[dict
 
 
 def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path], out_dir: str | Path,
-                  image_ids: Optional[dict[str, Any]] = None, overlays: bool = True, progress: bool = True,
-                  warn: Callable[[Skipped], None] = _warn, root: Optional[Path] = None) -> PredictionRun:
+                  image_ids: dict[str, Any] | None = None, overlays: bool = True, progress: bool = True,
+                  warn: Callable[[Skipped], None] = _warn, root: Path | None = None) -> PredictionRun:
     """Predict ``files`` and write ``out_dir/panoptic_pred.json``, ``panoptic_pred/*.png`` and overlays;
     and the task's extra files (`Task.write_prediction`: for scene parsing ``labels/*.png``, the
     category id per pixel, and ``labels/categories.json``).

@@ -1,4 +1,4 @@
-"""Teacher-student pseudo-labels (seed 003; spec section 10, Naive-Student): a teacher's hard labels
+"""Teacher-student pseudo-labels (AinnoSeg, Wu et al. 2020; spec section 10, Naive-Student): a teacher's hard labels
 on unlabelled images, low-confidence pixels ignored, written as a label folder a student trains on.
 """
 
@@ -7,8 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from tqdm import tqdm
 
@@ -31,8 +32,8 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def write_pseudo_labels(tta: Any, meta: DatasetMeta, files: Sequence[Path], out: str | Path, threshold: float = 0.5,
-                        split: str = "pseudo", teacher: Optional[str | Path] = None, tta_text: Optional[str] = None,
-                        device: str = "cpu", progress: bool = True, root: Optional[Path] = None) -> dict[str, Any]:
+                        split: str = "pseudo", teacher: str | Path | None = None, tta_text: str | None = None,
+                        device: str = "cpu", progress: bool = True, root: Path | None = None) -> dict[str, Any]:
     """Label ``files`` with ``tta`` (a `SemanticTTA` over the teacher) into ``out``.
 
     Writes ``out/images/{split}/`` (copies of the images), ``out/annotations/{split}/*.png`` (category id

@@ -15,7 +15,7 @@ landscape.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -95,7 +95,7 @@ class TrainingStream(Dataset):
 class MixedStream(Dataset):
     """Two replayable streams interleaved per batch: of each per-rank batch of ``batch_size`` positions
     the first ``round(ratio * batch_size)`` come from ``labelled`` and the rest from ``pseudo``
-    (seed 003's student batches; spec section 10's labelled ratio, 0.5 by default). Position ``g`` of
+    (AinnoSeg's student batches; spec section 10's labelled ratio, 0.5 by default). Position ``g`` of
     batch ``b`` maps to a fixed position of one sub-stream, so replay on resume stays exact.
     """
 
@@ -147,7 +147,7 @@ def collate_list(batch: list) -> tuple[list, list]:
 def stream_loader(stream: TrainingStream, batch_size: int, start: int, stop: int, rank: int, world_size: int,
                   num_workers: int, seed: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """A DataLoader over the stream. Its own generator keeps it from drawing on the global RNG."""
-    gen: Optional[torch.Generator] = torch.Generator().manual_seed(seed)
+    gen: torch.Generator | None = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         stream, batch_sampler=StreamBatchSampler(batch_size, start, stop, rank, world_size),
         num_workers=num_workers, collate_fn=collate_list, generator=gen, pin_memory=pin_memory,

@@ -1,4 +1,4 @@
-"""Seed 003's teacher-student rounds end to end (spec section 10).
+"""AinnoSeg's teacher-student rounds end to end (spec section 10).
 
 Round 0 trains the teacher on the labelled data (or takes a given checkpoint). Each round r then
 (1) pseudo-labels the unlabelled images with the teacher under TTA, low-confidence pixels ignored;
@@ -14,8 +14,9 @@ left at the end; rank 0 writes the pseudo-labels and the summary while the other
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from panoptix.config import load_config
 from panoptix.engine import distributed as dist
@@ -28,9 +29,9 @@ def stage_row(name: str, summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def self_train(config: str | Path, images: Path, out: Path, rounds: int = 2, threshold: float = 0.5,
-               tta: Optional[str] = None, finetune_iters: int = 0, teacher: Optional[str] = None,
+               tta: str | None = None, finetune_iters: int = 0, teacher: str | None = None,
                overrides: Sequence[str] = (), imports: Sequence[str] = (),
-               train: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None,
+               train: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
                device: str = "auto") -> dict[str, Any]:
     """Run the rounds; returns (and writes to ``out/self_train_summary.json``) the stages' table.
 
@@ -39,7 +40,7 @@ def self_train(config: str | Path, images: Path, out: Path, rounds: int = 2, thr
     from panoptix.engine.image_files import list_images
 
     if not 1 <= rounds <= 3:
-        raise ValueError(f"rounds must be 1..3 (seed 003: 2), got {rounds}")
+        raise ValueError(f"rounds must be 1..3 (AinnoSeg, Wu et al. 2020: 2), got {rounds}")
     listing = list_images(images)
     dist.init_distributed()
     try:
@@ -64,7 +65,7 @@ def train_stage(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rounds(config: str | Path, images: Path, listing: Any, out: Path, rounds: int, threshold: float,
-            tta: Optional[str], finetune_iters: int, teacher: Optional[str], overrides: Sequence[str],
+            tta: str | None, finetune_iters: int, teacher: str | None, overrides: Sequence[str],
             imports: Sequence[str], train: Callable[[dict[str, Any]], dict[str, Any]], device: str) -> dict[str, Any]:
     from panoptix.engine.build import load_ensemble
     from panoptix.engine.pseudo_label import write_pseudo_labels

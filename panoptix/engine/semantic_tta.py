@@ -1,5 +1,5 @@
 """Multi-scale + flip test-time augmentation of a scene parsing system, with sliding windows for
-large views (spec section 9, mmseg's semantics; seed 003's seven multiples 0.5-2.0 of the base scale).
+large views (spec section 9, mmseg's semantics; AinnoSeg's seven multiples 0.5-2.0 of the base scale).
 
 For each scale s and each flip: the image is resized to s times the system's test size, run whole,
 or, when a crop size is set and the view is larger, in crop-sized windows at a stride of 2/3 of the
@@ -10,7 +10,7 @@ of the average is the prediction. With one scale of 1, no flip and no window thi
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ class SemanticTTA(nn.Module):
 
     Args:
         model: e.g. `panoptix.models.systems.semantic.SceneParser`.
-        scales: multiples of the system's test size (seed 003: 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2).
+        scales: multiples of the system's test size (AinnoSeg, Wu et al. 2020: 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2).
         flip: add the horizontal flip of every scale.
         crop_size: (h, w) sliding window for views larger than it; None runs every view whole.
         weights: optional weight per model when ``model`` is a sequence (a weighted ensemble).
@@ -45,7 +45,7 @@ class SemanticTTA(nn.Module):
     task = "semantic"
 
     def __init__(self, model: nn.Module | Sequence[nn.Module], scales: Sequence[float] = (1.0,), flip: bool = False,
-                 crop_size: Optional[Sequence[int]] = None, weights: Optional[Sequence[float]] = None) -> None:
+                 crop_size: Sequence[int] | None = None, weights: Sequence[float] | None = None) -> None:
         super().__init__()
         models = list(model) if isinstance(model, (list, tuple)) else [model]
         for i, m in enumerate(models):

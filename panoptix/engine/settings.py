@@ -6,8 +6,9 @@ no torch import, so a config can be validated before anything heavy is loaded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Optional, Sequence
+from typing import Any, ClassVar, Literal
 
 from panoptix.data.spec import DatasetSpec
 
@@ -41,9 +42,9 @@ class DataSettings:
     max_size_train: int = 1333
     flip: float = 0.5
     scale_range: Sequence[float] = (1.0, 1.0)
-    crop_size: Optional[Sequence[int]] = None
+    crop_size: Sequence[int] | None = None
     mosaic: float = 0.0
-    mosaic_size: Optional[Sequence[int]] = None
+    mosaic_size: Sequence[int] | None = None
     num_workers: int = 2
     group_by_aspect_ratio: bool = True
 
@@ -69,7 +70,7 @@ class SolverSettings:
     betas: Sequence[float] = (0.9, 0.999)
     weight_decay: float = 1e-4
     weight_decay_norm: float = 0.0
-    weight_decay_bias: Optional[float] = None
+    weight_decay_bias: float | None = None
     max_iter: int = 90000
     warmup_iters: int = 1000
     warmup_factor: float = 0.001
@@ -97,6 +98,6 @@ class EngineSettings:
     checkpoint_period: int = 5000
     log_period: int = 20
     resume: bool = True
-    init_weights: Optional[str] = None
+    init_weights: str | None = None
     device: str = "auto"
     tensorboard: bool = True

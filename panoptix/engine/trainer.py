@@ -8,9 +8,10 @@ import gc
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,8 +20,17 @@ from tqdm import tqdm
 from panoptix.data.datasets import PanopticDataset
 from panoptix.data.transforms import TrainTransform
 from panoptix.engine import distributed as dist
-from panoptix.engine.checkpoint import (LAST, atomic_save, atomic_write_text, capture_rng, find_resume_checkpoint,
-                                        last_checkpoint, load_model_weights, restore_rng, seed_all_rng)
+from panoptix.engine.checkpoint import (
+    LAST,
+    atomic_save,
+    atomic_write_text,
+    capture_rng,
+    find_resume_checkpoint,
+    last_checkpoint,
+    load_model_weights,
+    restore_rng,
+    seed_all_rng,
+)
 from panoptix.engine.logger import MetricsLogger, plot_curves
 from panoptix.engine.optim import build_optimizer, prepare_norms
 from panoptix.engine.predictor import Predictor, evaluate_dataset
@@ -75,9 +85,9 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, train_set: PanopticDataset, data: DataSettings, solver: SolverSettings,
-                 engine: EngineSettings, val_set: Optional[PanopticDataset] = None,
-                 config: Optional[dict[str, Any]] = None, progress: bool = True,
-                 pseudo_set: Optional[PanopticDataset] = None) -> None:
+                 engine: EngineSettings, val_set: PanopticDataset | None = None,
+                 config: dict[str, Any] | None = None, progress: bool = True,
+                 pseudo_set: PanopticDataset | None = None) -> None:
         self.rank, self.world, local_rank = dist.init_distributed()
         self.device = pick_device(engine.device, local_rank)
         self.data, self.solver, self.engine, self.config = data, solver, engine, config
@@ -112,7 +122,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
-        self.logger: Optional[MetricsLogger] = None
+        self.logger: MetricsLogger | None = None
 
     def close(self, barrier: bool = True, leave_group: bool = True) -> None:
         """Free the DDP wrapper and leave the process group (a no-op on one process); with
@@ -137,7 +147,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "rng": rng, "iteration": self.iteration}
 
-    def save(self) -> Optional[Path]:
+    def save(self) -> Path | None:
         """Atomic checkpoint of everything needed to resume exactly (rank 0 writes; every rank's RNG
         state is in it)."""
         path = None
@@ -150,7 +160,7 @@ class Trainer:
         dist.barrier()
         return path
 
-    def resume(self, path: Optional[str | Path] = None) -> bool:
+    def resume(self, path: str | Path | None = None) -> bool:
         """Restore ``path``, or the newest readable checkpoint of the output folder (saying so in one
         line when that is not the one ``last_checkpoint`` names). False when the folder has none;
         `CheckpointError` when it has some but none can be read (see `find_resume_checkpoint`)."""
@@ -252,7 +262,7 @@ class Trainer:
         self.scheduler.step()
         return dict(zip([*losses, "loss"], values))
 
-    def _evaluate(self, logger: Optional[MetricsLogger], limit: int) -> Optional[dict[str, Any]]:
+    def _evaluate(self, logger: MetricsLogger | None, limit: int) -> dict[str, Any] | None:
         if self.val_set is None:
             return None
         n = len(self.val_set) if not limit else min(limit, len(self.val_set))

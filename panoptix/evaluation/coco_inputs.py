@@ -21,7 +21,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from panoptix.data.errors import PanopticFormatError
 from panoptix.data.meta import DatasetMeta
@@ -29,7 +29,8 @@ from panoptix.evaluation.findings import Finding, shown
 from panoptix.evaluation.pq_core import SegmentTable
 from panoptix.jsonio import load_json
 
-def _as_int(v: Any) -> Optional[int]:
+
+def _as_int(v: Any) -> int | None:
     """``v`` as an int when it is an integral number (JSON may write 3 as 3.0), else None."""
     if isinstance(v, bool):
         return None
@@ -70,7 +71,7 @@ def read_categories(data: dict, path: Path, findings: list[Finding]) -> DatasetM
 
 
 def segment_table(segments_info: Any, meta: DatasetMeta, where: str, findings: list[Finding],
-                  ground_truth: bool) -> Optional[SegmentTable]:
+                  ground_truth: bool) -> SegmentTable | None:
     """One image's ``segments_info`` as a `SegmentTable`; None when it is not a list.
 
     A segment whose category is unknown or malformed gets category index ``meta.num_classes``:
@@ -81,25 +82,7 @@ def segment_table(segments_info: Any, meta: DatasetMeta, where: str, findings: l
     if not isinstance(segments_info, list):
         findings.append(Finding("error", where, f"{side} 'segments_info' must be a list"))
         return None
-    by_id: dict[int, dict] = {}
-    repeated = []
-    for rec in segments_info:
-        sid = _as_int(rec.get("id")) if isinstance(rec, dict) else None
-        if sid is None or "category_id" not in rec:
-            findings.append(Finding("error", where, f"{side} segment {rec!r} needs an integer 'id' and a "
-                                                    "'category_id'"))
-            continue
-        if sid in by_id:
-            repeated.append(sid)
-        by_id[sid] = rec
-    if 0 in by_id:
-        findings.append(Finding("warning", where, f"{side} segment id 0 (category {by_id[0]['category_id']!r}) is "
-                                                  "listed in segments_info: it is evaluated as an ordinary segment "
-                                                  "made of the PNG's 0 (VOID) pixels, as panopticapi does"))
-    if repeated:
-        findings.append(Finding("warning", where, f"{side} segment id(s) {shown(repeated)} are listed more than "
-                                                  "once in segments_info; the last entry of each is used (as in "
-                                                  "panopticapi)"))
+    by_id = _segments_by_id(segments_info, side, where, findings)
     unknown_index = meta.num_classes
     ids, cats, crowd, area = [], [], [], []
     unknown, no_crowd, no_area = [], [], []
@@ -119,6 +102,41 @@ def segment_table(segments_info: Any, meta: DatasetMeta, where: str, findings: l
                 no_area.append(sid)
                 a = math.nan
             area.append(a)
+    _report_columns(unknown, no_crowd, no_area, ground_truth, where, findings)
+    if ground_truth:
+        return SegmentTable.build(ids, cats, crowd, area)
+    return SegmentTable.build(ids, cats)
+
+
+def _segments_by_id(segments_info: list, side: str, where: str, findings: list[Finding]) -> dict[int, dict]:
+    """Segment id -> its record; the last of a repeated id wins (a warning, as in panopticapi); a
+    record without an integer id or a category is an error and left out; id 0 is a warning."""
+    by_id: dict[int, dict] = {}
+    repeated = []
+    for rec in segments_info:
+        sid = _as_int(rec.get("id")) if isinstance(rec, dict) else None
+        if sid is None or "category_id" not in rec:
+            findings.append(Finding("error", where, f"{side} segment {rec!r} needs an integer 'id' and a "
+                                                    "'category_id'"))
+            continue
+        if sid in by_id:
+            repeated.append(sid)
+        by_id[sid] = rec
+    if 0 in by_id:
+        findings.append(Finding("warning", where, f"{side} segment id 0 (category {by_id[0]['category_id']!r}) is "
+                                                  "listed in segments_info: it is evaluated as an ordinary segment "
+                                                  "made of the PNG's 0 (VOID) pixels, as panopticapi does"))
+    if repeated:
+        findings.append(Finding("warning", where, f"{side} segment id(s) {shown(repeated)} are listed more than "
+                                                  "once in segments_info; the last entry of each is used (as in "
+                                                  "panopticapi)"))
+    return by_id
+
+
+def _report_columns(unknown: list, no_crowd: list, no_area: list, ground_truth: bool, where: str,
+                    findings: list[Finding]) -> None:
+    """Findings for unknown categories (an error in a prediction, a warning in the ground truth) and
+    ground-truth segments without ``iscrowd`` or a numeric ``area``."""
     if unknown:
         listed = shown([f"segment {s} category_id {c!r}" for s, c in unknown], sep=", ")
         if ground_truth:
@@ -132,12 +150,9 @@ def segment_table(segments_info: Any, meta: DatasetMeta, where: str, findings: l
     if no_area:
         findings.append(Finding("warning", where, f"ground-truth segment(s) {shown(no_area)} have no numeric "
                                                   "'area'; their PNG pixel counts are used"))
-    if ground_truth:
-        return SegmentTable.build(ids, cats, crowd, area)
-    return SegmentTable.build(ids, cats)
 
 
-def png_path(folder: Path, file_name: Any, where: str, findings: list[Finding]) -> Optional[Path]:
+def png_path(folder: Path, file_name: Any, where: str, findings: list[Finding]) -> Path | None:
     """``folder / file_name`` as panopticapi joins them; a name that leaves the folder is a warning."""
     if not isinstance(file_name, str) or not file_name:
         findings.append(Finding("error", where, f"'file_name' {file_name!r} is not a file name"))

@@ -7,8 +7,9 @@ Every check reports itself: the evaluator runs all of them over every image and 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 from panoptix.data.errors import PanopticFormatError
 

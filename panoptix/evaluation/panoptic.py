@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,8 +27,14 @@ from panoptix.data.meta import DatasetMeta
 from panoptix.data.png import read_id_png
 from panoptix.data.sample import PanopticSample
 from panoptix.evaluation.allocator import keep_freed_memory
-from panoptix.evaluation.coco_inputs import (ImagePair, pair_images, png_path, read_annotations, read_categories,
-                                             segment_table)
+from panoptix.evaluation.coco_inputs import (
+    ImagePair,
+    pair_images,
+    png_path,
+    read_annotations,
+    read_categories,
+    segment_table,
+)
 from panoptix.evaluation.findings import Finding, raise_on_errors
 from panoptix.evaluation.pq_core import SegmentTable, image_pq_stats
 
@@ -40,15 +47,15 @@ GROUPS = (("All", None), ("Things", True), ("Stuff", False))
 class PQStat:
     """Per-category sums over images: IoU of matches, TP, FP, FN (a (4, C) float64 array)."""
 
-    def __init__(self, meta: DatasetMeta, data: Optional[np.ndarray] = None) -> None:
+    def __init__(self, meta: DatasetMeta, data: np.ndarray | None = None) -> None:
         self.meta = meta
         self.data = np.zeros((4, meta.num_classes), np.float64) if data is None else data
 
-    def __iadd__(self, other: "PQStat | np.ndarray") -> "PQStat":
+    def __iadd__(self, other: PQStat | np.ndarray) -> PQStat:
         self.data += other.data if isinstance(other, PQStat) else other
         return self
 
-    def all_reduce(self) -> "PQStat":
+    def all_reduce(self) -> PQStat:
         """Sum the statistics of all ranks in place (no-op outside `torch.distributed`)."""
         import torch
         import torch.distributed as dist
@@ -107,7 +114,7 @@ class PanopticEvaluator:
         self.num_images = 0
         self.warnings: list[str] = []
 
-    def add(self, gt: PanopticSample, pred: "PanopticResult") -> None:
+    def add(self, gt: PanopticSample, pred: PanopticResult) -> None:
         """Add one image. Raises `PanopticFormatError` when the prediction and its segments disagree."""
         where = f"image {gt.image_id!r}"
         pred_map = pred.ids_numpy()
@@ -119,7 +126,7 @@ class PanopticEvaluator:
         self.stat += stats
         self.num_images += 1
 
-    def all_reduce(self) -> "PanopticEvaluator":
+    def all_reduce(self) -> PanopticEvaluator:
         self.stat.all_reduce()
         return self
 
@@ -155,7 +162,7 @@ class _FileSet:
     pairs: list[ImagePair]
 
 
-def _decode(path: Optional[Path], where: str, findings: list[Finding]) -> Optional[np.ndarray]:
+def _decode(path: Path | None, where: str, findings: list[Finding]) -> np.ndarray | None:
     if path is None:
         return None
     try:
@@ -165,7 +172,7 @@ def _decode(path: Optional[Path], where: str, findings: list[Finding]) -> Option
         return None
 
 
-def _evaluate_pair(files: _FileSet, pair: ImagePair) -> tuple[Optional[np.ndarray], list[Finding]]:
+def _evaluate_pair(files: _FileSet, pair: ImagePair) -> tuple[np.ndarray | None, list[Finding]]:
     """Parse, decode and score one image; all its checks run, whatever the others find."""
     findings: list[Finding] = []
     gt_where = f"{files.gt_json}: image {pair.image_id!r}"
@@ -196,7 +203,7 @@ def _evaluate_chunk(files: _FileSet, indices: Sequence[int]) -> tuple[np.ndarray
     return total, len(indices), findings
 
 
-_WORKER_FILES: Optional[_FileSet] = None   # set once in each worker process by `_init_worker`
+_WORKER_FILES: _FileSet | None = None   # set once in each worker process by `_init_worker`
 
 
 def _init_worker(files: _FileSet) -> None:
@@ -276,6 +283,12 @@ def _run(files: _FileSet, workers: int, progress: bool) -> Iterator[tuple[np.nda
                 yield result
                 bar.update(result[1])
     bar.close()
+
+
+def percent_row(results: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of a PQ result in percent: PQ, SQ, RQ over all classes, PQ_th, PQ_st."""
+    return {"PQ": 100 * results["All"]["pq"], "SQ": 100 * results["All"]["sq"], "RQ": 100 * results["All"]["rq"],
+            "PQ_th": 100 * results["Things"]["pq"], "PQ_st": 100 * results["Stuff"]["pq"]}
 
 
 def format_table(results: dict[str, Any]) -> str:

@@ -26,7 +26,6 @@ Oddities panopticapi accepts, evaluated as it evaluates them:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -52,7 +51,7 @@ class SegmentTable:
     area: np.ndarray
 
     @classmethod
-    def build(cls, ids, cats, crowd=None, area=None) -> "SegmentTable":
+    def build(cls, ids, cats, crowd=None, area=None) -> SegmentTable:
         n = len(ids)
         return cls(np.asarray(ids, dtype=np.int64).reshape(n), np.asarray(cats, dtype=np.int64).reshape(n),
                    np.zeros(n, bool) if crowd is None else np.asarray(crowd, dtype=bool).reshape(n),
@@ -134,7 +133,7 @@ def _counts(values: np.ndarray, lengths: np.ndarray, keys: np.ndarray) -> tuple[
 
 
 def image_pq_stats(gt_map: np.ndarray, gt: SegmentTable, pred_map: np.ndarray, pred: SegmentTable,
-                   num_categories: int) -> tuple[Optional[np.ndarray], list[CoreFinding]]:
+                   num_categories: int) -> tuple[np.ndarray | None, list[CoreFinding]]:
     """PQ statistics of one image, and what is wrong with it.
 
     Args:

@@ -1,5 +1,5 @@
 """Semantic segmentation metrics from one confusion matrix: IoU per class, mIoU, pixel accuracy,
-mean class accuracy and the ADE20K challenge score (pixel accuracy + mIoU) / 2 (seed 003).
+mean class accuracy and the ADE20K challenge score (pixel accuracy + mIoU) / 2 (AinnoSeg, Wu et al. 2020).
 
 Two conventions for averaging IoU, named in every result (``miou_over``):
 
@@ -17,8 +17,9 @@ On a full validation set, where every class occurs, the two agree; on a subset t
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,6 +62,12 @@ def miou_convention(results: dict[str, Any]) -> str:
     return f"mean over the {present} of {k} classes present"
 
 
+def semantic_percent_row(results: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of a scene parsing result in percent: mIoU, pixel accuracy, the ADE score."""
+    return {"mIoU": 100 * results["mIoU"], "pixel_acc": 100 * results["pixel_accuracy"],
+            "ADE": 100 * results["ade_score"]}
+
+
 def format_semantic_table(results: dict[str, Any], per_class: bool = True) -> str:
     """Pixel accuracy, mIoU (its convention named), mean accuracy and the ADE score (percentages),
     then IoU per class."""
@@ -74,8 +81,8 @@ def format_semantic_table(results: dict[str, Any], per_class: bool = True) -> st
     return "\n".join(lines)
 
 
-def metrics_from_confusion(conf: torch.Tensor | np.ndarray, class_names: Optional[Sequence[str]] = None,
-                           unlabelled: Optional[torch.Tensor | np.ndarray] = None,
+def metrics_from_confusion(conf: torch.Tensor | np.ndarray, class_names: Sequence[str] | None = None,
+                           unlabelled: torch.Tensor | np.ndarray | None = None,
                            miou_over: str = "present") -> dict[str, Any]:
     """mIoU, per-class IoU, pixel accuracy, mean accuracy and ADE score of a confusion matrix.
 
@@ -110,18 +117,18 @@ class SemanticEvaluator:
     """Accumulates a confusion matrix over images (on the predictions' device)."""
 
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX,
-                 class_names: Optional[Sequence[str]] = None) -> None:
+                 class_names: Sequence[str] | None = None) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.class_names = class_names
-        self.conf: Optional[torch.Tensor] = None
-        self.meta: Optional[DatasetMeta] = None
+        self.conf: torch.Tensor | None = None
+        self.meta: DatasetMeta | None = None
 
     def update(self, pred: torch.Tensor | np.ndarray, gt: torch.Tensor | np.ndarray) -> None:
         c = confusion_matrix(pred, gt, self.num_classes, self.ignore_index)
         self.conf = c if self.conf is None else self.conf + c.to(self.conf.device)
 
-    def all_reduce(self) -> "SemanticEvaluator":
+    def all_reduce(self) -> SemanticEvaluator:
         import torch.distributed as dist
 
         if self.conf is None:
@@ -136,7 +143,7 @@ class SemanticEvaluator:
 
     # The panoptic evaluator's interface, so that one evaluation loop serves both kinds of system.
     @classmethod
-    def for_meta(cls, meta: DatasetMeta) -> "SemanticEvaluator":
+    def for_meta(cls, meta: DatasetMeta) -> SemanticEvaluator:
         """Every category of ``meta`` a class, in contiguous order, named by its category name."""
         evaluator = cls(meta.num_classes, class_names=[meta.by_id[c].name for c in meta.category_ids])
         evaluator.meta = meta
@@ -159,8 +166,8 @@ class SemanticEvaluator:
         return self.compute()
 
 
-def evaluate_label_folders(gt_dir: str | Path, pred_dir: str | Path, meta: Optional[DatasetMeta] = None,
-                           progress: bool = False, miou_over: Optional[str] = None) -> dict[str, Any]:
+def evaluate_label_folders(gt_dir: str | Path, pred_dir: str | Path, meta: DatasetMeta | None = None,
+                           progress: bool = False, miou_over: str | None = None) -> dict[str, Any]:
     """Pixel accuracy, mIoU and the ADE score of a folder of predicted label PNGs against a folder of
     ground-truth label PNGs, matched by file name (pixel value = category id, 0 = unlabelled).
 

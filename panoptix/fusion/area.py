@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 
 def stuff_area_limit(size: tuple[int, int], stuff_min_area: float,
-                     stuff_min_area_fraction: Optional[float] = None) -> float:
+                     stuff_min_area_fraction: float | None = None) -> float:
     """Pixels under which a stuff segment of an image of ``size`` (H, W) becomes VOID: ``stuff_min_area``
     (COCO's 4096 px), or ``stuff_min_area_fraction`` of H*W when it is set (the limit for images far from
     COCO's size, e.g. 0.0038 = 4096 / (800 * 1333))."""

@@ -9,14 +9,14 @@ everywhere (an E-UPS ensemble fell to PQ 7.1). For it, the models' logits themse
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from panoptix.fusion.needs import reads_logits
 
 
-def average_semantic(maps: Sequence[torch.Tensor], weights: Optional[Sequence[float]] = None,
+def average_semantic(maps: Sequence[torch.Tensor], weights: Sequence[float] | None = None,
                      logits: bool = False) -> torch.Tensor:
     """(K, H, W) logit maps (already un-flipped and at one size) -> one (K, H, W) map for the merge:
     the weighted mean of the logits (``logits=True``), else the log of the weighted mean softmax."""

@@ -1,5 +1,5 @@
-"""Dense CRF refinement of a merged panoptic result (seed 000: "Dense-CRF ... to fix the imperfect
-edge of the instance with the stuff"; Krähenbühl and Koltun 2011).
+"""Dense CRF refinement of a merged panoptic result (the COCO 2019 entry, S. Liu et al. 2019: "Dense-CRF ... to
+fix the imperfect edge of the instance with the stuff"; Krähenbühl and Koltun 2011).
 
 Labels are the result's segments plus VOID. Unaries are -log of the panoptic probabilities when
 the merge left its logits (the ``upsnet`` merge: softmax over its channels, summed per segment;

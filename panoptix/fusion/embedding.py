@@ -1,4 +1,4 @@
-"""CIAE's merge (seed 002, section IV-C, Eq. 16): every pixel goes to the query embedding it is most
+"""CIAE's merge (CIAE, Gao et al. 2021, section IV-C, Eq. 16): every pixel goes to the query embedding it is most
 similar to, by one matrix product.
 
 Queries are the stuff classes' memory embeddings followed by one embedding per detection (read
@@ -11,7 +11,7 @@ exports to ONNX); `embedding_fusion` wraps it into a `PanopticResult`.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -65,7 +65,7 @@ def assign_segments(embeddings: torch.Tensor, stuff_queries: torch.Tensor, insta
 
 def segments_of(ids: torch.Tensor, areas: torch.Tensor, stuff_categories: Sequence[int],
                 thing_categories: Sequence[int], labels: torch.Tensor, scores: torch.Tensor,
-                instances: Optional[object] = None) -> PanopticResult:
+                instances: object | None = None) -> PanopticResult:
     """A `PanopticResult` from `assign_segments`' output: one segment per query with pixels."""
     s = len(stuff_categories)
     segments = []
@@ -83,7 +83,7 @@ def segments_of(ids: torch.Tensor, areas: torch.Tensor, stuff_categories: Sequen
 def embedding_fusion(embeddings: torch.Tensor, stuff_queries: torch.Tensor, instance_queries: torch.Tensor,
                      boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor,
                      stuff_categories: Sequence[int], thing_categories: Sequence[int],
-                     stuff_min_area: float = 4096, stuff_min_area_fraction: Optional[float] = None,
+                     stuff_min_area: float = 4096, stuff_min_area_fraction: float | None = None,
                      box_filter: bool = True) -> PanopticResult:
     """`assign_segments` + `segments_of`; ``stuff_min_area_fraction`` (of H*W) replaces the pixel limit when set."""
     h, w = embeddings.shape[-2:]

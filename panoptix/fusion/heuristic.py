@@ -7,7 +7,7 @@ then given to stuff classes from the semantic argmax whose free area is at least
 ``stuff_min_area_fraction`` of the image area when that is set (for tiny images).
 
 Where the semantic argmax is a thing class, detectron2 leaves the free pixel VOID
-(``stuff_source="argmax"``). OANet "only extract[s] the stuff predictions" at inference (seed 004,
+(``stuff_source="argmax"``). OANet "only extract[s] the stuff predictions" at inference (OANet, Liu et al. 2019,
 section 3.1): ``stuff_source="stuff_only"`` takes the argmax over the stuff channels only, so
 every free pixel gets a stuff class.
 
@@ -19,7 +19,8 @@ sequential answer, so the loop stops as soon as a pass changes nothing (usually 
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
@@ -79,12 +80,12 @@ def _accept(masks: torch.Tensor, overlap_thresh: float) -> tuple[torch.Tensor, t
 
 
 @FUSIONS.register("heuristic")
-def heuristic_fusion(instances: Optional[Instances], semantic_logits: torch.Tensor,
+def heuristic_fusion(instances: Instances | None, semantic_logits: torch.Tensor,
                      semantic_categories: Sequence[int], thing_categories: Sequence[int],
                      score_thresh: float = 0.5, overlap_thresh: float = 0.5, stuff_min_area: int = 4096,
-                     stuff_min_area_fraction: Optional[float] = None,
+                     stuff_min_area_fraction: float | None = None,
                      stuff_source: Literal["argmax", "stuff_only"] = "argmax",
-                     mask_thresh: float = 0.5, order_by: Optional[str] = None) -> PanopticResult:
+                     mask_thresh: float = 0.5, order_by: str | None = None) -> PanopticResult:
     """Merge instances and semantic logits of one image into a panoptic segmentation.
 
     Args:
@@ -107,34 +108,50 @@ def heuristic_fusion(instances: Optional[Instances], semantic_logits: torch.Tens
         `PanopticResult` with ids (H, W) int32 (things first, in score order, then stuff).
     """
     h, w = semantic_logits.shape[-2:]
-    device = semantic_logits.device
-    ids = torch.zeros((h, w), dtype=torch.int32, device=device)
-    segments: list[SegmentInfo] = []
-    if instances is not None and len(instances):
-        keep = instances.scores >= score_thresh
-        if order_by is not None and order_by not in instances.extra:
-            raise ValueError(f"instances carry no {order_by!r} to order by (fields: {sorted(instances.extra)}); "
-                             f"the ranking merge needs a system with a ranking head")
-        rank = instances.scores if order_by is None else instances.extra[order_by]
-        order = rank[keep].argsort(descending=True, stable=True)
-        scores = instances.scores[keep][order]
-        probs = instances.masks[keep][order]
-        if probs.dim() == 4:
-            probs = probs[:, 0]
-        if probs.shape[-2:] != (h, w):
-            raise ValueError(f"instance masks are {tuple(probs.shape[-2:])}, semantic logits {(h, w)}")
-        masks = probs > (0.0 if instances.mask_logits else mask_thresh)
-        labels = instances.labels[keep][order]
-        accepted, first, covered = _accept(masks, overlap_thresh)
-        if accepted.any():
-            scores, labels = scores[accepted], labels[accepted]
-            segment_of = torch.cumsum(accepted, 0).to(torch.int32)  # instance index -> segment id 1..A
-            ids = torch.where(covered, segment_of[first], ids)
-            areas = torch.bincount(ids.flatten().long(), minlength=len(scores) + 1)[1:].tolist()
-            cats = torch.as_tensor(thing_categories, device=device)[labels].tolist()
-            segments = [SegmentInfo(i + 1, int(c), True, float(s), int(a))
-                        for i, (c, s, a) in enumerate(zip(cats, scores.tolist(), areas))]
+    ids = torch.zeros((h, w), dtype=torch.int32, device=semantic_logits.device)
+    segments = paste_things(ids, instances, thing_categories, score_thresh, overlap_thresh, mask_thresh, order_by)
+    min_area = stuff_area_limit((h, w), stuff_min_area, stuff_min_area_fraction)
+    ids = fill_stuff(ids, segments, semantic_logits, semantic_categories, min_area, stuff_source)
+    return PanopticResult(ids=ids, segments=segments, semantic_logits=semantic_logits, instances=instances)
 
+
+def paste_things(ids: torch.Tensor, instances: Instances | None, thing_categories: Sequence[int],
+                 score_thresh: float, overlap_thresh: float, mask_thresh: float, order_by: str | None
+                 ) -> list[SegmentInfo]:
+    """Paste the instances at or above ``score_thresh`` into the empty (H, W) int32 ``ids`` in place, in
+    descending order (score, or ``instances.extra[order_by]``) under the "already taken" rule; returns
+    their segments (ids 1..A)."""
+    if instances is None or not len(instances):
+        return []
+    keep = instances.scores >= score_thresh
+    if order_by is not None and order_by not in instances.extra:
+        raise ValueError(f"instances carry no {order_by!r} to order by (fields: {sorted(instances.extra)}); "
+                         f"the ranking merge needs a system with a ranking head")
+    rank = instances.scores if order_by is None else instances.extra[order_by]
+    order = rank[keep].argsort(descending=True, stable=True)
+    scores, labels, probs = instances.scores[keep][order], instances.labels[keep][order], instances.masks[keep][order]
+    if probs.dim() == 4:
+        probs = probs[:, 0]
+    if probs.shape[-2:] != ids.shape:
+        raise ValueError(f"instance masks are {tuple(probs.shape[-2:])}, semantic logits {tuple(ids.shape)}")
+    accepted, first, covered = _accept(probs > (0.0 if instances.mask_logits else mask_thresh), overlap_thresh)
+    if not accepted.any():
+        return []
+    scores, labels = scores[accepted], labels[accepted]
+    segment_of = torch.cumsum(accepted, 0).to(torch.int32)  # instance index -> segment id 1..A
+    ids.copy_(torch.where(covered, segment_of[first], ids))
+    areas = torch.bincount(ids.flatten().long(), minlength=len(scores) + 1)[1:].tolist()
+    cats = torch.as_tensor(thing_categories, device=ids.device)[labels].tolist()
+    return [SegmentInfo(i + 1, int(c), True, float(s), int(a))
+            for i, (c, s, a) in enumerate(zip(cats, scores.tolist(), areas))]
+
+
+def fill_stuff(ids: torch.Tensor, segments: list[SegmentInfo], semantic_logits: torch.Tensor,
+               semantic_categories: Sequence[int], min_area: float,
+               stuff_source: Literal["argmax", "stuff_only"] = "argmax") -> torch.Tensor:
+    """``ids`` with its free pixels (0) given to the stuff classes of the semantic argmax that cover at
+    least ``min_area`` free pixels; their segments are appended to ``segments``. Returns the new ids."""
+    device = semantic_logits.device
     table = torch.as_tensor(semantic_categories, device=device)
     if table.numel() != semantic_logits.shape[0]:
         raise ValueError(f"{semantic_logits.shape[0]} semantic channels but {table.numel()} category entries")
@@ -146,7 +163,6 @@ def heuristic_fusion(instances: Optional[Instances], semantic_logits: torch.Tens
         raise ValueError(f"stuff_source must be 'argmax' or 'stuff_only', got {stuff_source!r}")
     free = (ids == 0) & (table[sem] >= 0)
     counts = torch.bincount(sem[free], minlength=table.numel())
-    min_area = stuff_area_limit((h, w), stuff_min_area, stuff_min_area_fraction)
     kept = (counts > 0) & (counts >= min_area) & (table >= 0)
     seg_of_class = torch.zeros_like(counts)
     seg_of_class[kept] = torch.arange(1, int(kept.sum()) + 1, device=device) + len(segments)
@@ -154,4 +170,4 @@ def heuristic_fusion(instances: Optional[Instances], semantic_logits: torch.Tens
     ids = torch.where(free & (stuff_ids > 0), stuff_ids.to(torch.int32), ids)
     for k, area in zip(kept.nonzero()[:, 0].tolist(), counts[kept].tolist()):
         segments.append(SegmentInfo(len(segments) + 1, int(table[k]), False, 1.0, int(area)))
-    return PanopticResult(ids=ids, segments=segments, semantic_logits=semantic_logits, instances=instances)
+    return ids

@@ -11,12 +11,13 @@ and the CLI ask the merge instead of testing its name.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def declare(head: Optional[tuple[str, str]] = None, reads_logits: bool = False,
+def declare(head: tuple[str, str] | None = None, reads_logits: bool = False,
             single_model: bool = False) -> Callable[[F], F]:
     """Decorator recording a merge's needs (module docstring) on the function."""
     def mark(fn: F) -> F:
@@ -29,12 +30,12 @@ def _merge(fusion: Any) -> Any:
     return getattr(fusion, "func", fusion)   # a configured merge is a functools.partial
 
 
-def needs_head(fusion: Any) -> Optional[tuple[str, str]]:
+def needs_head(fusion: Any) -> tuple[str, str] | None:
     """(system slot, default component) of the head the merge reads, or None."""
     return getattr(_merge(fusion), "needs_head", None)
 
 
-def reads_logits(fusion: Optional[Callable[..., Any]]) -> bool:
+def reads_logits(fusion: Callable[..., Any] | None) -> bool:
     """Whether a merge compares semantic logits on their own scale (UPSNet's), not just their argmax."""
     return bool(getattr(_merge(fusion), "reads_logits", False))
 

@@ -1,4 +1,4 @@
-"""OANet's merge (seed 004, section 3.2): the heuristic merge with instances pasted in the order of
+"""OANet's merge (OANet, Liu et al. 2019, section 3.2): the heuristic merge with instances pasted in the order of
 their spatial ranking scores (Eq. 3) instead of their detection scores.
 
 The ranking scores come from the system's spatial ranking head (`panoptix.models.heads.ranking`),
@@ -13,7 +13,8 @@ wrong class can outrank the right one when ordered by the ranking score alone.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
@@ -31,10 +32,10 @@ ORDERS = ("rank", "rank_x_score")
 
 @FUSIONS.register("ranking")
 @declare(head=RANKING_HEAD, single_model=True)
-def ranking_fusion(instances: Optional[Instances], semantic_logits: torch.Tensor,
+def ranking_fusion(instances: Instances | None, semantic_logits: torch.Tensor,
                    semantic_categories: Sequence[int], thing_categories: Sequence[int],
                    score_thresh: float = 0.5, overlap_thresh: float = 0.5, stuff_min_area: int = 4096,
-                   stuff_min_area_fraction: Optional[float] = None,
+                   stuff_min_area_fraction: float | None = None,
                    stuff_source: Literal["argmax", "stuff_only"] = "argmax",
                    mask_thresh: float = 0.5, order: Literal["rank", "rank_x_score"] = "rank") -> PanopticResult:
     """`heuristic_fusion` (same arguments) ordered by ``instances.extra["rank_scores"]``, (N,) in 0..1.
@@ -60,10 +61,10 @@ def ranking_fusion(instances: Optional[Instances], semantic_logits: torch.Tensor
 
 @FUSIONS.register("ranking_x_score")
 @declare(head=RANKING_HEAD, single_model=True)
-def ranking_x_score_fusion(instances: Optional[Instances], semantic_logits: torch.Tensor,
+def ranking_x_score_fusion(instances: Instances | None, semantic_logits: torch.Tensor,
                            semantic_categories: Sequence[int], thing_categories: Sequence[int],
                            score_thresh: float = 0.5, overlap_thresh: float = 0.5, stuff_min_area: int = 4096,
-                           stuff_min_area_fraction: Optional[float] = None,
+                           stuff_min_area_fraction: float | None = None,
                            stuff_source: Literal["argmax", "stuff_only"] = "argmax",
                            mask_thresh: float = 0.5) -> PanopticResult:
     """`ranking_fusion` with ``order="rank_x_score"``: a merge name for ``panoptix ablate``."""

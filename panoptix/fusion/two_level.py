@@ -1,4 +1,4 @@
-"""AntVisionPS's two-level fusion of two network ends (seed 001, section 1.3).
+"""AntVisionPS's two-level fusion of two network ends (AntVisionPS, Hong et al. 2019, section 1.3).
 
 Task-dependent level: for instance segmentation, each thing class takes its instances from the end
 that scored higher on *that class* on a held-out split (`choose_ends`, written to JSON by
@@ -13,7 +13,8 @@ first end. Both ends must share the dataset's categories and semantic variant.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -78,7 +79,7 @@ class TwoLevelFusion(nn.Module):
     """
 
     def __init__(self, ends: Sequence[nn.Module], choice: Mapping[int, int],
-                 fusion: Optional[Callable[..., PanopticResult]] = None) -> None:
+                 fusion: Callable[..., PanopticResult] | None = None) -> None:
         super().__init__()
         if len(ends) < 2:
             raise FusionError("two-level fusion needs at least two ends")

@@ -1,4 +1,5 @@
-"""The parameter-free panoptic head of UPSNet (Xiong et al. 2019), used by seeds 000 and 001.
+"""The parameter-free panoptic head of UPSNet (Xiong et al. 2019), used by the COCO 2019 entry
+(S. Liu et al. 2019) and AntVisionPS (Hong et al. 2019).
 
 Panoptic logits of one image, (S + N + 1, H, W):
 
@@ -19,7 +20,7 @@ channel order, are the thing classes in contiguous order.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -116,10 +117,10 @@ def mask_logits_of(instances: Instances) -> torch.Tensor:
 
 @FUSIONS.register("upsnet")
 @declare(head=("upsnet_head", "upsnet"), reads_logits=True)
-def upsnet_fusion(instances: Optional[Instances], semantic_logits: torch.Tensor,
+def upsnet_fusion(instances: Instances | None, semantic_logits: torch.Tensor,
                   semantic_categories: Sequence[int], thing_categories: Sequence[int],
                   score_thresh: float = 0.5, duplicate_iou: float = 0.5, class_agnostic: bool = True,
-                  stuff_min_area: int = 4096, stuff_min_area_fraction: Optional[float] = None,
+                  stuff_min_area: int = 4096, stuff_min_area_fraction: float | None = None,
                   mask_thresh: float = 0.5) -> PanopticResult:
     """Merge one image with UPSNet's panoptic logits: argmax over stuff, instance and unknown channels.
 
@@ -145,49 +146,63 @@ def upsnet_fusion(instances: Optional[Instances], semantic_logits: torch.Tensor,
         (C,) int64 (segment id per channel, 0 = VOID) feed a CRF refinement.
     """
     h, w = semantic_logits.shape[-2:]
-    device = semantic_logits.device
-    stuff_ch, thing_ch = split_channels(semantic_categories, len(thing_categories))
-    stuff_ch, thing_ch = stuff_ch.to(device), thing_ch.to(device)
-    if instances is not None and len(instances):
-        keep = instances.scores >= score_thresh
-        inst = instances[keep]
-        inst = inst[inst.scores.argsort(descending=True)]
-        logits = mask_logits_of(inst) if len(inst) else semantic_logits.new_zeros((0, h, w))
-        if logits.shape[-2:] != (h, w):
-            raise ValueError(f"instance masks are {tuple(logits.shape[-2:])}, semantic logits {(h, w)}")
-        thresh = 0.0 if inst.mask_logits else float(torch.logit(torch.tensor(mask_thresh)))
-        unique = remove_duplicates(logits > thresh, inst.labels, duplicate_iou, class_agnostic)
-        inst, logits = inst[unique], logits[unique]
-        boxes, labels, scores = inst.boxes, inst.labels, inst.scores
-    else:
-        boxes = semantic_logits.new_zeros((0, 4))
-        labels = torch.zeros(0, dtype=torch.int64, device=device)
-        scores = semantic_logits.new_zeros(0)
-        logits = semantic_logits.new_zeros((0, h, w))
+    stuff_ch, thing_ch = (c.to(semantic_logits.device) for c in split_channels(semantic_categories,
+                                                                             len(thing_categories)))
+    boxes, labels, scores, logits = _unique_instances(instances, semantic_logits, score_thresh, duplicate_iou,
+                                                      class_agnostic, mask_thresh)
     pan = panoptic_logits(semantic_logits.float(), stuff_ch, thing_ch, boxes, labels, logits)
-    n_stuff, n_inst = len(stuff_ch), len(boxes)
     winner = pan.argmax(0)
     counts = torch.bincount(winner.flatten(), minlength=pan.shape[0])
-    min_area = stuff_area_limit((h, w), stuff_min_area, stuff_min_area_fraction)
-
-    # Segment id of every channel: kept instances first (score order), then kept stuff, 0 = VOID.
-    inst_kept = counts[n_stuff:n_stuff + n_inst] > 0
-    stuff_kept = (counts[:n_stuff] > 0) & (counts[:n_stuff] >= min_area)
-    channel_segment = torch.zeros(pan.shape[0], dtype=torch.int64, device=device)
-    channel_segment[n_stuff:n_stuff + n_inst][inst_kept] = torch.arange(1, int(inst_kept.sum()) + 1, device=device)
-    n_things = int(inst_kept.sum())
-    channel_segment[:n_stuff][stuff_kept] = torch.arange(n_things + 1, n_things + int(stuff_kept.sum()) + 1,
-                                                         device=device)
-    ids = channel_segment[winner].to(torch.int32)
-    stuff_table = torch.as_tensor(list(semantic_categories), device=device)[stuff_ch]
+    channel_segment, inst_kept, stuff_kept = _channel_segments(
+        counts, len(stuff_ch), len(boxes), stuff_area_limit((h, w), stuff_min_area, stuff_min_area_fraction))
+    n_stuff, n_inst, n_things = len(stuff_ch), len(boxes), int(inst_kept.sum())
+    stuff_table = torch.as_tensor(list(semantic_categories), device=semantic_logits.device)[stuff_ch]
     segments = [SegmentInfo(i + 1, int(thing_categories[int(c)]), True, float(s), int(a))
                 for i, (c, s, a) in enumerate(zip(labels[inst_kept].tolist(), scores[inst_kept].tolist(),
                                                   counts[n_stuff:n_stuff + n_inst][inst_kept].tolist()))]
     stuff_areas = counts[:n_stuff][stuff_kept].tolist()
     segments += [SegmentInfo(n_things + i + 1, int(c), False, 1.0, int(a))
                  for i, (c, a) in enumerate(zip(stuff_table[stuff_kept].tolist(), stuff_areas))]
-    return PanopticResult(ids=ids, segments=segments, semantic_logits=semantic_logits, instances=instances,
+    return PanopticResult(ids=channel_segment[winner].to(torch.int32), segments=segments,
+                          semantic_logits=semantic_logits, instances=instances,
                           extra={"panoptic_logits": pan, "channel_segment": channel_segment})
+
+
+def _unique_instances(instances: Instances | None, semantic_logits: torch.Tensor, score_thresh: float,
+                      duplicate_iou: float, class_agnostic: bool, mask_thresh: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(boxes (N, 4), labels (N,), scores (N,), mask logits (N, H, W)) of the instances at or above
+    ``score_thresh``, highest score first, duplicates removed (`remove_duplicates`)."""
+    h, w = semantic_logits.shape[-2:]
+    if instances is None or not len(instances):
+        return (semantic_logits.new_zeros((0, 4)), torch.zeros(0, dtype=torch.int64, device=semantic_logits.device),
+                semantic_logits.new_zeros(0), semantic_logits.new_zeros((0, h, w)))
+    inst = instances[instances.scores >= score_thresh]
+    inst = inst[inst.scores.argsort(descending=True)]
+    logits = mask_logits_of(inst) if len(inst) else semantic_logits.new_zeros((0, h, w))
+    if logits.shape[-2:] != (h, w):
+        raise ValueError(f"instance masks are {tuple(logits.shape[-2:])}, semantic logits {(h, w)}")
+    thresh = 0.0 if inst.mask_logits else float(torch.logit(torch.tensor(mask_thresh)))
+    unique = remove_duplicates(logits > thresh, inst.labels, duplicate_iou, class_agnostic)
+    inst = inst[unique]
+    return inst.boxes, inst.labels, inst.scores, logits[unique]
+
+
+def _channel_segments(counts: torch.Tensor, n_stuff: int, n_inst: int, min_area: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Segment id of every panoptic channel from its winning pixel count (C,): instances that win
+    somewhere first, in score order, then stuff channels winning at least ``min_area`` pixels; 0 is
+    VOID (the unknown channel among them). Returns (segment id (C,) int64, kept instances (N,) bool,
+    kept stuff (S,) bool)."""
+    device = counts.device
+    inst_kept = counts[n_stuff:n_stuff + n_inst] > 0
+    stuff_kept = (counts[:n_stuff] > 0) & (counts[:n_stuff] >= min_area)
+    channel_segment = torch.zeros(len(counts), dtype=torch.int64, device=device)
+    n_things = int(inst_kept.sum())
+    channel_segment[n_stuff:n_stuff + n_inst][inst_kept] = torch.arange(1, n_things + 1, device=device)
+    channel_segment[:n_stuff][stuff_kept] = torch.arange(n_things + 1, n_things + int(stuff_kept.sum()) + 1,
+                                                         device=device)
+    return channel_segment, inst_kept, stuff_kept
 
 
 __all__ = ["upsnet_fusion", "panoptic_logits", "split_channels", "box_mask", "remove_duplicates", "mask_logits_of"]

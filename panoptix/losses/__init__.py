@@ -3,7 +3,7 @@ for what a training step minimises."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

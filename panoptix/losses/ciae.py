@@ -1,4 +1,4 @@
-"""CIAE loss and memory embeddings (seed 002, section III, Eqs. 1-14).
+"""CIAE loss and memory embeddings (CIAE, Gao et al. 2021, section III, Eqs. 1-14).
 
 Per pixel i with L2-normalised embedding p_i and a set of query embeddings M (one row per
 category, or per segment), d = 1 - p_i . m (Eq. 2). With d_pos the distance to the pixel's own
@@ -30,7 +30,7 @@ all-reduced first so every rank holds the same memory.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as torch_dist
@@ -42,7 +42,7 @@ from panoptix.registry import Configurable
 
 
 def triplet_embedding_loss(p: torch.Tensor, queries: torch.Tensor, target: torch.Tensor, margin: float = 0.15,
-                           top_k: int = 5, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+                           top_k: int = 5, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pixel sum of the K largest l^{ik} (Eqs. 5-9, before the 1/N).
 
     Args:
@@ -111,7 +111,7 @@ class CIAELoss(Configurable, nn.Module):
         filter_box_scale: enlargement of the ground-truth boxes for the remote-instance filter (1.5,
             Table VIII); None turns the filter off ("All").
         box_stuff_weight: weight in L_IAE of stuff pixels inside a ground-truth thing box (None: 1, as
-            every stuff pixel in the paper). Not in seed 002: those are the pixels next to and inside
+            every stuff pixel in the paper). Not in the CIAE paper: those are the pixels next to and inside
             an instance (a ring's hole) that the merge gives to it.
         momentum: a fixed lambda instead of Eq. 13's schedule (Table VII's ablation); None for Eq. 13.
         momentum_base: the 1e-4 of Eq. 13.
@@ -125,8 +125,8 @@ class CIAELoss(Configurable, nn.Module):
 
     def __init__(self, num_categories: int, stuff_rows: Sequence[int], embed_dim: int, total_iters: int = 90000,
                  margin: float = 0.15, top_k: int = 5, iae_weight: float = 2.0, thing_weight: float = 5.0,
-                 filter_box_scale: Optional[float] = 1.5, box_stuff_weight: Optional[float] = None,
-                 momentum: Optional[float] = None, momentum_base: float = 1e-4, loss_weight: float = 1.0) -> None:
+                 filter_box_scale: float | None = 1.5, box_stuff_weight: float | None = None,
+                 momentum: float | None = None, momentum_base: float = 1e-4, loss_weight: float = 1.0) -> None:
         super().__init__()
         if not 0.0 <= (momentum if momentum is not None else 0.0) <= 1.0:
             raise ValueError(f"CIAE loss: momentum must be in 0..1, got {momentum}")
@@ -146,7 +146,7 @@ class CIAELoss(Configurable, nn.Module):
         return memory_momentum(int(self.step), self.total_iters, self.momentum_base)
 
     def forward(self, raw: torch.Tensor, category: torch.Tensor, instance: torch.Tensor,
-                boxes: Sequence[torch.Tensor], sizes: Optional[Sequence[tuple[int, int]]] = None
+                boxes: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]] | None = None
                 ) -> dict[str, torch.Tensor]:
         """Losses of a batch; updates the memory when training.
 

@@ -1,4 +1,4 @@
-"""Uncertainty-weighted multi-task loss (Kendall, Gal & Cipolla, CVPR 2018), as in seed 001's
+"""Uncertainty-weighted multi-task loss (Kendall, Gal & Cipolla, CVPR 2018), as in AntVisionPS's
 LWL-HTC: each task's loss is weighted by a learned homoscedastic uncertainty.
 
 With s = log sigma^2 (one unconstrained scalar per task, initialised to 0 so the first steps equal
@@ -19,7 +19,7 @@ and each s are returned under ``metric/...`` keys, which the trainer logs but do
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn

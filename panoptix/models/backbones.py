@@ -9,9 +9,10 @@ local-file alternative.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal
 
 import timm
 import torch
@@ -35,7 +36,7 @@ class BackboneWeightsError(PanoptixError, ValueError):
     """A backbone weights file is missing, unreadable, cannot be fetched, or does not fit the network."""
 
 
-def is_hub_weights(weights: Optional[str | Path]) -> bool:
+def is_hub_weights(weights: str | Path | None) -> bool:
     """Whether ``weights`` asks timm to fetch them (``"timm"`` or an ``"hf-hub:"`` name)."""
     return isinstance(weights, str) and (weights == "timm" or weights.startswith("hf-hub:"))
 
@@ -65,8 +66,8 @@ class TimmBackbone(Configurable, nn.Module):
     """
 
     def __init__(self, arch: str = "resnet50", norm: Norm = "frozen_bn", freeze_at: int = 2,
-                 weights: Optional[str | Path] = None, channels: Optional[Sequence[int]] = None,
-                 stem_width: Optional[int] = None, allow_frozen_without_weights: bool = False) -> None:
+                 weights: str | Path | None = None, channels: Sequence[int] | None = None,
+                 stem_width: int | None = None, allow_frozen_without_weights: bool = False) -> None:
         super().__init__()
         if norm not in ("frozen_bn", "bn", "gn"):
             raise ValueError(f"unknown backbone norm {norm!r}; expected 'frozen_bn', 'bn' or 'gn'")
@@ -101,7 +102,7 @@ class TimmBackbone(Configurable, nn.Module):
         self._freeze(freeze_at)
 
     @classmethod
-    def from_config(cls, cfg: dict, weights_from_checkpoint: bool = False, **context: object) -> "TimmBackbone":
+    def from_config(cls, cfg: dict, weights_from_checkpoint: bool = False, **context: object) -> TimmBackbone:
         """``weights_from_checkpoint``: a checkpoint will overwrite every weight, so none are loaded."""
         if weights_from_checkpoint:
             cfg = {**cfg, "weights": None, "allow_frozen_without_weights": True}
@@ -129,12 +130,12 @@ class TimmBackbone(Configurable, nn.Module):
             if child_name == last:
                 break
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         feats = self.body(x)
         return OrderedDict((f"c{i + 2}", f) for i, f in enumerate(feats))
 
 
-def _create(arch: str, weights: Optional[str], kwargs: dict) -> nn.Module:
+def _create(arch: str, weights: str | None, kwargs: dict) -> nn.Module:
     """The timm features_only network; with hub weights, fetched by timm (one-line error offline)."""
     name = weights if isinstance(weights, str) and weights.startswith("hf-hub:") else arch
     hub = is_hub_weights(weights)

@@ -1,4 +1,4 @@
-"""Libra R-CNN's balanced feature pyramid (Pang et al., CVPR 2019; seed 001's E-UPS neck).
+"""Libra R-CNN's balanced feature pyramid (Pang et al., CVPR 2019; AntVisionPS's E-UPS neck).
 
 Integrate: every level is brought to the size of level ``refine_level`` (finer levels by adaptive
 max-pooling, coarser ones by nearest upsampling) and the levels are averaged. Refine: an
@@ -11,7 +11,8 @@ down for coarser ones) and added to it. Reference behaviour: mmdet ``necks/bfp.p
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

@@ -4,7 +4,8 @@ optionally followed by Libra R-CNN's balanced feature pyramid (`panoptix.models.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -27,11 +28,11 @@ class FPN(Configurable, nn.Module):
         in_channels: channels of C2..C5.
         out_channels: width of every pyramid level (256 in the papers).
         deformable_levels: pyramid levels whose 3x3 output convolution is deformable
-            (seed 000 uses P3, P4 and P5); offsets start at zero.
+            (the COCO 2019 entry, S. Liu et al. 2019, uses P3, P4 and P5); offsets start at zero.
         top_levels: ``"maxpool"`` (P6, Mask R-CNN) or ``"p6p7"`` (P6 = stride-2 3x3 conv of P5,
             P7 = the same on ReLU(P6): FCOS, whose detector runs on P3-P7).
         bfp: follow the FPN with Libra R-CNN's balanced feature pyramid (integrate, refine,
-            strengthen; Pang et al. 2019), as seed 001's E-UPS does.
+            strengthen; Pang et al. 2019), as AntVisionPS's E-UPS does.
         bfp_refine_level: the pyramid level (index into the outputs: 2 = P4, stride 16) at whose
             size the levels are integrated (Libra's ``refine_level=2``).
         bfp_refine: ``"non_local"`` (Libra's: an embedded-Gaussian non-local block), ``"conv"`` (a
@@ -63,7 +64,7 @@ class FPN(Configurable, nn.Module):
         num_levels = 5 if top_levels == "maxpool" else 6
         self.bfp = BalancedFeaturePyramid(out_channels, num_levels, bfp_refine_level, bfp_refine) if bfp else None
 
-    def forward(self, feats: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, feats: OrderedDict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
         out = list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats.values()))).values())
         if self.bfp is not None:
             out = self.bfp(out)

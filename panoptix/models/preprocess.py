@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ def check_images(images: Sequence[torch.Tensor]) -> None:
         if im.dim() != 3 or im.shape[0] != 3 or not im.is_floating_point():
             raise ValueError(f"image {i}: expected a (3, H, W) float tensor in 0..1, got {tuple(im.shape)} {im.dtype}")
 
-def check_targets(images: Sequence[torch.Tensor], targets: Optional[Sequence[dict[str, torch.Tensor]]]) -> None:
+def check_targets(images: Sequence[torch.Tensor], targets: Sequence[dict[str, torch.Tensor]] | None) -> None:
     """Training needs one target dict per image, its ``semantic`` map the size of the image."""
     if targets is None or len(targets) != len(images):
         raise ValueError("training needs one target dict per image")

@@ -8,8 +8,9 @@ say) is one new module in this package that registers a `Task` subclass in ``TAS
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from panoptix.registry import TASKS
 
@@ -44,11 +45,11 @@ class Task:
         raise NotImplementedError
 
     def tta(self, models: Sequence[Any], weights: Sequence[float], settings: Any,
-            crop_size: Optional[Sequence[int]] = None) -> Any:
+            crop_size: Sequence[int] | None = None) -> Any:
         """``models`` under test-time augmentation ``settings`` / as a weighted ensemble."""
         raise NotImplementedError
 
-    def write_prediction(self, out_dir: Path, name: str, result: Any, meta: Any) -> Optional[Path]:
+    def write_prediction(self, out_dir: Path, name: str, result: Any, meta: Any) -> Path | None:
         """Extra files for one predicted image beside the COCO panoptic output; their folder, or None."""
         return None
 

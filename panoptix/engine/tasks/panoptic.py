@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from panoptix.registry import TASKS
 from panoptix.engine.tasks import Task
+from panoptix.registry import TASKS
 
 
 @TASKS.register("panoptic")
@@ -20,8 +21,9 @@ class PanopticTask(Task):
         return PanopticEvaluator(meta)
 
     def headline(self, result: dict[str, Any]) -> dict[str, float]:
-        return {"PQ": 100 * result["All"]["pq"], "SQ": 100 * result["All"]["sq"], "RQ": 100 * result["All"]["rq"],
-                "PQ_th": 100 * result["Things"]["pq"], "PQ_st": 100 * result["Stuff"]["pq"]}
+        from panoptix.evaluation.panoptic import percent_row
+
+        return percent_row(result)
 
     def headline_line(self, row: dict[str, float]) -> str:
         return f"PQ {row['PQ']:.1f} (things {row['PQ_th']:.1f}, stuff {row['PQ_st']:.1f})"
@@ -32,7 +34,7 @@ class PanopticTask(Task):
         return format_table(result)
 
     def tta(self, models: Sequence[Any], weights: Sequence[float], settings: Any,
-            crop_size: Optional[Sequence[int]] = None) -> Any:
+            crop_size: Sequence[int] | None = None) -> Any:
         from panoptix.engine.ensemble import PanopticEnsemble
 
         return PanopticEnsemble(models, weights, settings)

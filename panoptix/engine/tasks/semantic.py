@@ -3,11 +3,12 @@ label PNGs beside the panoptic output."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
-from panoptix.registry import TASKS
 from panoptix.engine.tasks import Task
+from panoptix.registry import TASKS
 
 
 @TASKS.register("semantic")
@@ -22,8 +23,9 @@ class SemanticTask(Task):
         return SemanticEvaluator.for_meta(meta)
 
     def headline(self, result: dict[str, Any]) -> dict[str, float]:
-        return {"mIoU": 100 * result["mIoU"], "pixel_acc": 100 * result["pixel_accuracy"],
-                "ADE": 100 * result["ade_score"]}
+        from panoptix.evaluation.semantic import semantic_percent_row
+
+        return semantic_percent_row(result)
 
     def headline_line(self, row: dict[str, float]) -> str:
         return f"mIoU {row['mIoU']:.1f}, pixel acc {row['pixel_acc']:.1f}, ADE score {row['ADE']:.1f}"
@@ -34,14 +36,14 @@ class SemanticTask(Task):
         return format_semantic_table(result)
 
     def tta(self, models: Sequence[Any], weights: Sequence[float], settings: Any,
-            crop_size: Optional[Sequence[int]] = None) -> Any:
+            crop_size: Sequence[int] | None = None) -> Any:
         """Softmax averaged over models, scales and flips; views larger than ``crop_size`` by sliding
         windows (HRNet's and mmseg's test recipe)."""
         from panoptix.engine.semantic_tta import SemanticTTA
 
         return SemanticTTA(models, settings.scales, settings.flip, crop_size=crop_size, weights=weights)
 
-    def write_prediction(self, out_dir: Path, name: str, result: Any, meta: Any) -> Optional[Path]:
+    def write_prediction(self, out_dir: Path, name: str, result: Any, meta: Any) -> Path | None:
         """``labels/NAME.png``: the category id of each pixel."""
         from panoptix.data.labels import category_map, write_label_png
 

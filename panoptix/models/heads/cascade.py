@@ -1,4 +1,4 @@
-"""Cascade Mask R-CNN (Cai & Vasconcelos 2018; seed 000's instance branch), built from torchvision's
+"""Cascade Mask R-CNN (Cai & Vasconcelos 2018; the COCO 2019 entry's instance branch), built from torchvision's
 RPN, RoIAlign, matcher, sampler, box coder and mask heads.
 
 Reference behaviour (spec section 1, mmdet ``cascade_roi_head.py``):
@@ -13,7 +13,7 @@ Reference behaviour (spec section 1, mmdet ``cascade_roi_head.py``):
   the last stage's; then score threshold, class-wise NMS and the top ``detections_per_img``;
 - masks: a mask head on each stage in ``mask_stages`` (default all three, as mmdet), trained on that
   stage's positives with its stage weight; at test time the heads in ``mask_test_stages`` run on
-  the final boxes and their sigmoid probabilities are averaged. Seed 000's "middle stage as the
+  the final boxes and their sigmoid probabilities are averaged. The COCO 2019 entry's "middle stage as the
   instance segmentation flow" is ``mask_stages: [1]`` (one head on stage 2's IoU-0.6 positives,
   run on the final boxes; the spec's recommended reading).
 
@@ -23,7 +23,8 @@ positives, divided by the sampled RoIs), so cascade and plain heads compare on e
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,7 @@ class FCHeader(nn.Module):
     needs_mask_roi = False
 
     def __init__(self, in_channels: int, num_classes: int, box_head: nn.Module, fc_dim: int, mask_conv_dim: int,
-                 mask_convs: int, norm: Optional[Callable[[int], nn.Module]], with_mask: bool) -> None:
+                 mask_convs: int, norm: Callable[[int], nn.Module] | None, with_mask: bool) -> None:
         super().__init__()
         self.box_head = box_head
         self.cls_score = nn.Linear(fc_dim, num_classes)
@@ -68,12 +69,12 @@ class FCHeader(nn.Module):
             if with_mask else None
         self.mask_predictor = MaskRCNNPredictor(mask_conv_dim, mask_conv_dim, num_classes) if with_mask else None
 
-    def boxes(self, box_roi: torch.Tensor, mask_roi: Optional[torch.Tensor] = None
+    def boxes(self, box_roi: torch.Tensor, mask_roi: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, None]:
         x = self.box_head(box_roi).flatten(1)
         return self.cls_score(x), self.bbox_pred(x), None
 
-    def mask_logits(self, mask_roi: Optional[torch.Tensor] = None, trunk: Optional[torch.Tensor] = None
+    def mask_logits(self, mask_roi: torch.Tensor | None = None, trunk: torch.Tensor | None = None
                     ) -> torch.Tensor:
         if self.mask_predictor is None:
             raise RuntimeError("this header has no mask head (its stage is not in mask_stages)")
@@ -109,7 +110,7 @@ class CascadeMaskRCNN(Configurable, nn.Module):
         box_batch_size, box_positive_fraction: RoIs sampled per image and stage (512, 0.25).
         box_score_thresh, box_nms, detections_per_img: inference (0.05, 0.5, 100).
         box_fc_dim, box_convs, mask_conv_dim, mask_convs, head_norm, roi_align: as `MaskRCNNBranch`.
-        mask_stages: stages (0-based) with a mask head ([0, 1, 2]; seed 000's middle stage: [1]).
+        mask_stages: stages (0-based) with a mask head ([0, 1, 2]; the COCO 2019 entry's middle stage: [1]).
         mask_test_stages: the heads averaged at test time (None: all of ``mask_stages``).
         header: ``"fc"`` (Mask R-CNN's: 2-fc box head, separate mask head) or ``"lsh"`` (AntVisionPS's
             Location Sensitive Header: regression and mask share a conv trunk of ``mask_convs``
@@ -123,14 +124,14 @@ class CascadeMaskRCNN(Configurable, nn.Module):
     derived = ("in_channels", "num_things")
     components = {"rpn": (RPN, {})}
 
-    def __init__(self, in_channels: int, num_things: int, rpn: Optional[RPN] = None,
+    def __init__(self, in_channels: int, num_things: int, rpn: RPN | None = None,
                  stage_ious: Sequence[float] = STAGE_IOUS, stage_loss_weights: Sequence[float] = STAGE_WEIGHTS,
                  stage_coder_weights: Sequence[Sequence[float]] = STAGE_CODER_WEIGHTS,
                  box_batch_size: int = 512, box_positive_fraction: float = 0.25, box_score_thresh: float = 0.05,
                  box_nms: float = 0.5, detections_per_img: int = 100, box_fc_dim: int = 1024, box_convs: int = 0,
                  mask_conv_dim: int = 256, mask_convs: int = 4, head_norm: str = "",
                  roi_align: Literal["torchvision", "matmul"] = "torchvision",
-                 mask_stages: Sequence[int] = (0, 1, 2), mask_test_stages: Optional[Sequence[int]] = None,
+                 mask_stages: Sequence[int] = (0, 1, 2), mask_test_stages: Sequence[int] | None = None,
                  header: Literal["fc", "lsh"] = "fc") -> None:
         super().__init__()
         n = len(stage_ious)
@@ -166,7 +167,7 @@ class CascadeMaskRCNN(Configurable, nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, images: ImageList, features: Mapping[str, torch.Tensor],
-                targets: Optional[list[dict[str, torch.Tensor]]] = None, **extra: torch.Tensor
+                targets: list[dict[str, torch.Tensor]] | None = None, **extra: torch.Tensor
                 ) -> tuple[list[Instances], dict[str, torch.Tensor]]:
         """``extra``: what a subclass takes from the system (HTC's ``semantic_feature``)."""
         feats = dict(features)
@@ -183,7 +184,7 @@ class CascadeMaskRCNN(Configurable, nn.Module):
 
     def stage_outputs(self, stage: CascadeStage, feats: dict[str, torch.Tensor], boxes: list[torch.Tensor],
                       image_sizes: Sequence[tuple[int, int]]
-                      ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Class logits (R, K + 1), deltas (R, 4) and the header's shared trunk (LSH; else None) of
         one stage on per-image RoIs."""
         mask_roi = self.mask_pool(feats, boxes, image_sizes) if stage.header.needs_mask_roi else None

@@ -2,7 +2,7 @@
 (PAM) and a channel attention module (CAM) in parallel on one feature map, each with a zero-initialised
 gamma, summed, with three classifiers (fused, PAM-only, CAM-only).
 
-In seed 003's wiring (spec, open question 7) the head sits on HRNet's concatenated features; its
+In AinnoSeg's wiring (spec, open question 7) the head sits on HRNet's concatenated features; its
 fused 512-channel feature feeds OCR and its fused logits are the auxiliary "DA output".
 """
 
@@ -81,10 +81,10 @@ class DANetHead(Configurable, nn.Module):
         channels: width of both branches (DANet: 512, i.e. C5's 2048 / 4).
         key_channels: PAM's query/key width (DANet and mmseg: 64).
         dropout: Dropout2d before each classifier (0.1).
-        loss_weight: weight of the cross-entropy on the fused logits (DANet: 1.0; seed 003, where OCR
+        loss_weight: weight of the cross-entropy on the fused logits (DANet: 1.0; AinnoSeg (Wu et al. 2020), where OCR
             follows: 0.1).
         aux_loss_weight: weight of each of the PAM-only and CAM-only cross-entropies (DANet and
-            mmseg: 1.0, the same as the fused one; seed 003: 0.1, read as the same "DA output" weight).
+            mmseg: 1.0, the same as the fused one; AinnoSeg (Wu et al. 2020): 0.1, read as the same "DA output" weight).
 
     Forward: x -> dict ``feature`` (B, channels, H, W) (the two branches summed), ``logits`` (B, K, H, W)
     (fused), ``pam_logits`` and ``cam_logits`` (B, K, H, W).

@@ -1,4 +1,4 @@
-"""CIAE's embedding branch (seed 002, section IV-A, Fig. 3).
+"""CIAE's embedding branch (CIAE, Gao et al. 2021, section IV-A, Fig. 3).
 
 P2-P5 are brought to 1/4 scale and summed as in Panoptic FPN's semantic branch (CoordConv on the
 P5 tower), and a 1x1 convolution predicts P'. The box embeddings of every detector level are
@@ -9,7 +9,7 @@ so the branch returns that map at 1/4 and the system upsamples and normalises it
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ class EmbeddingBranch(Configurable, nn.Module):
         self.pixel = nn.Conv2d(channels, embed_dim, kernel_size=1)
         self.box = nn.Conv2d(box_embed_dim, embed_dim, kernel_size=1) if box_embedding else None
 
-    def forward(self, feats: Mapping[str, torch.Tensor], box_embeddings: Optional[Sequence[torch.Tensor]] = None
+    def forward(self, feats: Mapping[str, torch.Tensor], box_embeddings: Sequence[torch.Tensor] | None = None
                 ) -> torch.Tensor:
         raw = self.pixel(aggregate_levels(self.towers, feats))
         if self.box is not None:

@@ -1,4 +1,4 @@
-"""FCOS detector head (Tian et al. 2019) as CIAE's proposal head (seed 002, section IV-A).
+"""FCOS detector head (Tian et al. 2019) as CIAE's proposal head (CIAE, Gao et al. 2021, section IV-A).
 
 Two towers of four conv3x3-GN-ReLU layers shared across P3-P7; the classification tower predicts
 the box classes, the regression tower the box distances (l, t, r, b), the centre-ness and the
@@ -17,7 +17,7 @@ embedding there).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""Hybrid Task Cascade (Chen et al., CVPR 2019; seed 001's LWL-HTC), on our cascade
+"""Hybrid Task Cascade (Chen et al., CVPR 2019; AntVisionPS's LWL-HTC), on our cascade
 (spec section 2, mmdet ``htc_roi_head.py`` / ``htc_mask_head.py``).
 
 Differences from `CascadeMaskRCNN`:
@@ -18,7 +18,7 @@ Stage weights [1, 0.5, 0.25] multiply box and mask losses, as the cascade's.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,14 +70,14 @@ class HybridTaskCascade(CascadeMaskRCNN):
             else nn.Identity() for t in range(len(self.stages)))
 
     # ------------------------------------------------------------------ RoI features
-    def semantic_roi(self, semantic: Optional[torch.Tensor], boxes: list[torch.Tensor]) -> Optional[torch.Tensor]:
+    def semantic_roi(self, semantic: torch.Tensor | None, boxes: list[torch.Tensor]) -> torch.Tensor | None:
         """(R, C, 14, 14) RoIAlign of the stride-8 semantic feature, or None without fusion."""
         if semantic is None or not self.semantic_fusion:
             return None
         return roi_align(semantic, [b.to(semantic.dtype) for b in boxes], 14, 1.0 / SEMANTIC_STRIDE, 2)
 
     def rois(self, feats: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_sizes: Sequence[tuple[int, int]],
-             semantic: Optional[torch.Tensor], kind: str) -> torch.Tensor:
+             semantic: torch.Tensor | None, kind: str) -> torch.Tensor:
         """Box (7x7) or mask (14x14) RoI features with the semantic feature added where fused."""
         pool = self.box_pool if kind == "bbox" else self.mask_pool
         x = pool(feats, boxes, image_sizes)
@@ -89,7 +89,7 @@ class HybridTaskCascade(CascadeMaskRCNN):
     def mask_chain(self, roi: torch.Tensor, last: int, with_logits: str = "last") -> list[torch.Tensor]:
         """Mask heads 0..``last`` in a chain on the same RoI features; the logits (R, K + 1, 28, 28)
         of the last head (``"last"``) or of every head (``"all"``)."""
-        feat: Optional[torch.Tensor] = None
+        feat: torch.Tensor | None = None
         logits = []
         for t in range(last + 1):
             header = self.stages[t].header
@@ -101,8 +101,8 @@ class HybridTaskCascade(CascadeMaskRCNN):
 
     # ------------------------------------------------------------------ forward
     def forward(self, images: ImageList, features: Mapping[str, torch.Tensor],
-                targets: Optional[list[dict[str, torch.Tensor]]] = None,
-                semantic_feature: Optional[torch.Tensor] = None
+                targets: list[dict[str, torch.Tensor]] | None = None,
+                semantic_feature: torch.Tensor | None = None
                 ) -> tuple[list[Instances], dict[str, torch.Tensor]]:
         if self.semantic_fusion and semantic_feature is None:
             raise ValueError("htc with semantic_fusion needs the semantic head's feature (a semantic head with "
@@ -111,7 +111,7 @@ class HybridTaskCascade(CascadeMaskRCNN):
 
     def stage_losses(self, feats: dict[str, torch.Tensor], proposals: list[torch.Tensor],
                      image_sizes: Sequence[tuple[int, int]], targets: list[dict[str, torch.Tensor]],
-                     semantic_feature: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                     semantic_feature: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
         proposals = [p.detach() for p in proposals]
         for t, stage in enumerate(self.stages):
@@ -127,14 +127,14 @@ class HybridTaskCascade(CascadeMaskRCNN):
         return losses
 
     def box_results(self, feats: dict[str, torch.Tensor], proposals: list[torch.Tensor],
-                    image_sizes: Sequence[tuple[int, int]], semantic_feature: Optional[torch.Tensor] = None
+                    image_sizes: Sequence[tuple[int, int]], semantic_feature: torch.Tensor | None = None
                     ) -> list[Instances]:
         return self.run_stages(proposals, image_sizes, lambda stage, boxes: stage.header.boxes(
             self.rois(feats, boxes, image_sizes, semantic_feature, "bbox"))[:2])
 
     @torch.no_grad()
     def detect(self, feats: dict[str, torch.Tensor], proposals: list[torch.Tensor],
-               image_sizes: Sequence[tuple[int, int]], semantic_feature: Optional[torch.Tensor] = None
+               image_sizes: Sequence[tuple[int, int]], semantic_feature: torch.Tensor | None = None
                ) -> list[Instances]:
         results = self.box_results(feats, proposals, image_sizes, semantic_feature)
         n = [len(r) for r in results]
@@ -149,7 +149,7 @@ class HybridTaskCascade(CascadeMaskRCNN):
 
     def mask_logits_for_boxes(self, images: ImageList, features: Mapping[str, torch.Tensor],
                               boxes: list[torch.Tensor], labels: list[torch.Tensor],
-                              semantic_feature: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
+                              semantic_feature: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Per image (N_i, 28, 28) logits of the labelled classes (the mean over the test stages of
         the chained heads), differentiable."""
         counts = [len(b) for b in boxes]

@@ -11,7 +11,7 @@ HTC's; mmdet instead downsamples the labels to 1/8).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F

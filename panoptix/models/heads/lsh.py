@@ -1,4 +1,4 @@
-"""AntVisionPS's "Location Sensitive Header" (seed 001, E-UPS), in the spec's interpretation
+"""AntVisionPS's "Location Sensitive Header" (AntVisionPS, Hong et al. 2019, E-UPS), in the spec's interpretation
 (section 4; the paper gives only the claim): box regression and mask prediction both need spatial
 detail, classification does not. So, per RoI head (one per cascade stage):
 
@@ -18,7 +18,7 @@ closest published design.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -47,7 +47,7 @@ class LocationSensitiveHeader(nn.Module):
     needs_mask_roi = True
 
     def __init__(self, in_channels: int, num_classes: int, cls_head: nn.Module, fc_dim: int, trunk_dim: int = 256,
-                 trunk_convs: int = 4, norm: Optional[Callable[[int], nn.Module]] = None,
+                 trunk_convs: int = 4, norm: Callable[[int], nn.Module] | None = None,
                  with_mask: bool = True) -> None:
         super().__init__()
         self.cls_head = cls_head
@@ -73,7 +73,7 @@ class LocationSensitiveHeader(nn.Module):
         deltas = self.bbox_pred(self.reg_fc(self.reg_conv(trunk).mean((2, 3))))
         return logits, deltas, trunk
 
-    def mask_logits(self, mask_roi: Optional[torch.Tensor] = None, trunk: Optional[torch.Tensor] = None
+    def mask_logits(self, mask_roi: torch.Tensor | None = None, trunk: torch.Tensor | None = None
                     ) -> torch.Tensor:
         if self.mask_predictor is None:
             raise RuntimeError("this header has no mask predictor (its stage is not in mask_stages)")

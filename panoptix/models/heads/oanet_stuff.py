@@ -1,4 +1,4 @@
-"""OANet's stuff branch (seed 004, section 3.1 and Fig. 3).
+"""OANet's stuff branch (OANet, Liu et al. 2019, section 3.1 and Fig. 3).
 
 The paper: "two 3x3 convolution layers are stacked on RPN feature maps. For the sake of
 multi-scale feature extraction, we then concatenate these layers with succeeding one 3x3
@@ -13,7 +13,7 @@ system's ``semantic_variant: all``) and weighs its loss by lambda = 0.25 (Table 
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

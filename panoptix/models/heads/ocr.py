@@ -1,5 +1,5 @@
 """Object-contextual representations (OCR; Yuan et al., ECCV 2020; spec section 7) and HRNet's plain
-segmentation head ("fcn"), the decoders of seed 003's scene parsing system.
+segmentation head ("fcn"), the decoders of AinnoSeg's scene parsing system.
 
 OCR: soft object regions M (an auxiliary classifier), object region representations f_k (pixels
 averaged with weights softmax over pixels of M_k), pixel-region relation w_ik = softmax_k(q_i . k_k /
@@ -34,13 +34,14 @@ class OCRHead(Configurable, nn.Module):
     """OCR decoder on a (B, C_in, H, W) map.
 
     Args:
-        in_channels: input width (HRNet-W48's 720, or DANet's 512 in seed 003's wiring).
+        in_channels: input width (HRNet-W48's 720, or DANet's 512 in AinnoSeg's wiring).
         num_classes: K.
         channels: width of the pixel representation X and of the output (512).
         key_channels: width of the pixel-region relation and of the object context (256).
         dropout: Dropout2d after the augmented representation (0.05).
         loss_weight: weight of the cross-entropy on the final logits (1.0).
-        aux_loss_weight: weight of the cross-entropy on the soft object regions (OCR: 0.4; seed 003: 0.3).
+        aux_loss_weight: weight of the cross-entropy on the soft object regions (OCR: 0.4; AinnoSeg, Wu et al.
+            2020: 0.3).
 
     Forward: x -> dict ``feature`` (B, channels, H, W) (augmented representation), ``logits``
     (B, K, H, W), ``aux_logits`` (B, K, H, W) (soft object regions).

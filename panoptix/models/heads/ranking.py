@@ -1,4 +1,4 @@
-"""OANet's Spatial Ranking Module (seed 004, section 3.2, Eqs. 2-3, Tables 3 and 5).
+"""OANet's Spatial Ranking Module (OANet, Liu et al. 2019, section 3.2, Eqs. 2-3, Tables 3 and 5).
 
 The binary masks of an image's instances are scattered into a (T, h, w) tensor, one channel per
 thing class, at 1/4 of the padded input (the semantic head's grid); a large-kernel convolution
@@ -103,7 +103,7 @@ class SpatialRankingHead(Configurable, nn.Module):
                 for stuff, crowd, VOID and padding.
         """
         binary = [m.detach() > self.mask_thresh for m in masks]
-        scattered = torch.stack([scatter_masks(m, l, self.num_things) for m, l in zip(binary, labels)])
+        scattered = torch.stack([scatter_masks(m, lab, self.num_things) for m, lab in zip(binary, labels)])
         target = torch.stack([conflict_labels(m, t) for m, t in zip(binary, thing_labels)])
         logits = self(scattered)
         if (target == IGNORE_INDEX).all():

@@ -9,7 +9,8 @@ float32 under autocast: the box predictor's outputs are cast to float32 before d
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Literal
 
 import torch
 from torch import nn
@@ -51,20 +52,20 @@ def roi_pools(roi_align: str) -> tuple[nn.Module, nn.Module]:
 
 
 def build_mask_head(in_channels: int, conv_dim: int, convs: int, num_classes: int,
-                    norm: Optional[Callable[[int], nn.Module]] = None) -> tuple[nn.Module, nn.Module]:
+                    norm: Callable[[int], nn.Module] | None = None) -> tuple[nn.Module, nn.Module]:
     """Mask R-CNN's mask head and predictor: (R, C, 14, 14) -> ``convs`` 3x3 convs of ``conv_dim``, then a
     2x deconvolution and a 1x1 to (R, num_classes, 28, 28) logits."""
     return (MaskRCNNHeads(in_channels, [conv_dim] * convs, 1, norm_layer=norm),
             MaskRCNNPredictor(conv_dim, conv_dim, num_classes))
 
 
-def head_norm_layer(head_norm: str) -> Optional[Callable[[int], nn.Module]]:
+def head_norm_layer(head_norm: str) -> Callable[[int], nn.Module] | None:
     if head_norm not in ("", "gn"):
         raise ValueError(f"head_norm must be '' or 'gn', got {head_norm!r}")
     return group_norm if head_norm == "gn" else None
 
 
-def build_box_head(in_channels: int, fc_dim: int, convs: int, norm: Optional[Callable[[int], nn.Module]]
+def build_box_head(in_channels: int, fc_dim: int, convs: int, norm: Callable[[int], nn.Module] | None
                    ) -> nn.Module:
     """(R, C, 7, 7) -> (R, fc_dim): Mask R-CNN's 2-fc head, or ``convs`` convs + 1 fc."""
     if convs:
@@ -99,7 +100,7 @@ class MaskRCNNBranch(Configurable, nn.Module):
     derived = ("in_channels", "num_things")
     components = {"rpn": (RPN, {})}
 
-    def __init__(self, in_channels: int, num_things: int, rpn: Optional[RPN] = None,
+    def __init__(self, in_channels: int, num_things: int, rpn: RPN | None = None,
                  box_fg_iou: float = 0.5, box_bg_iou: float = 0.5, box_batch_size: int = 512,
                  box_positive_fraction: float = 0.25, box_score_thresh: float = 0.05, box_nms: float = 0.5,
                  detections_per_img: int = 100, box_fc_dim: int = 1024, box_convs: int = 0,
@@ -119,7 +120,7 @@ class MaskRCNNBranch(Configurable, nn.Module):
         self.roi_heads.box_predictor.register_forward_hook(float32_outputs)
 
     def forward(self, images: ImageList, features: Mapping[str, torch.Tensor],
-                targets: Optional[list[dict[str, torch.Tensor]]] = None
+                targets: list[dict[str, torch.Tensor]] | None = None
                 ) -> tuple[list[Instances], dict[str, torch.Tensor]]:
         tv_targets = None
         if targets is not None:

@@ -1,5 +1,5 @@
 """A box classifier on RoIAlign features, for a one-stage system's detections (CIAE's optional
-``classifier``; not in seed 002).
+``classifier``; not in the CIAE paper).
 
 Why it exists: at the tiny CPU scale CIAE's FCOS classifier, which labels a box from the features
 of the one location it came from, is right on about 44% of the synthetic shapes, while the merge
@@ -23,7 +23,8 @@ embedding loss does not give.
 
 from __future__ import annotations
 
-from typing import Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

@@ -11,7 +11,7 @@ Two departures from torchvision's defaults, both detectron2's behaviour:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

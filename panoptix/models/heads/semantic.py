@@ -9,7 +9,7 @@ variant of the system (``"stuff_things"``: stuff + one "things" class; ``"all"``
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +71,7 @@ class SemanticHead(Configurable, nn.Module):
 
     A head may also build ``self.embedding`` ((B, C', h, w) features -> (B, in_channels, h, w)):
     then `forward_with_feature` returns that *semantic feature* at stride 8, which HTC adds to its
-    RoI features (seed 001's LWL-HTC: the fused head, or the DC head in its place).
+    RoI features (AntVisionPS's LWL-HTC: the fused head, or the DC head in its place).
 
     Args:
         in_channels, num_classes: from the system (FPN width; classes of the target variant).
@@ -84,7 +84,7 @@ class SemanticHead(Configurable, nn.Module):
     def __init__(self, num_classes: int, loss_weight: float) -> None:
         super().__init__()
         self.num_classes, self.loss_weight = num_classes, loss_weight
-        self.embedding: Optional[nn.Module] = None
+        self.embedding: nn.Module | None = None
 
     @property
     def provides_feature(self) -> bool:
@@ -94,8 +94,8 @@ class SemanticHead(Configurable, nn.Module):
         """(B, C', h, w) features that ``self.classifier`` classifies."""
         raise NotImplementedError
 
-    def forward_with_feature(self, feats: Mapping[str, torch.Tensor], targets: Optional[torch.Tensor] = None
-                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Optional[torch.Tensor]]:
+    def forward_with_feature(self, feats: Mapping[str, torch.Tensor], targets: torch.Tensor | None = None
+                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
         """Logits (B, K, H/4, W/4), losses, and the semantic feature (B, in_channels, H/8, W/8), or
         None when the head builds no ``embedding``."""
         x = self.features(feats)
@@ -112,7 +112,7 @@ class SemanticHead(Configurable, nn.Module):
         losses = {} if targets is None else {"loss_seg": semantic_loss(logits, targets, self.loss_weight)}
         return logits, losses, feature
 
-    def forward(self, feats: Mapping[str, torch.Tensor], targets: Optional[torch.Tensor] = None
+    def forward(self, feats: Mapping[str, torch.Tensor], targets: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, losses, _ = self.forward_with_feature(feats, targets)
         return logits, losses
@@ -145,15 +145,15 @@ class FPNSemanticHead(SemanticHead):
 
 @SEMANTIC_HEADS.register("deformable")
 class DeformableSemanticHead(SemanticHead):
-    """The head of seeds 000/001 (UPSNet-style): one deformable conv3x3-GN-ReLU stack applied to each
-    level with shared weights, upsampled to 1/4, concatenated, then a 1x1 classifier.
+    """The head of the COCO 2019 entry and AntVisionPS (UPSNet-style): one deformable conv3x3-GN-ReLU
+    stack applied to each level with shared weights, upsampled to 1/4, concatenated, then a 1x1 classifier.
 
     Args:
         channels: width of the stack (128).
         deform_convs: deformable layers in the stack (UPSNet uses 2).
         loss_weight: lambda.
         semantic_feature: also project the features to a stride-8 semantic feature for HTC's RoI
-            fusion (seed 001's LWL-HTC "DC head" in place of HTC's fused head).
+            fusion (AntVisionPS's LWL-HTC "DC head" in place of HTC's fused head).
     """
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 128, deform_convs: int = 2,

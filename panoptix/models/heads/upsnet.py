@@ -1,4 +1,5 @@
-"""Training side of UPSNet's parameter-free panoptic head (Xiong et al. 2019; seeds 000 and 001).
+"""Training side of UPSNet's parameter-free panoptic head (Xiong et al. 2019; used by
+the COCO 2019 entry and AntVisionPS).
 
 The head has no weights: its loss trains the semantic and mask heads to produce logits that the
 panoptic merge (`panoptix.fusion.upsnet`) can compare pixel by pixel. Following UPSNet's code:
@@ -90,8 +91,8 @@ class UPSNetPanopticHead(Configurable, nn.Module):
         """
         total = semantic_logits.new_zeros((), dtype=torch.float32)
         count = 0
-        for sem, b, l, m, target, keep in zip(semantic_logits, boxes, labels, mask_logits, targets, keeps):
-            pan = panoptic_logits(sem.float(), stuff_channels, thing_channels, b[keep], l[keep], m[keep])
+        for sem, b, lab, m, target, keep in zip(semantic_logits, boxes, labels, mask_logits, targets, keeps):
+            pan = panoptic_logits(sem.float(), stuff_channels, thing_channels, b[keep], lab[keep], m[keep])
             total = total + F.cross_entropy(pan[None], target[None], ignore_index=IGNORE_INDEX, reduction="sum")
             count += int((target != IGNORE_INDEX).sum())
         return {"loss_panoptic": self.loss_weight * total / max(count, 1)}

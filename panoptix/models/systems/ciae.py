@@ -1,4 +1,4 @@
-"""The CIAE one-stage panoptic system (seed 002): FCOS + category- and instance-aware pixel embeddings,
+"""The CIAE one-stage panoptic system (CIAE, Gao et al. 2021): FCOS + category- and instance-aware pixel embeddings,
 merged by one matrix product.
 
 backbone -> FPN P2-P7 -> FCOS head on P3-P7 (classes, boxes, centre-ness, box embeddings)
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,16 @@ from panoptix.models.heads.embedding import embedding_map
 from panoptix.models.heads.fcos import LOCATION_FIELD
 from panoptix.models.postprocess import resize_boxes
 from panoptix.models.preprocess import Preprocessor, check_targets, pad_maps
-from panoptix.registry import (BACKBONES, BOX_CLASSIFIERS, DENSE_DETECTORS, EMBEDDING_HEADS, NECKS, SYSTEMS,
-                               Configurable, build)
+from panoptix.registry import (
+    BACKBONES,
+    BOX_CLASSIFIERS,
+    DENSE_DETECTORS,
+    EMBEDDING_HEADS,
+    NECKS,
+    SYSTEMS,
+    Configurable,
+    build,
+)
 from panoptix.structures import Instances, PanopticResult
 
 QUERY_FIELD = "query"
@@ -131,11 +140,11 @@ class CIAEPanoptic(Configurable, nn.Module):
     }
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, detector: nn.Module, embedding: nn.Module,
-                 loss: CIAELoss, meta: DatasetMeta, preprocess: Optional[Preprocessor] = None,
+                 loss: CIAELoss, meta: DatasetMeta, preprocess: Preprocessor | None = None,
                  merge_things: bool = True, stuff_min_area: int = 4096,
-                 stuff_min_area_fraction: Optional[float] = None, box_filter: bool = True,
+                 stuff_min_area_fraction: float | None = None, box_filter: bool = True,
                  instance_category: Literal["detector", "embedding", "classifier"] = "detector",
-                 classifier: Optional[nn.Module] = None) -> None:
+                 classifier: nn.Module | None = None) -> None:
         super().__init__()
         self.preprocess = preprocess if preprocess is not None else Preprocessor()
         self.backbone, self.neck, self.detector, self.embedding, self.loss = backbone, neck, detector, embedding, loss
@@ -161,8 +170,8 @@ class CIAEPanoptic(Configurable, nn.Module):
         self.thing_rows = [meta.contiguous_id[c] for c in meta.thing_ids] if not merge_things else []
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], meta: DatasetMeta, total_iters: Optional[int] = None,
-                    **context: Any) -> "CIAEPanoptic":
+    def from_config(cls, cfg: dict[str, Any], meta: DatasetMeta, total_iters: int | None = None,
+                    **context: Any) -> CIAEPanoptic:
         backbone = build(BACKBONES, cfg["backbone"], **context)
         neck = build(NECKS, cfg["neck"], in_channels=backbone.out_channels)
         detector = build(DENSE_DETECTORS, cfg["detector"], in_channels=neck.out_channels, num_things=meta.num_things)
@@ -203,7 +212,7 @@ class CIAEPanoptic(Configurable, nn.Module):
         labels = self.classifier.relabel(feats, [d.boxes for d in detections], image_sizes)
         return [d.replace(labels=lab) for d, lab in zip(detections, labels)]
 
-    def forward(self, images: list[torch.Tensor], targets: Optional[list[dict[str, torch.Tensor]]] = None
+    def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
                 ) -> dict[str, torch.Tensor] | list[PanopticResult]:
         if not self.training:
             return [self.fuse(raw) for raw in self.predict_raw(images)]
@@ -280,7 +289,7 @@ class CIAEPanoptic(Configurable, nn.Module):
     def export_graph(self, size: tuple[int, int]) -> nn.Module:
         """The whole system for one (3, *size) image as one traceable module (`CIAEGraph`), what
         ``panoptix export`` writes to ONNX."""
-        from panoptix.models.systems.ciae_graph import CIAEGraph   # it builds on this module
+        from panoptix.models.systems.ciae_graph import CIAEGraph  # it builds on this module
 
         return CIAEGraph(self, size)
 

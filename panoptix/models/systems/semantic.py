@@ -1,4 +1,4 @@
-"""The scene parsing system of seed 003 (AinnoSeg): HRNet -> (non-local) -> (DANet) -> OCR or HRNet's
+"""The scene parsing system of AinnoSeg (Wu et al. 2020): HRNet -> (non-local) -> (DANet) -> OCR or HRNet's
 plain head; every category is a class, and the result is a semantic map.
 
 Wiring (spec, open question 7): the backbone's four branch outputs (HRNet-W48: 48/96/192/384 channels
@@ -6,7 +6,7 @@ at strides 4-32) are upsampled bilinearly to stride 4 and concatenated (720 chan
 embedded-Gaussian non-local block refines them; the optional ``context`` head (DANet) turns them into a
 512-channel feature and its own logits; the ``decoder`` (OCR, or HRNet's ``fcn`` head) reads that
 feature (or the concatenation without a context head) and gives the final logits. Every head's
-outputs carry their own loss weights (seed 003: DA 0.1, OCR soft regions 0.3, final 1.0).
+outputs carry their own loss weights (AinnoSeg, Wu et al. 2020: DA 0.1, OCR soft regions 0.3, final 1.0).
 
 Loss names: ``loss_decoder`` (final logits), ``loss_decoder_aux`` (OCR's soft regions),
 ``loss_context`` (DANet's fused logits), ``loss_context_pam`` / ``loss_context_cam``: cross-entropy
@@ -16,7 +16,8 @@ at the input resolution, VOID (255) ignored, each multiplied by its weight.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,7 +33,7 @@ from panoptix.structures import PanopticResult, SegmentInfo
 
 
 def semantic_result(labels: torch.Tensor, categories: list[int], meta: DatasetMeta,
-                    logits: Optional[torch.Tensor] = None) -> PanopticResult:
+                    logits: torch.Tensor | None = None) -> PanopticResult:
     """(H, W) contiguous class map -> a `PanopticResult` with one segment per class present (segment
     id = class index + 1) and the map itself in ``extra["semantic"]``; ``logits`` (K, H, W) kept when given."""
     present, areas = torch.unique(labels, return_counts=True)
@@ -53,7 +54,7 @@ class SceneParser(Configurable, nn.Module):
         meta: the dataset's categories; every category is a class (contiguous order).
         context: optional context head between the features and the decoder (``danet``).
         non_local: an embedded-Gaussian non-local block (reduction 2, zero-initialised output) on the
-            concatenated features (the one seed 003 mentions).
+            concatenated features (the one AinnoSeg (Wu et al. 2020) mentions).
         preprocess: normalisation, test-time resize and padding.
         keep_semantic_logits: keep the (K, H, W) logits in each result (TTA, pseudo-labels).
 
@@ -71,8 +72,8 @@ class SceneParser(Configurable, nn.Module):
         "decoder": (DECODE_HEADS, {"name": "ocr"}),
     }
 
-    def __init__(self, backbone: nn.Module, decoder: nn.Module, meta: DatasetMeta, context: Optional[nn.Module] = None,
-                 non_local: bool = False, preprocess: Optional[Preprocessor] = None,
+    def __init__(self, backbone: nn.Module, decoder: nn.Module, meta: DatasetMeta, context: nn.Module | None = None,
+                 non_local: bool = False, preprocess: Preprocessor | None = None,
                  keep_semantic_logits: bool = False) -> None:
         super().__init__()
         self.preprocess = preprocess if preprocess is not None else Preprocessor()
@@ -84,7 +85,7 @@ class SceneParser(Configurable, nn.Module):
         self.keep_semantic_logits = keep_semantic_logits
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], meta: DatasetMeta, **context: Any) -> "SceneParser":
+    def from_config(cls, cfg: dict[str, Any], meta: DatasetMeta, **context: Any) -> SceneParser:
         backbone = build(BACKBONES, cfg["backbone"], **context)
         channels = sum(backbone.out_channels)
         context_head = build(CONTEXT_HEADS, cfg["context"], in_channels=channels, num_classes=meta.num_classes)
@@ -129,7 +130,7 @@ class SceneParser(Configurable, nn.Module):
         return [resize_semantic_logits(lg, crop, size, stride=stride)
                 for lg, crop, size in zip(final, batch.image_sizes, sizes)]
 
-    def forward(self, images: list[torch.Tensor], targets: Optional[list[dict[str, torch.Tensor]]] = None
+    def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
                 ) -> dict[str, torch.Tensor] | list[PanopticResult]:
         if not self.training:
             return [self.result(lg) for lg in self.logits(images)]

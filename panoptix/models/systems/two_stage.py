@@ -2,7 +2,7 @@
 
 This is Panoptic FPN (Kirillov et al., 2019) and the spine of the OANet, UPSNet and AntVision
 variants. Loss: L = L_rpn + L_box + L_mask + lambda * L_seg (lambda is the semantic head's
-``loss_weight``; 0.25 in OANet, seed 004 Table 1). Every part is a registered component named in
+``loss_weight``; 0.25 in OANet (Liu et al. 2019) Table 1). Every part is a registered component named in
 the config; the fusion is a registered function.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable, Literal, Optional
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -24,8 +25,20 @@ from panoptix.models.heads.ranking import thing_label_map
 from panoptix.models.heads.upsnet import panoptic_target
 from panoptix.models.postprocess import detector_postprocess, paste_masks, resize_semantic_logits
 from panoptix.models.preprocess import Preprocessor, check_targets, pad_maps
-from panoptix.registry import (BACKBONES, FUSIONS, LOSS_WEIGHTINGS, NECKS, RANKING_HEADS, REFINEMENTS, ROI_HEADS,
-                               SEMANTIC_HEADS, SYSTEMS, UPSNET_HEADS, Configurable, build)
+from panoptix.registry import (
+    BACKBONES,
+    FUSIONS,
+    LOSS_WEIGHTINGS,
+    NECKS,
+    RANKING_HEADS,
+    REFINEMENTS,
+    ROI_HEADS,
+    SEMANTIC_HEADS,
+    SYSTEMS,
+    UPSNET_HEADS,
+    Configurable,
+    build,
+)
 from panoptix.structures import PanopticResult, RawPanoptic
 
 
@@ -53,7 +66,7 @@ class TwoStagePanoptic(Configurable, nn.Module):
         ranking_head: optional `SpatialRankingHead` (OANet's ranking scores for the ``ranking`` merge).
         refine: optional refinement of the merged result (e.g. the ``crf`` Dense CRF).
         loss_weighting: optional learned weighting of the losses (``uncertainty``: Kendall et al.'s
-            task uncertainties, seed 001's LWL-HTC); without it the losses are summed as they are.
+            task uncertainties, AntVisionPS's LWL-HTC); without it the losses are summed as they are.
 
     Forward (torchvision detection contract): ``images`` list of (3, H_i, W_i) float in 0..1.
         Training (``targets`` from `target_builder` at each image's size): dict of losses
@@ -79,11 +92,11 @@ class TwoStagePanoptic(Configurable, nn.Module):
     }
 
     def __init__(self, backbone: nn.Module, neck: nn.Module, instance_head: nn.Module, semantic_head: nn.Module,
-                 fusion: Callable[..., PanopticResult], meta: DatasetMeta, preprocess: Optional[Preprocessor] = None,
+                 fusion: Callable[..., PanopticResult], meta: DatasetMeta, preprocess: Preprocessor | None = None,
                  semantic_variant: Literal["stuff_things", "all"] = "stuff_things",
-                 keep_semantic_logits: bool = False, upsnet_head: Optional[nn.Module] = None,
-                 ranking_head: Optional[nn.Module] = None, refine: Optional[Callable[..., PanopticResult]] = None,
-                 loss_weighting: Optional[nn.Module] = None) -> None:
+                 keep_semantic_logits: bool = False, upsnet_head: nn.Module | None = None,
+                 ranking_head: nn.Module | None = None, refine: Callable[..., PanopticResult] | None = None,
+                 loss_weighting: nn.Module | None = None) -> None:
         super().__init__()
         self.preprocess = preprocess if preprocess is not None else Preprocessor()
         self.backbone, self.neck = backbone, neck
@@ -116,7 +129,7 @@ class TwoStagePanoptic(Configurable, nn.Module):
             self.register_buffer("stuff_lut", lut, persistent=False)
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], meta: DatasetMeta, **context: Any) -> "TwoStagePanoptic":
+    def from_config(cls, cfg: dict[str, Any], meta: DatasetMeta, **context: Any) -> TwoStagePanoptic:
         backbone = build(BACKBONES, cfg["backbone"], **context)
         neck = build(NECKS, cfg["neck"], in_channels=backbone.out_channels)
         instance = build(ROI_HEADS, cfg["instance_head"], in_channels=neck.out_channels,
@@ -136,7 +149,7 @@ class TwoStagePanoptic(Configurable, nn.Module):
         return functools.partial(build_targets, meta=self.meta, semantic=self.semantic_variant)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, images: list[torch.Tensor], targets: Optional[list[dict[str, torch.Tensor]]] = None
+    def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None
                 ) -> dict[str, torch.Tensor] | list[PanopticResult]:
         images = self.preprocess.inputs(images)
         batch = self.preprocess(images)
@@ -152,7 +165,7 @@ class TwoStagePanoptic(Configurable, nn.Module):
             return losses if self.loss_weighting is None else self.loss_weighting(losses)
         return [self.fuse(raw) for raw in self.predict_raw(images, batch, feats)]
 
-    def semantic_outputs(self, feats: dict[str, torch.Tensor], target: Optional[torch.Tensor] = None
+    def semantic_outputs(self, feats: dict[str, torch.Tensor], target: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Semantic logits, losses, and the keywords the instance head takes from the semantic head
         (HTC's ``semantic_feature``; none for other instance heads)."""
@@ -162,7 +175,7 @@ class TwoStagePanoptic(Configurable, nn.Module):
         return logits, losses, {"semantic_feature": feature}
 
     def panoptic_head_losses(self, batch: Any, feats: dict[str, torch.Tensor], sem_logits: torch.Tensor,
-                             targets: list[dict[str, torch.Tensor]], extra: Optional[dict[str, torch.Tensor]] = None
+                             targets: list[dict[str, torch.Tensor]], extra: dict[str, torch.Tensor] | None = None
                              ) -> dict[str, torch.Tensor]:
         """``loss_panoptic`` (UPSNet) and ``loss_srm`` (ranking) on the semantic head's 1/4 grid.
 
@@ -195,7 +208,7 @@ class TwoStagePanoptic(Configurable, nn.Module):
         return losses
 
     @torch.no_grad()
-    def predict_raw(self, images: list[torch.Tensor], batch: Any = None, feats: Optional[dict[str, torch.Tensor]] = None
+    def predict_raw(self, images: list[torch.Tensor], batch: Any = None, feats: dict[str, torch.Tensor] | None = None
                     ) -> list[RawPanoptic]:
         """Instances (with ranking scores when there is a ranking head) and semantic logits of each
         image at its input size, before any merge: what `fuse` and ``panoptix ablate`` consume."""
@@ -228,8 +241,8 @@ class TwoStagePanoptic(Configurable, nn.Module):
         inst.extra[RANK_FIELD] = self.ranking_head.rank_scores(small, inst.labels)
         return inst
 
-    def fuse(self, raw: RawPanoptic, fusion: Optional[Callable[..., PanopticResult]] = None,
-             refine: Optional[Callable[..., PanopticResult]] | Literal["default"] = "default") -> PanopticResult:
+    def fuse(self, raw: RawPanoptic, fusion: Callable[..., PanopticResult] | None = None,
+             refine: Callable[..., PanopticResult] | None | Literal["default"] = "default") -> PanopticResult:
         """Merge one `RawPanoptic` with ``fusion`` (default: the system's) and ``refine`` (default:
         the system's; None for none)."""
         result = (fusion or self.fusion)(raw.instances, raw.semantic_logits, self.semantic_categories,
