@@ -37,6 +37,15 @@ class ConfigError(PanoptixError, ValueError):
     """An unknown key or component, a value of the wrong type, a bad override or an unreadable file."""
 
 
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """`` (did you mean max_iter?)`` for the closest of ``options`` to a misspelt ``word``; "" when
+    none is close (difflib's ratio of at least 0.6)."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 class Registry:
     """Named components of one kind (``register`` is a decorator for classes and functions)."""
 
@@ -57,7 +66,7 @@ class Registry:
         if name not in self._items:
             elsewhere = [r.kind for r in INTERFACES if r is not self and name in r._items]
             what = (f"{name!r} is in the {elsewhere[0]} registry, not the {self.kind} registry" if elsewhere
-                    else f"unknown {self.kind} {name!r}")
+                    else f"unknown {self.kind} {name!r}{did_you_mean(str(name), self._items)}")
             raise ConfigError(f"{where + '.name' if where else 'name'}: {what}; registered {self.kind}s: "
                               f"{', '.join(sorted(self._items))} (register your own and load it with --import)")
         return self._items[name]
@@ -127,11 +136,16 @@ class Configurable:
     components: ClassVar[dict[str, tuple[Any, dict[str, Any]]]] = {}
 
     @classmethod
+    def check_config(cls, cfg: dict[str, Any], where: str) -> None:
+        """Raise `ConfigError` for checked values that cannot work together or cannot be built
+        (called by validation, before any data is read); the default accepts everything."""
+
+    @classmethod
     def from_config(cls, cfg: dict[str, Any], **context: Any) -> Any:
         """``cls`` built from a checked section: sub-component sections are built first, with the same
         context (an RPN receives its head's ``in_channels``)."""
-        parts = {key: build(spec, cfg[key], key, **context) for key, (spec, _) in cls.components.items()
-                 if key in cfg}
+        parts = {key: _construct(spec, validate(spec, cfg[key], key), context) if cfg[key] is not None else None
+                 for key, (spec, _) in cls.components.items() if key in cfg}
         return cls(**{**cfg, **parts}, **{k: v for k, v in context.items() if k in cls.derived})
 
 
@@ -209,7 +223,8 @@ def check_section(obj: Any, section: dict[str, Any], where: str) -> dict[str, An
     unknown = sorted(set(section) - set(params))
     if unknown:
         shown = ", ".join(f"{where}.{k}" if where else k for k in unknown)
-        raise ConfigError(f"unknown config key(s) {shown} for {_label(obj)}{_nested_hint(obj, unknown)}; "
+        hint = _nested_hint(obj, unknown) or (did_you_mean(unknown[0], params) if len(unknown) == 1 else "")
+        raise ConfigError(f"unknown config key(s) {shown} for {_label(obj)}{hint}; "
                           f"valid keys: {', '.join(sorted(params)) or 'none'}")
     hints = _hints(obj)
     components = getattr(obj, "components", {})
@@ -228,6 +243,8 @@ def check_section(obj: Any, section: dict[str, Any], where: str) -> dict[str, An
             out[key] = param.default
         else:
             raise ConfigError(f"{here}: required by {_label(obj)} but not set")
+    if hasattr(obj, "check_config"):  # checks a type annotation cannot express (a timm architecture)
+        obj.check_config(out, where)
     return out
 
 
@@ -278,13 +295,23 @@ def build(spec: Any, section: dict[str, Any] | None, where: str = "", **context:
     optional part left out) builds None."""
     if section is None:
         return None
-    values = validate(spec, section, where)
-    obj = spec.get(values.pop("name"), where) if isinstance(spec, Registry) else spec
-    if isinstance(obj, type):
-        if hasattr(obj, "from_config"):
-            return obj.from_config(values, **context)
-        return obj(**values)
-    return functools.partial(obj, **values)
+    try:
+        return _construct(spec, validate(spec, section, where), context)
+    except ConfigError:
+        raise
+    except ValueError as err:  # a constructor refusing its settings: a config error, said where
+        if not where:
+            raise  # the caller's build names the section
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _construct(spec: Any, values: dict[str, Any], context: dict[str, Any]) -> Any:
+    """The component of a checked section: ``from_config`` (classes) or a ``functools.partial``."""
+    values = dict(values)
+    obj = spec.get(values.pop("name")) if isinstance(spec, Registry) else spec
+    if not isinstance(obj, type):
+        return functools.partial(obj, **values)
+    return obj.from_config(values, **context) if hasattr(obj, "from_config") else obj(**values)
 
 
 __all__ = ["Registry", "Configurable", "ConfigError", "SYSTEMS", "BACKBONES", "NECKS", "ROI_HEADS",

@@ -2,7 +2,9 @@
 
 Stuff is drawn in its category colour, each thing instance in a distinct shade of its category
 colour (the k-th instance of a category in an image gets the k-th shade), segment boundaries as
-thin white lines.
+thin white lines. VOID is hatched with black diagonals, so it passes neither for the image nor
+for a segment. `annotate` adds an integer upscale (for small images) and a legend of the
+categories present.
 """
 
 from __future__ import annotations
@@ -57,9 +59,13 @@ def boundaries(ids: np.ndarray) -> np.ndarray:
     return edge
 
 
+VOID_HATCH = 4  # one black diagonal in every 4 over VOID pixels
+
+
 def overlay(image: np.ndarray | None, ids: np.ndarray, segments: Iterable[Any], meta: DatasetMeta,
             alpha: float = 0.55, draw_boundaries: bool = True, labels: bool = False) -> np.ndarray:
-    """Blend the coloured map over ``image`` (H, W, 3 uint8; grey when None). Returns (H, W, 3) uint8."""
+    """Blend the coloured map over ``image`` (H, W, 3 uint8; grey when None), VOID hatched. Returns
+    (H, W, 3) uint8."""
     segments = list(segments)
     ids = np.asarray(ids)
     colors = colorize(ids, segments, meta).astype(np.float32)
@@ -67,6 +73,8 @@ def overlay(image: np.ndarray | None, ids: np.ndarray, segments: Iterable[Any], 
     if base.shape != colors.shape:
         raise ValueError(f"image is {base.shape[1]}x{base.shape[0]} but the map is {ids.shape[1]}x{ids.shape[0]}")
     out = np.where((ids != 0)[..., None], (1 - alpha) * base + alpha * colors, base)
+    yy, xx = np.indices(ids.shape)
+    out[(ids == 0) & ((yy + xx) % VOID_HATCH == 0)] = 0
     if draw_boundaries:
         out[boundaries(ids)] = 255
     out = out.astype(np.uint8)
@@ -90,11 +98,53 @@ def _draw_labels(img: np.ndarray, ids: np.ndarray, segments: list[Any], meta: Da
     return np.asarray(pil)
 
 
+def legend(segments: Iterable[Any], meta: DatasetMeta, width: int) -> np.ndarray:
+    """(h, width, 3) uint8 strip: a colour swatch and the name of each category among ``segments``
+    (things, then stuff, by name), wrapped into rows."""
+    known = [meta.by_id[c] for c in {cat for _, cat in map(_seg_fields, segments)} if c in meta]
+    items = [(c.name, c.color) for c in sorted(known, key=lambda c: (not c.isthing, c.name))]
+    font = ImageFont.load_default()
+    rows: list[list[tuple[str, Any]]] = [[]]
+    x = 4
+    for name, color in items:
+        w = 14 + int(font.getlength(name)) + 10
+        if rows[-1] and x + w > width:
+            rows.append([])
+            x = 4
+        rows[-1].append((name, color))
+        x += w
+    canvas = Image.new("RGB", (width, 14 * len(rows) + 4), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(rows):
+        x, y = 4, 2 + 14 * r
+        for name, color in row:
+            draw.rectangle((x, y + 1, x + 10, y + 11), fill=tuple(int(v) for v in color))
+            draw.text((x + 14, y), name, fill=(255, 255, 255), font=font)
+            x += 14 + int(font.getlength(name)) + 10
+    return np.asarray(canvas)
+
+
+def annotate(image: np.ndarray | None, ids: np.ndarray, segments: Iterable[Any], meta: DatasetMeta,
+             labels: bool = False, scale: int = 1, with_legend: bool = True) -> np.ndarray:
+    """`overlay` upscaled ``scale`` times (nearest neighbour: a 64 px image is readable at 4) with a
+    `legend` below. Returns (scale H + legend, scale W, 3) uint8."""
+    segments = list(segments)
+    if scale > 1:
+        ids = np.repeat(np.repeat(np.asarray(ids), scale, 0), scale, 1)
+        image = None if image is None else np.repeat(np.repeat(np.asarray(image), scale, 0), scale, 1)
+    out = overlay(image, ids, segments, meta, labels=labels)
+    return np.concatenate([out, legend(segments, meta, out.shape[1])]) if with_legend and segments else out
+
+
 def side_by_side(image: np.ndarray | None, gt: tuple[np.ndarray, Iterable[Any]], pred: tuple[np.ndarray, Iterable[Any]],
-                 meta: DatasetMeta, labels: bool = False, titles: tuple[str, str] = ("ground truth", "prediction")
-                 ) -> np.ndarray:
-    """Ground truth | prediction overlays with a title bar over each. Returns (H + 14, 2W + 4, 3) uint8."""
-    panels = [overlay(image, ids, segs, meta, labels=labels) for ids, segs in (gt, pred)]
+                 meta: DatasetMeta, labels: bool = False, titles: tuple[str, str] = ("ground truth", "prediction"),
+                 scale: int = 1, with_legend: bool = False) -> np.ndarray:
+    """Ground truth | prediction overlays (`annotate`: ``scale``, each with its legend when
+    ``with_legend``) with a title bar over each. Returns (scale H (+ legend) + 14, 2 scale W + 4, 3) uint8."""
+    panels = [annotate(image, ids, segs, meta, labels, scale, with_legend) for ids, segs in (gt, pred)]
+    if panels[0].shape[0] != panels[1].shape[0]:  # legends of different heights
+        tall = max(p.shape[0] for p in panels)
+        panels = [np.pad(p, ((0, tall - p.shape[0]), (0, 0), (0, 0))) for p in panels]
     h, w = panels[0].shape[:2]
     canvas = Image.new("RGB", (2 * w + 4, h + 14), (0, 0, 0))
     draw = ImageDraw.Draw(canvas)

@@ -89,7 +89,7 @@ def test_every_option_of_every_command_has_a_help_text():
         missing += [f"{name} {a.option_strings or a.dest}" for a in parser._actions
                     if a.dest != "help" and not (a.help or "").strip()]
     assert not missing
-    assert len(COMMANDS) == 12
+    assert len(COMMANDS) == 13
 
 
 def test_namespace_gives_a_commands_defaults_and_refuses_unknown_names():

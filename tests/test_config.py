@@ -31,7 +31,7 @@ from panoptix.registry import (
 
 from conftest import REPO, tiny_overrides
 
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO / "panoptix" / "configs").glob("*.yaml"))
 
 
 def test_override_parsing():
@@ -44,8 +44,8 @@ def test_override_parsing():
 
 
 def test_unknown_keys_and_files(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown config key\(s\) solver.base_lrr for SolverSettings; valid keys: "
-                                          r"amp, amp_dtype, base_lr, "):
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) solver.base_lrr for SolverSettings \(did you "
+                                          r"mean base_lr\?\); valid keys: amp, amp_dtype, base_lr, "):
         load_config("panoptic_fpn_tiny", ["solver.base_lrr=1"])
     with pytest.raises(ConfigError, match=r"model.semantic_head.deform_convs for FPNSemanticHead; valid keys: "
                                           r"channels, loss_weight$"):
@@ -162,7 +162,7 @@ def test_user_component_from_import_trains(synth_root, tmp_path, monkeypatch):
     (tmp_path / "my_parts.py").write_text(textwrap.dedent(_USER_MODULE))
     monkeypatch.syspath_prepend(str(tmp_path))
     config = tmp_path / "mine.yaml"
-    base = yaml.safe_load((REPO / "configs" / "panoptic_fpn_tiny.yaml").read_text())
+    base = yaml.safe_load((REPO / "panoptix" / "configs" / "panoptic_fpn_tiny.yaml").read_text())
     base["model"]["name"] = "my_two_stage"
     base["model"]["semantic_head"] = {"name": "p2_linear", "dropout": "0.1"}
     config.write_text(yaml.safe_dump(base))

@@ -61,6 +61,7 @@ def test_no_readable_checkpoint_stops_and_names_the_files(synth_root, tmp_path, 
     with pytest.raises(CheckpointError, match=r"model_0000004\.pth .*model_0000002\.pth"):
         find_resume_checkpoint(out)
     before = {p.name: p.read_bytes() for p in out.glob("model_*.pth")}
+    capsys.readouterr()  # the first run's own lines (its schedule note)
     assert main(["train", "--config", "panoptic_fpn_tiny", *tiny_overrides(synth_root, out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no checkpoint to resume from" in err[0] and "model_0000004.pth" in err[0]

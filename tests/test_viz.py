@@ -1,7 +1,7 @@
 import numpy as np
 
 from panoptix.data import Category, DatasetMeta, Segment
-from panoptix.viz import boundaries, colorize, overlay, side_by_side
+from panoptix.viz import annotate, boundaries, colorize, overlay, side_by_side
 
 META = DatasetMeta([Category(1, "disc", True, (200, 0, 0)), Category(2, "sky", False, (0, 0, 200))])
 IDS = np.array([[5, 5, 7, 7], [5, 5, 7, 7], [9, 9, 9, 0]], dtype=np.int32)
@@ -24,9 +24,23 @@ def test_overlay_boundaries_and_labels():
     out = overlay(img, IDS, SEGS, META)
     assert out.shape == (3, 4, 3) and out.dtype == np.uint8
     assert (out[edge] == 255).all()
-    assert tuple(out[2, 3]) == (50, 50, 50)       # VOID shows the image untouched
+    void = np.zeros((8, 8), np.int32)
+    hatched = overlay(np.full((8, 8, 3), 50, np.uint8), void, [], META)
+    assert (hatched == 0).all(-1).mean() == 0.25 and ((hatched == 0) | (hatched == 50)).all()  # VOID: hatched
     big = np.kron(IDS, np.ones((20, 20), np.int32))
     pair = side_by_side(None, (big, SEGS), (big, SEGS[:2]), META, labels=True)
     assert pair.shape == (60 + 14, 2 * 80 + 4, 3)
     plain = side_by_side(None, (big, SEGS), (big, SEGS[:2]), META)
     assert (pair != plain).any()                  # labels were drawn
+
+
+def test_annotate_scales_and_adds_a_legend_of_the_categories_present():
+    img = np.full((3, 4, 3), 50, np.uint8)
+    out = annotate(img, IDS, SEGS, META, scale=20)
+    assert out.shape[1] == 80 and out.shape[0] > 60                # 20x upscale, legend strip below
+    small = overlay(img, IDS, SEGS, META)
+    assert (out[10, 10] == small[0, 0]).all() and (out[50, 10] == small[2, 0]).all()  # cells keep their colour
+    legend = out[60:]
+    assert (legend == (200, 0, 0)).all(-1).any() and (legend == (0, 0, 200)).all(-1).any()   # both swatches
+    only_disc = annotate(img, IDS, SEGS[:2], META, scale=20)[60:]
+    assert not (only_disc == (0, 0, 200)).all(-1).any()            # sky is not in it: no swatch

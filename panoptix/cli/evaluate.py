@@ -7,7 +7,7 @@ import argparse
 import time
 from pathlib import Path
 
-from panoptix.cli.options import print_lines
+from panoptix.cli.options import add_data_option, print_lines, resolve_data
 from panoptix.errors import PanoptixError
 from panoptix.jsonio import write_json
 
@@ -18,6 +18,7 @@ HELP = ("COCO panoptic quality (PQ/SQ/RQ) of a prediction set; or pixel accuracy
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gt-json", default=None, help="the ground truth's COCO panoptic JSON")
     p.add_argument("--gt-dir", default=None, help="its PNG folder (default: --gt-json without .json)")
+    add_data_option(p)
     p.add_argument("--pred-json", default=None, help="the prediction's COCO panoptic JSON")
     p.add_argument("--pred-dir", default=None, help="its PNG folder (default: --pred-json without .json)")
     p.add_argument("--workers", type=int, default=1, help="processes that decode and match images")
@@ -38,10 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.gt_labels or args.pred_labels:
         return _evaluate_labels(args)
+    resolve_data(args)
     if not (args.gt_json and args.pred_json):
         raise PanoptixError("name --gt-json and --pred-json (panoptic), or --gt-labels and --pred-labels (label PNGs)")
     from panoptix.evaluation.allocator import keep_freed_memory
-    from panoptix.evaluation.panoptic import evaluate_coco_panoptic, format_table
+    from panoptix.evaluation.panoptic import evaluate_coco_panoptic, format_per_class, format_table
 
     keep_freed_memory()
     t0 = time.time()
@@ -50,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.time() - t0
     out = Path(args.out) if args.out else Path(args.pred_json).with_name("pq_results.json")
     print_lines("evaluate", "warning", results["warnings"], f" (listed in {out})")
+    print(format_per_class(results))
+    print()
     print(format_table(results))
     print(f"{results['num_images']} images in {seconds:.2f} s"
           + (f"; {results['num_warnings']} warning(s), evaluated as panopticapi does (--strict refuses them)"

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, Literal
 
+from panoptix.errors import PanoptixError
+
 SHOWN_LINES = 20
 
 
@@ -47,6 +49,31 @@ def add_model_options(parser: argparse.ArgumentParser, weights: Literal["require
         parser.add_argument("--batch-size", type=int, default=batch_size, help="images per forward pass")
     add_overrides(parser)
     add_import(parser)
+
+
+def add_data_option(parser: argparse.ArgumentParser) -> None:
+    """``--data ROOT --split S``: a COCO-layout ground truth instead of ``--gt-json`` / ``--gt-dir``
+    (and ``--images`` where the command has it)."""
+    parser.add_argument("--data", default=None, metavar="ROOT",
+                        help="a dataset in COCO's layout (ROOT/annotations/panoptic_SPLIT.json, its PNG folder, "
+                             "ROOT/SPLIT/ images), instead of --gt-json and --gt-dir")
+    parser.add_argument("--split", default=None, help="the split of --data (e.g. val2017)")
+
+
+def resolve_data(args: argparse.Namespace) -> None:
+    """Fill ``gt_json``, ``gt_dir`` (and ``images`` when the command has it) from ``--data``/``--split``;
+    explicit path flags win. One line when a piece is missing."""
+    if args.data is None:
+        if args.split is not None:
+            raise PanoptixError("--split goes with --data ROOT")
+        return
+    from panoptix.data.spec import DatasetSpec
+
+    spec = DatasetSpec(format="coco", root=args.data, split=args.split, json=args.gt_json, png_dir=args.gt_dir,
+                       image_dir=getattr(args, "images", None))
+    args.gt_json, args.gt_dir, images = (str(p) if p else None for p in spec.coco_paths("--data"))
+    if hasattr(args, "images"):
+        args.images = images
 
 
 def namespace(command: ModuleType, **values: Any) -> argparse.Namespace:

@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recursive", action="store_true", help="take the images of --input's sub-folders too")
     p.add_argument("--gt-json", default=None, help="take image ids from this COCO panoptic JSON (by file name)")
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    p.add_argument("--labels", action="store_true", help="write category names on the overlays' segments")
+    p.add_argument("--scale", type=int, default=1, help="upscale the overlays this many times (small images)")
     p.add_argument("--strict", action="store_true",
                    help="exit non-zero when a file is skipped (unreadable, or not an image)")
 
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     ids = image_ids_from_gt(args.gt_json) if args.gt_json else None
     done = predict_files(predictor, meta, listing.files, args.output, image_ids=ids, overlays=not args.no_overlays,
                         warn=lambda skip: tqdm.write(f"panoptix predict: warning: {skip}", file=sys.stderr),
-                        root=listing.root)
+                        root=listing.root, labels=args.labels, scale=args.scale)
     print_lines("predict", "note", done.notes)
     skipped += done.skipped
     seconds = time.time() - t0

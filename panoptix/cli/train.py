@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from panoptix.cli.options import add_import, add_overrides
 
@@ -10,16 +11,27 @@ HELP = "train a system from a YAML config (torchrun for several processes)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="YAML file, or the name of one in configs/")
+    p.add_argument("--config", required=True,
+                   help="a YAML file, or the name of a bundled config (panoptix config list)")
     add_overrides(p)
     add_import(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from panoptix.config import load_config
+    from panoptix.engine.console_log import console_log
+
+    cfg = load_config(args.config, args.overrides, args.imports)
+    with console_log(Path(cfg["engine"]["output_dir"]) / "log.txt", enabled=os.environ.get("RANK", "0") == "0"):
+        return _train(cfg)
+
+
+def _train(cfg: dict) -> int:
     from panoptix.engine.build import build_training
 
-    trainer = build_training(load_config(args.config, args.overrides, args.imports))
+    trainer = build_training(cfg)
     try:
         summary = trainer.train()
     except BaseException:

@@ -33,6 +33,7 @@ from PIL import Image
 from panoptix.data.meta import Category, DatasetMeta
 from panoptix.data.png import write_id_png
 from panoptix.data.sample import bbox_of_mask
+from panoptix.data.spec import coco_layout
 
 THING_CLASSES = ("disc", "square", "triangle", "ring", "cross", "star")
 # Frequent to rare: the heavy-occlusion pairs put a rare class on top of a frequent one.
@@ -367,8 +368,5 @@ def write_synthetic(out: str | Path, splits: dict[str, int], seed: int = 0, cfg:
 
 
 def synthetic_paths(root: str | Path, split: str) -> dict[str, Path]:
-    """Paths of one split of a synthetic (or any COCO-layout) dataset written by `write_synthetic`."""
-    root = Path(root)
-    return {"gt_json": root / "annotations" / f"panoptic_{split}.json",
-            "gt_dir": root / "annotations" / f"panoptic_{split}",
-            "image_dir": root / split}
+    """Paths of one split of a synthetic dataset written by `write_synthetic`: COCO's layout."""
+    return coco_layout(root, split)

@@ -139,7 +139,21 @@ def markdown_table(report: dict[str, Any], title: str = "") -> str:
                      f"{r['rq']:.1f} | {r['merge_ms']:.1f} |")
     lines += ["", f"{report['images']} images on {report['device']}; network {report['network_ms']:.1f} ms/img "
                   "(shared by every merge; the ranking row's merge time includes the ranking head)."]
-    return "\n".join(lines)
+    return "\n".join(lines + per_class_table(report["rows"]))
+
+
+def per_class_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: PQ of each category (things first, then stuff, by name) under each merge."""
+    classes = rows[0].get("per_class") if rows else None
+    if not classes:
+        return []
+    order = sorted(classes, key=lambda c: (not classes[c]["isthing"], str(classes[c]["name"])))
+    lines = ["", "| Category | kind | " + " | ".join(r["merge"] for r in rows) + " |",
+             "|---|---|" + "---|" * len(rows)]
+    for c in order:
+        pqs = " | ".join(f"{100 * r['per_class'][c]['pq']:.1f}" for r in rows)
+        lines.append(f"| {classes[c]['name']} | {'thing' if classes[c]['isthing'] else 'stuff'} | {pqs} |")
+    return lines
 
 
 __all__ = ["MergeSpec", "parse_merges", "build_merge", "ablate_merges", "markdown_table", "CRF_BACKENDS"]

@@ -31,7 +31,7 @@ def variant_overrides(fusion: str, model_cfg: dict[str, Any]) -> list[str]:
 def evaluate_merges(model: Any, cfg: dict[str, Any], specs: Sequence[MergeSpec], device: Any, batch_size: int,
                     limit: int | None) -> dict[str, Any]:
     """`ablate_merges` of ``model`` on the config's ``data.val`` (its categories must be the model's)."""
-    dataset = build_dataset(cfg["data"]["val"])
+    dataset = build_dataset(cfg["data"]["val"], where="data.val")
     if dataset is None:
         raise ConfigError("no evaluation data: pass --data ROOT (a synthetic set) or data.val.* overrides")
     if dataset.meta.to_json() != model.meta.to_json():

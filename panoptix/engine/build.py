@@ -25,9 +25,22 @@ def build_model(cfg: dict[str, Any], meta: DatasetMeta, **context: Any):
     return build(SYSTEMS, cfg["model"], "model", meta=meta, **context)
 
 
-def build_dataset(spec: dict[str, Any], load_images: bool = True):
-    """A `PanopticDataset` from a ``data.train`` / ``data.val`` section; None when it names no data."""
-    return DatasetSpec(**spec).open(load_images=load_images)
+def check_model_config(cfg: dict[str, Any]) -> None:
+    """Build the model once on the ``meta`` device (no memory, no weights read) for a placeholder
+    dataset, so that a setting its constructors refuse is a one-line `ConfigError` before any data is
+    read. What depends on the real categories is checked when the real model is built."""
+    import torch
+
+    from panoptix.data.synthetic import synthetic_meta
+
+    with torch.device("meta"):
+        build_model(cfg, synthetic_meta(), weights_from_checkpoint=True)
+
+
+def build_dataset(spec: dict[str, Any], load_images: bool = True, where: str = "data"):
+    """A `PanopticDataset` from a ``data.train`` / ``data.val`` section (``where`` names it in errors);
+    None when it names no data."""
+    return DatasetSpec(**spec).open(load_images=load_images, where=where)
 
 
 def build_trainer(cfg: dict[str, Any], model, train_set, val_set=None, progress: bool = True):
@@ -35,7 +48,7 @@ def build_trainer(cfg: dict[str, Any], model, train_set, val_set=None, progress:
     from panoptix.engine.trainer import Trainer
 
     data = DataSettings(**cfg["data"])
-    pseudo_set = build_dataset(cfg["data"]["pseudo"])
+    pseudo_set = build_dataset(cfg["data"]["pseudo"], where="data.pseudo")
     if pseudo_set is not None and pseudo_set.meta.to_json() != train_set.meta.to_json():
         raise ConfigError("data.pseudo has different categories from data.train (was it labelled by a teacher "
                           "trained on this dataset?)")
@@ -48,11 +61,12 @@ def build_training(cfg: dict[str, Any], progress: bool = True):
     categories), the model built with ``engine.seed``. What ``panoptix train`` and ``self-train`` run."""
     import torch
 
-    train_set = build_dataset(cfg["data"]["train"])
+    check_model_config(cfg)
+    train_set = build_dataset(cfg["data"]["train"], where="data.train")
     if train_set is None:
-        raise ConfigError("data.train names no dataset (set data.train.json, or data.train.root for "
-                          "synthetic/cityscapes/ade20k)")
-    val_set = build_dataset(cfg["data"]["val"])
+        raise ConfigError("data.train names no dataset (set data.train.format with data.train.root and "
+                          "data.train.split, or data.train.json)")
+    val_set = build_dataset(cfg["data"]["val"], where="data.val")
     if val_set is not None and val_set.meta.to_json() != train_set.meta.to_json():
         raise ConfigError("data.val has different categories from data.train")
     torch.manual_seed(cfg["engine"]["seed"])
@@ -121,9 +135,10 @@ def load_model(weights: str | Path, config: str | Path | None = None, overrides:
     unless ``config`` is given; ``overrides`` apply either way. Modules that the stored config
     imports must be named in ``imports`` (see `stored_config`).
     """
-    from panoptix.engine.checkpoint import load_model_weights, safe_torch_load
+    from panoptix.engine.checkpoint import load_model_weights, resolve_weights, safe_torch_load
     from panoptix.engine.trainer import pick_device
 
+    weights = resolve_weights(weights)
     ckpt = safe_torch_load(weights)
     if config is not None:
         cfg = load_config(config, overrides, imports)
@@ -134,7 +149,7 @@ def load_model(weights: str | Path, config: str | Path | None = None, overrides:
     if isinstance(ckpt, dict) and ckpt.get("meta"):
         meta = DatasetMeta.from_categories(ckpt["meta"])
     else:
-        ds = build_dataset(cfg["data"]["train"], load_images=False)
+        ds = build_dataset(cfg["data"]["train"], load_images=False, where="data.train")
         if ds is None:
             raise ConfigError(f"{weights} stores no categories and the config names no training data")
         meta = ds.meta

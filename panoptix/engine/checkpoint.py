@@ -18,11 +18,12 @@ import torch
 
 from panoptix.weights import CheckpointError, model_state, safe_torch_load, state_mismatch
 
-__all__ = ["CheckpointError", "LAST", "atomic_save", "atomic_write_text", "capture_rng", "find_resume_checkpoint",
-           "last_checkpoint", "load_model_weights", "model_state", "restore_rng", "safe_torch_load", "seed_all_rng",
-           "state_mismatch"]
+__all__ = ["CheckpointError", "FINAL", "LAST", "atomic_save", "atomic_write_text", "capture_rng",
+           "find_resume_checkpoint", "last_checkpoint", "load_model_weights", "model_state", "resolve_weights",
+           "restore_rng", "safe_torch_load", "seed_all_rng", "state_mismatch"]
 
 LAST = "last_checkpoint"
+FINAL = "model_final.pth"  # the trained weights alone, written when training ends
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -101,6 +102,21 @@ def _tuplify(x: Any) -> Any:
     return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+def resolve_weights(weights: str | Path) -> Path:
+    """A checkpoint file, or a run folder's ``model_final.pth`` (else the checkpoint its
+    ``last_checkpoint`` names); `CheckpointError` for a folder with neither."""
+    path = Path(weights)
+    if not path.is_dir():
+        return path
+    if (path / FINAL).is_file():
+        return path / FINAL
+    last = last_checkpoint(path)
+    if last is None:
+        raise CheckpointError(f"{path}: a folder with no {FINAL} and no {LAST} naming a checkpoint; pass a .pth "
+                              f"file, or the output folder of panoptix train")
+    return last
+
+
 def last_checkpoint(output_dir: str | Path) -> Path | None:
     """The checkpoint named in ``output_dir/last_checkpoint``, if any."""
     marker = Path(output_dir) / LAST
@@ -130,7 +146,7 @@ def find_resume_checkpoint(output_dir: str | Path) -> tuple[Path | None, dict[st
     folder = Path(output_dir)
     marker = folder / LAST
     named = folder / marker.read_text().strip() if marker.is_file() else None
-    candidates = sorted(folder.glob("model_*.pth"), key=_iteration_of, reverse=True)
+    candidates = sorted((p for p in folder.glob("model_*.pth") if p.name != FINAL), key=_iteration_of, reverse=True)
     if named is not None:
         candidates = [named] + [c for c in candidates if c != named]
     if not candidates:

@@ -132,7 +132,8 @@ def _image_ids(files: Sequence[Path], names: Sequence[str], known: dict[str, Any
 
 def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path], out_dir: str | Path,
                   image_ids: dict[str, Any] | None = None, overlays: bool = True, progress: bool = True,
-                  warn: Callable[[Skipped], None] = _warn, root: Path | None = None) -> PredictionRun:
+                  warn: Callable[[Skipped], None] = _warn, root: Path | None = None, labels: bool = False,
+                  scale: int = 1) -> PredictionRun:
     """Predict ``files`` and write ``out_dir/panoptic_pred.json``, ``panoptic_pred/*.png`` and overlays;
     and the task's extra files (`Task.write_prediction`: for scene parsing ``labels/*.png``, the
     category id per pixel, and ``labels/categories.json``).
@@ -141,11 +142,13 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
     `PredictionRun`; everything else is written. Each file's outputs are named by `output_names`
     (its stem, or its path below ``root`` when another file has the same stem: the run's ``notes``
     say so). Image ids come from ``image_ids`` (file name or stem -> id, `image_ids_from_gt`) when
-    given, else the output name (an int when it is all digits, as COCO names its files).
+    given, else the output name (an int when it is all digits, as COCO names its files). Overlays
+    (`panoptix.viz.annotate`) carry a legend, category names when ``labels``, and are upscaled
+    ``scale`` times.
     """
     from PIL import Image
 
-    from panoptix.viz import overlay
+    from panoptix.viz import annotate
 
     out = Path(out_dir)
     if overlays:
@@ -171,7 +174,8 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
             entries.append((image_id, stem + ".png", ids, segs))
             images_json.append({"id": image_id, "file_name": f.name, "height": ids.shape[0], "width": ids.shape[1]})
             if overlays:
-                Image.fromarray(overlay(image, ids, result.segments, meta)).save(out / "overlays" / (stem + ".png"))
+                picture = annotate(image, ids, result.segments, meta, labels=labels, scale=scale)
+                Image.fromarray(picture).save(out / "overlays" / (stem + ".png"))
             run.labels_dir = task.write_prediction(out, stem, result, meta) or run.labels_dir
     write_coco_panoptic(run.json_path, out / "panoptic_pred", meta, entries, images=images_json)
     if run.labels_dir is not None:

@@ -61,6 +61,11 @@ class SolverSettings:
             decay, ``betas``; converges in fewer iterations when training a small model from scratch).
         lr_schedule: ``"step"`` (``gamma`` at each of ``steps``) or ``"poly"`` ((1 - it / max_iter) **
             ``poly_power``, the scene parsing schedule).
+        scale_schedule: scale ``steps`` and ``warmup_iters`` by ``max_iter / schedule_iters``, so a
+            shorter or longer run keeps the schedule's shape (``solver.max_iter=9000
+            solver.scale_schedule=true`` on a 90k config decays at 6k and 8k).
+        schedule_iters: the ``max_iter`` that ``steps`` and ``warmup_iters`` were written for; filled
+            in from the config file (and its ``_base_``) when not set.
     """
 
     optimizer: Literal["sgd", "adamw"] = "sgd"
@@ -78,9 +83,21 @@ class SolverSettings:
     gamma: float = 0.1
     lr_schedule: Literal["step", "poly"] = "step"
     poly_power: float = 0.9
+    scale_schedule: bool = False
+    schedule_iters: int | None = None
     clip_grad: float = 0.0
     amp: bool = True
     amp_dtype: Literal["float16", "bfloat16"] = "float16"
+
+    def schedule_note(self) -> str | None:
+        """One line when the run ends before its warm-up or learning-rate steps; None otherwise."""
+        late = [f"solver.warmup_iters {self.warmup_iters}"] if self.warmup_iters > self.max_iter else []
+        if self.lr_schedule == "step":
+            late += [f"solver.steps {list(self.steps)}"] if any(s >= self.max_iter for s in self.steps) else []
+        if not late:
+            return None
+        return (f"solver.max_iter {self.max_iter} is below {' and '.join(late)}: the schedule is cut short; "
+                f"solver.scale_schedule=true scales steps and warm-up with max_iter")
 
 
 @dataclass

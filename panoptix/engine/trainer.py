@@ -21,6 +21,7 @@ from panoptix.data.datasets import PanopticDataset
 from panoptix.data.transforms import TrainTransform
 from panoptix.engine import distributed as dist
 from panoptix.engine.checkpoint import (
+    FINAL,
     LAST,
     atomic_save,
     atomic_write_text,
@@ -36,6 +37,7 @@ from panoptix.engine.optim import build_optimizer, prepare_norms
 from panoptix.engine.predictor import Predictor, evaluate_dataset
 from panoptix.engine.sampler import MixedStream, TrainingStream, stream_loader
 from panoptix.engine.settings import DataSettings, EngineSettings, SolverSettings
+from panoptix.engine.step_timer import StepTimer
 from panoptix.engine.tasks import task_of
 from panoptix.errors import PanoptixError
 from panoptix.image_input import to_chw
@@ -194,14 +196,17 @@ class Trainer:
             seed_all_rng(e.seed + self.rank)
             if e.init_weights:  # a fresh run that starts from trained weights (fine-tuning)
                 load_model_weights(self.model, e.init_weights)
+            note = s.schedule_note() if main and hasattr(s, "schedule_note") else None
+            if note:  # said once, when the run starts
+                print(f"panoptix train: note: {note}", file=sys.stderr)
         start = self.iteration
         logger = self.logger = MetricsLogger(self.out, e.tensorboard, start) if main else None
         loader = stream_loader(self.stream, self.batch_per_rank, start, s.max_iter, self.rank, self.world,
                                self.data.num_workers, e.seed, pin_memory=self.device.type == "cuda")
         bar = tqdm(total=s.max_iter, initial=start, desc="train", unit="it", disable=not (main and self.progress))
         self.ddp.train()
-        t0, window = time.time(), []
-        for images, targets in loader:
+        t0, window, timer = time.time(), [], StepTimer(s.max_iter, self.device)
+        for images, targets in timer.timed(loader):
             losses = self.step(images, targets)
             self.iteration += 1
             window.append(losses)
@@ -210,6 +215,7 @@ class Trainer:
                 row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
                 row = dist.all_reduce_mean(row, self.comm_device)
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
+                row.update(timer.row(self.iteration))  # this rank's pace and memory
                 window = []
                 bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2g}")
                 if logger:
@@ -222,6 +228,10 @@ class Trainer:
         seconds = time.time() - t0
         if self.iteration > start or last_checkpoint(self.out) is None:
             self.save()
+        if main and (self.iteration > start or not (self.out / FINAL).is_file()):
+            # the trained weights alone, under detectron2's name (no optimizer: not for resuming)
+            atomic_save({"model": self.model.state_dict(), "meta": self.stream.dataset.meta.to_json(),
+                         "config": self.config, "iteration": self.iteration}, self.out / FINAL)
         in_sync = dist.replicas_in_sync(self.model, self.comm_device)
         final = self._evaluate(logger, 0)
         summary = {"iterations": self.iteration, "started_at": start, "seconds": round(seconds, 1),

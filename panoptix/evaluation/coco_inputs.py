@@ -180,6 +180,23 @@ def read_annotations(path: Path) -> dict:
     return data
 
 
+def _match_by_file_name(missing: list[tuple[Any, dict]], preds: dict[Any, dict], gt_ids: set
+                        ) -> tuple[list[ImagePair], list[tuple[Any, dict]]]:
+    """Ground-truth annotations without a prediction of their id, paired with a prediction of the same
+    ``file_name`` stem whose id is no ground-truth id (predict without --gt-json names images by
+    stem); returns (those pairs, the annotations still missing)."""
+    stems = {Path(a["file_name"]).stem: a for k, a in preds.items()
+             if k not in gt_ids and isinstance(a.get("file_name"), str)}
+    pairs, still = [], []
+    for image_id, ann in missing:
+        pred = stems.pop(Path(ann["file_name"]).stem, None) if isinstance(ann.get("file_name"), str) else None
+        if pred is None:
+            still.append((image_id, ann))
+        else:
+            pairs.append(ImagePair(image_id, ann, pred))
+    return pairs, still
+
+
 def pair_images(gt_json: Path, gt_data: dict, pred_json: Path, pred_data: dict,
                 findings: list[Finding]) -> list[ImagePair]:
     """Pair every ground-truth annotation with its prediction, panopticapi's way."""
@@ -206,17 +223,30 @@ def pair_images(gt_json: Path, gt_data: dict, pred_json: Path, pred_data: dict,
             gt_repeated.append(image_id)
         seen.add(image_id)
         if image_id not in preds:
-            missing.append(image_id)
+            missing.append((image_id, ann))
             continue
         pairs.append(ImagePair(image_id, ann, preds[image_id]))
     if gt_repeated:
         findings.append(Finding("warning", str(gt_json), f"image_id(s) {shown(gt_repeated)} are annotated more "
                                                          "than once; each annotation is evaluated (as in "
                                                          "panopticapi)"))
+    by_name, missing = _match_by_file_name(missing, preds, seen)
+    pairs += by_name
+    if by_name:
+        example = by_name[0]
+        findings.append(Finding("warning", str(pred_json), f"{len(by_name)} prediction(s) have image ids other than "
+                                                           f"the ground truth's (e.g. {example.pred['image_id']!r} "
+                                                           f"for {example.image_id!r}); matched by file_name"))
     if missing:
+        others = [k for k in preds if k not in seen]
         findings.append(Finding("error", str(pred_json), f"no prediction for {len(missing)} ground-truth image(s): "
-                                                         f"{shown([repr(m) for m in missing], 20, sep=', ')}"))
-    extra = [k for k in preds if k not in seen]
+                                                         f"{shown([repr(m) for m, _ in missing], 20, sep=', ')}"
+                                                         + (f"; the prediction has ids {shown(others, 5)}"
+                                                            if others else "")
+                                                         + "; predict with --gt-json naming this ground truth, "
+                                                           "so that ids and file names follow it"))
+    matched = {p.pred["image_id"] for p in by_name}
+    extra = [k for k in preds if k not in seen and k not in matched]
     if extra:
         findings.append(Finding("warning", str(pred_json), f"{len(extra)} prediction(s) for image ids not in the "
                                                            f"ground truth are ignored: {shown(extra)}"))

@@ -70,7 +70,7 @@ class PQStat:
 
     def summary(self) -> dict[str, Any]:
         """panopticapi's result layout: ``All``/``Things``/``Stuff`` -> ``pq, sq, rq, n`` and
-        ``per_class`` -> {category id: ``pq, sq, rq, tp, fp, fn``}.
+        ``per_class`` -> {category id: ``name, isthing, pq, sq, rq, tp, fp, fn``}.
 
         Averages run over the categories with at least one TP, FP or FN. A group with none of
         them (for example Stuff in a dataset without stuff) has NaN averages and ``n = 0``
@@ -80,10 +80,11 @@ class PQStat:
         per_class: dict[int, dict[str, float]] = {}
         for k, cat in enumerate(self.meta.categories):
             denom = tp[k] + 0.5 * fp[k] + 0.5 * fn[k]
+            named = {"name": cat.name, "isthing": bool(cat.isthing)}
             if tp[k] + fp[k] + fn[k] == 0:
-                per_class[cat.id] = {"pq": 0.0, "sq": 0.0, "rq": 0.0, "tp": 0, "fp": 0, "fn": 0}
+                per_class[cat.id] = {**named, "pq": 0.0, "sq": 0.0, "rq": 0.0, "tp": 0, "fp": 0, "fn": 0}
                 continue
-            per_class[cat.id] = {"pq": iou[k] / denom, "sq": iou[k] / tp[k] if tp[k] else 0.0,
+            per_class[cat.id] = {**named, "pq": iou[k] / denom, "sq": iou[k] / tp[k] if tp[k] else 0.0,
                                  "rq": tp[k] / denom, "tp": int(tp[k]), "fp": int(fp[k]), "fn": int(fn[k])}
         results: dict[str, Any] = {}
         for name, isthing in GROUPS:
@@ -289,6 +290,19 @@ def percent_row(results: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of a PQ result in percent: PQ, SQ, RQ over all classes, PQ_th, PQ_st."""
     return {"PQ": 100 * results["All"]["pq"], "SQ": 100 * results["All"]["sq"], "RQ": 100 * results["All"]["rq"],
             "PQ_th": 100 * results["Things"]["pq"], "PQ_st": 100 * results["Stuff"]["pq"]}
+
+
+def format_per_class(results: dict[str, Any]) -> str:
+    """One row per category (mmdetection's ``classwise``): name, thing or stuff, PQ / SQ / RQ in percent
+    and the TP / FP / FN counts; things first, then stuff, each by name. Categories absent from both
+    sides are left out."""
+    rows = [r for r in results["per_class"].values() if r["tp"] + r["fp"] + r["fn"] > 0]
+    rows.sort(key=lambda r: (not r["isthing"], str(r["name"])))
+    width = max([len(str(r["name"])) for r in rows] + [8])
+    lines = [f"{'category':{width}s}  kind   {'PQ':>5s}  {'SQ':>5s}  {'RQ':>5s} {'TP':>5s} {'FP':>5s} {'FN':>5s}"]
+    lines += [f"{str(r['name']):{width}s}  {'thing' if r['isthing'] else 'stuff'}  {100 * r['pq']:5.1f}  "
+              f"{100 * r['sq']:5.1f}  {100 * r['rq']:5.1f} {r['tp']:5d} {r['fp']:5d} {r['fn']:5d}" for r in rows]
+    return "\n".join(lines)
 
 
 def format_table(results: dict[str, Any]) -> str:

@@ -39,12 +39,13 @@ def split_channels(semantic_categories: Sequence[int], num_things: int) -> tuple
     Raises ValueError when the table does not have one channel per thing class (the semantic head
     is not on all classes).
     """
-    table = torch.as_tensor(list(semantic_categories))
-    things = (table < 0).nonzero()[:, 0]
+    table = list(semantic_categories)
+    things = [k for k, c in enumerate(table) if c < 0]
     if len(things) != num_things:
         raise ValueError(f"the UPSNet head needs the semantic head on all classes (semantic_variant: all): "
                          f"{len(things)} thing channel(s) for {num_things} thing classes")
-    return (table >= 0).nonzero()[:, 0], things
+    stuff = [k for k, c in enumerate(table) if c >= 0]
+    return torch.tensor(stuff, dtype=torch.int64), torch.tensor(things, dtype=torch.int64)
 
 
 def box_mask(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

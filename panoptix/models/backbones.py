@@ -21,7 +21,7 @@ from torch import nn
 
 from panoptix.errors import PanoptixError
 from panoptix.models.layers import group_norm
-from panoptix.registry import BACKBONES, Configurable
+from panoptix.registry import BACKBONES, ConfigError, Configurable, did_you_mean
 
 Norm = Literal["frozen_bn", "bn", "gn"]
 
@@ -100,6 +100,14 @@ class TimmBackbone(Configurable, nn.Module):
         self.out_channels: list[int] = list(body.feature_info.channels())
         self.strides: list[int] = list(body.feature_info.reduction())
         self._freeze(freeze_at)
+
+    @classmethod
+    def check_config(cls, cfg: dict, where: str) -> None:
+        """An architecture timm does not know is refused at validation, with the closest name."""
+        arch, weights = cfg["arch"], cfg.get("weights")
+        if not timm.is_model(arch) and not (isinstance(weights, str) and weights.startswith("hf-hub:")):
+            raise ConfigError(f"{where}.arch: timm has no architecture {arch!r}{did_you_mean(arch, timm.list_models())}"
+                              f" (timm {timm.__version__}; timm.list_models() lists them)")
 
     @classmethod
     def from_config(cls, cfg: dict, weights_from_checkpoint: bool = False, **context: object) -> TimmBackbone:

@@ -29,9 +29,9 @@ class PanopticTask(Task):
         return f"PQ {row['PQ']:.1f} (things {row['PQ_th']:.1f}, stuff {row['PQ_st']:.1f})"
 
     def table(self, result: dict[str, Any]) -> str:
-        from panoptix.evaluation.panoptic import format_table
+        from panoptix.evaluation.panoptic import format_per_class, format_table
 
-        return format_table(result)
+        return format_table(result) + "\n\n" + format_per_class(result)
 
     def tta(self, models: Sequence[Any], weights: Sequence[float], settings: Any,
             crop_size: Sequence[int] | None = None) -> Any:

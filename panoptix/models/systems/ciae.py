@@ -172,16 +172,17 @@ class CIAEPanoptic(Configurable, nn.Module):
     @classmethod
     def from_config(cls, cfg: dict[str, Any], meta: DatasetMeta, total_iters: int | None = None,
                     **context: Any) -> CIAEPanoptic:
-        backbone = build(BACKBONES, cfg["backbone"], **context)
-        neck = build(NECKS, cfg["neck"], in_channels=backbone.out_channels)
-        detector = build(DENSE_DETECTORS, cfg["detector"], in_channels=neck.out_channels, num_things=meta.num_things)
-        embedding = build(EMBEDDING_HEADS, cfg["embedding"], in_channels=neck.out_channels,
+        backbone = build(BACKBONES, cfg["backbone"], "model.backbone", **context)
+        neck = build(NECKS, cfg["neck"], "model.neck", in_channels=backbone.out_channels)
+        detector = build(DENSE_DETECTORS, cfg["detector"], "model.detector", in_channels=neck.out_channels,
+                         num_things=meta.num_things)
+        embedding = build(EMBEDDING_HEADS, cfg["embedding"], "model.embedding", in_channels=neck.out_channels,
                           box_embed_dim=getattr(detector, "embed_dim", 0))
         table = semantic_category_table(meta, "stuff_things" if cfg["merge_things"] else "all")
         loss = build(CIAELoss, cfg["loss"], num_categories=len(table), embed_dim=embedding.embed_dim,
                      stuff_rows=stuff_rows(table),
                      **({"total_iters": total_iters} if total_iters else {}))
-        classifier = build(BOX_CLASSIFIERS, cfg["classifier"], in_channels=neck.out_channels,
+        classifier = build(BOX_CLASSIFIERS, cfg["classifier"], "model.classifier", in_channels=neck.out_channels,
                            num_things=meta.num_things)
         return cls(backbone, neck, detector, embedding, loss, meta, preprocess=build(Preprocessor, cfg["preprocess"]),
                    merge_things=cfg["merge_things"], stuff_min_area=cfg["stuff_min_area"],

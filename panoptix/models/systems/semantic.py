@@ -86,12 +86,14 @@ class SceneParser(Configurable, nn.Module):
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], meta: DatasetMeta, **context: Any) -> SceneParser:
-        backbone = build(BACKBONES, cfg["backbone"], **context)
+        backbone = build(BACKBONES, cfg["backbone"], "model.backbone", **context)
         channels = sum(backbone.out_channels)
-        context_head = build(CONTEXT_HEADS, cfg["context"], in_channels=channels, num_classes=meta.num_classes)
+        context_head = build(CONTEXT_HEADS, cfg["context"], "model.context", in_channels=channels,
+                             num_classes=meta.num_classes)
         if context_head is not None:
             channels = context_head.out_channels
-        decoder = build(DECODE_HEADS, cfg["decoder"], in_channels=channels, num_classes=meta.num_classes)
+        decoder = build(DECODE_HEADS, cfg["decoder"], "model.decoder", in_channels=channels,
+                        num_classes=meta.num_classes)
         return cls(backbone, decoder, meta, context=context_head, non_local=cfg["non_local"],
                    preprocess=build(Preprocessor, cfg["preprocess"]),
                    keep_semantic_logits=cfg["keep_semantic_logits"])

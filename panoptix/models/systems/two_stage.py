@@ -130,19 +130,21 @@ class TwoStagePanoptic(Configurable, nn.Module):
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], meta: DatasetMeta, **context: Any) -> TwoStagePanoptic:
-        backbone = build(BACKBONES, cfg["backbone"], **context)
-        neck = build(NECKS, cfg["neck"], in_channels=backbone.out_channels)
-        instance = build(ROI_HEADS, cfg["instance_head"], in_channels=neck.out_channels,
+        backbone = build(BACKBONES, cfg["backbone"], "model.backbone", **context)
+        neck = build(NECKS, cfg["neck"], "model.neck", in_channels=backbone.out_channels)
+        instance = build(ROI_HEADS, cfg["instance_head"], "model.instance_head", in_channels=neck.out_channels,
                          num_things=meta.num_things)
-        semantic = build(SEMANTIC_HEADS, cfg["semantic_head"], in_channels=neck.out_channels,
+        semantic = build(SEMANTIC_HEADS, cfg["semantic_head"], "model.semantic_head", in_channels=neck.out_channels,
                          num_classes=num_semantic_classes(meta, cfg["semantic_variant"]))
-        return cls(backbone, neck, instance, semantic, build(FUSIONS, cfg["fusion"]), meta,
+        return cls(backbone, neck, instance, semantic, build(FUSIONS, cfg["fusion"], "model.fusion"), meta,
                    preprocess=build(Preprocessor, cfg["preprocess"]), semantic_variant=cfg["semantic_variant"],
                    keep_semantic_logits=cfg["keep_semantic_logits"],
-                   upsnet_head=build(UPSNET_HEADS, cfg["upsnet_head"], num_things=meta.num_things),
-                   ranking_head=build(RANKING_HEADS, cfg["ranking_head"], num_things=meta.num_things),
-                   refine=build(REFINEMENTS, cfg["refine"]),
-                   loss_weighting=build(LOSS_WEIGHTINGS, cfg["loss_weighting"]))
+                   upsnet_head=build(UPSNET_HEADS, cfg["upsnet_head"], "model.upsnet_head",
+                                     num_things=meta.num_things),
+                   ranking_head=build(RANKING_HEADS, cfg["ranking_head"], "model.ranking_head",
+                                      num_things=meta.num_things),
+                   refine=build(REFINEMENTS, cfg["refine"], "model.refine"),
+                   loss_weighting=build(LOSS_WEIGHTINGS, cfg["loss_weighting"], "model.loss_weighting"))
 
     def target_builder(self) -> Callable[..., dict[str, torch.Tensor]]:
         """``PanopticSample -> targets`` for this system (picklable, for data-loader workers)."""
