@@ -21,7 +21,8 @@ from panoptix.errors import PanoptixError
 # command name -> its module in this package, in the order --help lists them
 COMMANDS = {"synth": "synth", "perturb": "perturb", "evaluate": "evaluate", "viz": "viz", "train": "train",
             "predict": "predict", "pseudo-label": "pseudo_label", "self-train": "self_train",
-            "fit-fusion": "fit_fusion", "ablate": "ablate", "export": "export", "config": "config", "demo": "demo"}
+            "fit-fusion": "fit_fusion", "ablate": "ablate", "sweep": "sweep", "export": "export", "config": "config",
+            "demo": "demo"}
 
 
 def command_module(name: str) -> ModuleType:

@@ -7,9 +7,8 @@ import argparse
 import time
 from pathlib import Path
 
-from panoptix.cli.options import add_model_options
+from panoptix.cli.options import add_model_options, write_report
 from panoptix.errors import PanoptixError
-from panoptix.jsonio import write_json
 
 HELP = ("compare merges (heuristic, ranking, upsnet, upsnet+crf) on one trained model, or train one model per "
         "merge (--train-variants)")
@@ -53,9 +52,5 @@ def run(args: argparse.Namespace) -> int:
         title = f"one model ({args.weights}), every merge on the same predictions"
     report.update({"weights": args.weights, "config": args.config, "fusions": [s.name for s in specs],
                    "train_variants": bool(args.train_variants), "seconds": round(time.time() - t0, 1)})
-    table = markdown_table(report, title)
-    write_json(out / "ablation.json", report)
-    (out / "ablation.md").write_text(table + "\n")
-    print(table)
-    print(f"results: {out / 'ablation.json'}, {out / 'ablation.md'}")
+    write_report(out, "ablation", report, markdown_table(report, title))
     return 0

@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
 from panoptix.errors import PanoptixError
+from panoptix.jsonio import write_json
 
 SHOWN_LINES = 20
 
@@ -74,6 +76,14 @@ def resolve_data(args: argparse.Namespace) -> None:
     args.gt_json, args.gt_dir, images = (str(p) if p else None for p in spec.coco_paths("--data"))
     if hasattr(args, "images"):
         args.images = images
+
+
+def write_report(out: Path, stem: str, report: dict[str, Any], table: str) -> None:
+    """``OUT/STEM.json`` (the report) and ``OUT/STEM.md`` (the table), the table printed and both named."""
+    write_json(out / f"{stem}.json", report)
+    (out / f"{stem}.md").write_text(table + "\n")
+    print(table)
+    print(f"results: {out / f'{stem}.json'}, {out / f'{stem}.md'}")
 
 
 def namespace(command: ModuleType, **values: Any) -> argparse.Namespace:

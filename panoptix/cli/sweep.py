@@ -1,0 +1,65 @@
+"""``panoptix sweep``: variants of one config over seeds, evaluated on one held-out set, with paired
+effects and their 95% intervals (`panoptix.engine.sweep`)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from panoptix.cli.options import add_import, add_overrides, write_report
+from panoptix.errors import PanoptixError
+
+HELP = "train variants of a config over seeds and report each variant's effect with a 95%% interval"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="the base config (YAML file or bundled name)")
+    p.add_argument("--variant", action="append", required=True, metavar="NAME[=key=value,...]",
+                   help="a variant: a name and its overrides (none: the base); repeatable, the first is the "
+                        "reference of the paired differences")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated engine.seed values, the same for every variant")
+    p.add_argument("--test-data", default=None, metavar="ROOT",
+                   help="held-out set in COCO's layout (at least 1000 images for claims); default: each run's data.val")
+    p.add_argument("--test-split", default="val", help="the split of --test-data")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at once, the CPU threads split between them")
+    p.add_argument("--out", required=True, help="folder of the runs (VARIANT/seed_S), sweep.json and sweep.md")
+    p.add_argument("--device", default="auto", help="device of the evaluation: cpu, cuda, cuda:N or auto")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass in the evaluation")
+    add_overrides(p, "key=value overrides of every run")
+    add_import(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from panoptix.config import load_config
+    from panoptix.engine.sweep import Variant, evaluate_run, markdown, plan_runs, summarise, train_command, train_runs
+
+    variants = [Variant.parse(v) for v in args.variant]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise PanoptixError(f"--seeds {args.seeds!r}: comma-separated integers") from None
+    out = Path(args.out)
+    runs = plan_runs(variants, seeds, out)
+    max_iter = {v.name: load_config(args.config, [*args.overrides, *v.overrides], args.imports)["solver"]["max_iter"]
+                for v in variants}  # every variant's config is checked before anything trains
+    todo = [r for r in runs if not r.finished(max_iter[r.variant.name])]
+    print(f"sweep: {len(variants)} variant(s) x {len(seeds)} seed(s) = {len(runs)} runs in {out}; "
+          f"{len(runs) - len(todo)} finished, {len(todo)} to train with {args.jobs} job(s)")
+    t0 = time.time()
+    with tqdm(total=len(todo), desc="sweep", unit="run") as bar:
+        train_runs(todo, [train_command(args.config, r, args.overrides, args.imports) for r in todo], args.jobs,
+                   on_done=lambda _: bar.update())
+    scores, sizes, keys = {}, set(), None
+    for r in tqdm(runs, desc="evaluate", unit="run"):
+        evaluation = evaluate_run(r, args.test_data, args.test_split, args.device, args.batch_size)
+        scores[(r.variant.name, r.seed)] = evaluation["headline"]
+        sizes.add(evaluation["images"])
+        keys = evaluation["keys"]
+    report = summarise(variants, seeds, scores)
+    report.update({"config": args.config, "overrides": args.overrides, "test_data": args.test_data or "data.val",
+                   "test_images": min(sizes), "seconds": round(time.time() - t0, 1), "table_keys": keys})
+    write_report(out, "sweep", report, markdown(report, keys))
+    return 0

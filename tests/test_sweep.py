@@ -1,0 +1,56 @@
+"""``panoptix sweep``: 2 variants x 2 seeds at 2 iterations, the table and JSON checked; a re-run
+skips finished runs; the statistics against hand-computed values."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from panoptix.cli import main
+from panoptix.engine.sweep import Variant, paired_effect, t_quantile
+from panoptix.errors import PanoptixError
+
+from conftest import tiny_overrides
+
+
+def test_variants_parse_and_the_interval_is_students_t():
+    assert Variant.parse("base") == Variant("base", [])
+    v = Variant.parse("crf=model.refine={name: crf},data.min_size_train=[64,80]")
+    assert v.overrides == ["model.refine={name: crf}", "data.min_size_train=[64,80]"]
+    with pytest.raises(PanoptixError, match="not key=value"):
+        Variant.parse("x=solver.max_iter")
+    # differences 1, 2, 3: mean 2, sd 1, t(2) = 4.303 -> half width 4.303 / sqrt(3)
+    effect = paired_effect([11.0, 12.0, 13.0], [10.0, 10.0, 10.0])
+    assert effect["mean"] == 2.0 and effect["n"] == 3
+    assert effect["high"] - effect["mean"] == pytest.approx(4.303 / math.sqrt(3))
+    assert t_quantile(1) == 12.706 and t_quantile(1000) == 1.96
+
+
+@pytest.mark.slow
+def test_two_variants_two_seeds_table_json_and_resume(synth_root, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    overrides = [o for o in tiny_overrides(synth_root, tmp_path / "unused", solver__max_iter=2)
+                 if not o.startswith("engine.output_dir")]
+    args = ["sweep", "--config", "panoptic_fpn_tiny", "--variant", "base", "--variant",
+            "lambda1=model.semantic_head.loss_weight=1.0", "--seeds", "0,1", "--jobs", "2", "--out", str(out),
+            *overrides]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| variant | PQ | PQ_th | PQ_st |" in printed and "| lambda1 |" in printed
+    report = json.loads((out / "sweep.json").read_text())
+    assert [r["variant"] for r in report["rows"]] == ["base", "lambda1"] and report["seeds"] == [0, 1]
+    base, other = report["rows"]
+    assert "effect" not in base["PQ"] and other["PQ"]["effect"]["n"] == 2
+    diffs = [a - b for a, b in zip(other["PQ"]["values"], base["PQ"]["values"])]
+    assert other["PQ"]["effect"]["mean"] == pytest.approx(sum(diffs) / 2)
+    assert report["test_images"] == 24 and (out / "sweep.md").read_text().startswith("| variant |")
+    for variant in ("base", "lambda1"):
+        for seed in (0, 1):
+            run = out / variant / f"seed_{seed}"
+            cfg = json.loads((run / "config.json").read_text())
+            assert cfg["engine"]["seed"] == seed and (run / "model_final.pth").is_file()
+            assert cfg["model"]["semantic_head"]["loss_weight"] == (1.0 if variant == "lambda1" else 0.5)
+    assert main(args) == 0                                  # a re-run trains nothing
+    assert "4 finished, 0 to train" in capsys.readouterr().out
