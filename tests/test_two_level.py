@@ -103,3 +103,32 @@ def test_fit_fusion_and_predict_two_level(trained_tiny, trained_tiny_other_seed,
     assert main(["predict", "--two-level", str(record_path), "--input", str(synth_val["image_dir"]), "--output",
                  str(pred), "--no-overlays"]) == 0
     assert json.loads((pred / "predict_summary.json").read_text())["images"] == 24
+
+
+@pytest.mark.slow
+def test_an_ensemble_is_an_end_and_the_default_merge_is_the_heuristic(trained_tiny, trained_tiny_other_seed,
+                                                                       synth_root, synth_val, tmp_path):
+    """AntVisionPS's E-UPS end is a weighted ensemble: an end written a.pth:w,b.pth:w fuses as that
+    ensemble predicts alone; the record names the heuristic merge even when the first end's is upsnet."""
+    from panoptix.data.png import read_image
+    from panoptix.engine.build import load_ensemble, load_two_level
+    from panoptix.engine.checkpoint import last_checkpoint
+
+    a, b = str(last_checkpoint(trained_tiny)), str(last_checkpoint(trained_tiny_other_seed))
+    ensemble = f"{a}:0.4,{b}:1.2"
+    record_path = tmp_path / "two_level.json"
+    assert main(["fit-fusion", "--ends", ensemble, b, "--fit-data", str(synth_root), "--limit", "2", "--out",
+                 str(record_path), "model.fusion={_delete_: true, name: upsnet}"]) == 0
+    record = json.loads(record_path.read_text())
+    assert record["ends"] == [ensemble, b] and record["fit"]["fusion"] == "heuristic"
+    for c in record["classes"]:
+        c["end"] = 0
+    record_path.write_text(json.dumps(record))
+    images = [read_image(p) for p in sorted(synth_val["image_dir"].iterdir())[:3]]
+    upsnet_ends = [*KEEP_ALL, "model.fusion={_delete_: true, name: upsnet}"]   # the ends' own merge: upsnet
+    fused_predictor = load_two_level(record_path, overrides=upsnet_ends, device="cpu")[0]
+    assert fused_predictor.model.ends[0].fusion.func.__name__ == "upsnet_fusion"
+    assert fused_predictor.model.fusion.func.__name__ == "heuristic_fusion"
+    alone = load_ensemble([(a, 0.4), (b, 1.2)], overrides=KEEP_ALL, device="cpu")[0](images)
+    for got, want in zip(fused_predictor(images), alone):
+        assert _things(got)[0] == _things(want)[0]

@@ -15,12 +15,16 @@ HELP = ("two-level fusion of two trained ends (AntVisionPS): per-class choice of
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ends", nargs="+", required=True, metavar="CKPT", help="the ends' checkpoints (two or more)")
+    p.add_argument("--ends", nargs="+", required=True, metavar="END",
+                   help="the ends (two or more): each a checkpoint, or a weighted ensemble a.pth:0.4,b.pth:1.2 "
+                        "(AntVisionPS's E-UPS end is one)")
     p.add_argument("--fit-data", required=True, help="root of the held-out dataset the choice is fitted on")
     p.add_argument("--fit-split", default="val", help="the split of --fit-data")
     p.add_argument("--test-data", default=None, help="root of a test dataset: PQ of each end and of the fusion")
     p.add_argument("--test-split", default="val", help="the split of --test-data")
-    p.add_argument("--fusion", default=None, help="the merge of the fused outputs (default: the first end's)")
+    p.add_argument("--fusion", default=None,
+                   help="the merge of the fused outputs (default: heuristic, the paper's, with the first end's "
+                        "settings)")
     p.add_argument("--limit", type=int, default=None, help="fit on the first N held-out images")
     p.add_argument("--out", default="runs/fusion/two_level.json", help="the fusion record (predict --two-level)")
     add_model_options(p, weights="none", batch_size=4)
@@ -28,11 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from panoptix.data.datasets import PanopticDataset
-    from panoptix.engine.build import load_model
+    from panoptix.engine.build import load_end
     from panoptix.engine.fit_fusion import fit_two_level
 
     t0 = time.time()
-    loaded = [load_model(w, args.config, args.overrides, args.device, args.imports) for w in args.ends]
+    loaded = [load_end(w, args.overrides, args.device, args.imports, args.config) for w in args.ends]
     ends, device = [m for m, *_ in loaded], loaded[0][3]
     fit_set = PanopticDataset.synthetic(args.fit_data, args.fit_split) if args.fit_data else None
     if fit_set is None:

@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--box-voting", action="store_true", help="TTA/ensemble: vote the merged boxes")
     p.add_argument("--two-level", default=None, metavar="FUSION.json",
                    help="predict with the two-level fusion of the ends fitted by panoptix fit-fusion")
-    p.add_argument("--fusion", default=None, help="--two-level: the merge (default: the first end's)")
+    p.add_argument("--fusion", default=None, help="--two-level: the merge (default: the record's, heuristic)")
     p.add_argument("--recursive", action="store_true", help="take the images of --input's sub-folders too")
     p.add_argument("--gt-json", default=None, help="take image ids from this COCO panoptic JSON (by file name)")
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")

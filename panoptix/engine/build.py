@@ -104,12 +104,26 @@ def load_ensemble(members: Sequence[tuple[str | Path, float]], tta: str | None =
     return Predictor(model, dev, batch_size=batch_size, amp=solver["amp"], amp_dtype=solver["amp_dtype"]), meta
 
 
+def load_end(spec: str, overrides: Sequence[str] = (), device: str = "auto", imports: Sequence[str] = (),
+             config: str | Path | None = None):
+    """(model, `DatasetMeta`, config, device) of one end of a two-level fusion: a checkpoint, or a
+    weighted ensemble written as ``a.pth:0.4,b.pth:1.2`` (a `PanopticEnsemble` without augmentation)."""
+    from panoptix.engine.ensemble import parse_ensemble
+
+    if "," not in spec and not spec.rsplit(":", 1)[-1].replace(".", "", 1).isdigit():
+        return load_model(spec, config, overrides, device, imports)
+    members = parse_ensemble(spec)
+    predictor, meta = load_ensemble(members, None, False, config, overrides, 1, device, imports)
+    cfg = load_model(members[0][0], config, overrides, "cpu", imports)[2]
+    return predictor.model, meta, cfg, predictor.device
+
+
 def load_two_level(record_path: str | Path, fusion: str | None = None, overrides: Sequence[str] = (),
                    batch_size: int = 4, device: str = "auto", imports: Sequence[str] = ()):
     """(`Predictor` over a `TwoLevelFusion`, `DatasetMeta`) from a ``panoptix fit-fusion`` record."""
     import json
 
-    from panoptix.engine.fit_fusion import named_fusion
+    from panoptix.engine.fit_fusion import DEFAULT_MERGE, named_fusion
     from panoptix.engine.predictor import Predictor
     from panoptix.fusion.two_level import FusionError, TwoLevelFusion, choice_from_json
 
@@ -117,11 +131,12 @@ def load_two_level(record_path: str | Path, fusion: str | None = None, overrides
         record = json.loads(Path(record_path).read_text())
     except (OSError, ValueError) as err:
         raise FusionError(f"{record_path}: cannot read the fit-fusion record ({err})") from None
-    loaded = [load_model(w, None, overrides, device, imports) for w in record.get("ends", [])]
+    loaded = [load_end(w, overrides, device, imports) for w in record.get("ends", [])]
     if len(loaded) < 2:
         raise FusionError(f"{record_path}: names {len(loaded)} end(s); two-level fusion needs two")
     ends = [m for m, *_ in loaded]
-    model = TwoLevelFusion(ends, choice_from_json(record), named_fusion(ends[0], fusion))
+    model = TwoLevelFusion(ends, choice_from_json(record),
+                           named_fusion(ends[0], fusion or record.get("fit", {}).get("fusion") or DEFAULT_MERGE))
     _, meta, cfg, dev = loaded[0]
     return Predictor(model, dev, batch_size=batch_size, amp=cfg["solver"]["amp"],
                      amp_dtype=cfg["solver"]["amp_dtype"]), meta

@@ -151,6 +151,23 @@ class PanopticEnsemble(nn.Module):
     def system(self) -> nn.Module:
         return self.models[0]
 
+    # What a two-level fusion asks of an end (an ensemble is one of AntVisionPS's ends): the first
+    # model's categories, semantic table, merge and fuse.
+    @property
+    def meta(self) -> Any:
+        return self.system.meta
+
+    @property
+    def semantic_categories(self) -> list[int]:
+        return self.system.semantic_categories
+
+    @property
+    def fusion(self) -> Any:
+        return self.system.fusion
+
+    def fuse(self, raw: RawPanoptic, fusion: Any = None, refine: Any = None) -> PanopticResult:
+        return self.system.fuse(raw, fusion=fusion, refine=refine)
+
     # ------------------------------------------------------------------ views
     def views(self, image: torch.Tensor) -> list[dict[str, Any]]:
         """Every (model, scale, flip) view of one image with its features and box-pass outputs."""

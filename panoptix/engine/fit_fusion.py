@@ -15,6 +15,8 @@ from panoptix.engine.predictor import Predictor, evaluate_dataset
 from panoptix.evaluation.panoptic import percent_row
 from panoptix.fusion.two_level import TwoLevelFusion, choice_to_json, choose_ends
 
+DEFAULT_MERGE = "heuristic"  # AntVisionPS merges the fused outputs with the heuristic merge
+
 
 def named_fusion(system: nn.Module, name: str | None) -> Any:
     """The merge ``name`` with the system's merge settings that it accepts (None: the system's own)."""
@@ -41,6 +43,7 @@ def fit_two_level(ends: Sequence[nn.Module], names: Sequence[str], fit_set: Pano
         per_class.append(result["per_class"])
     choice = choose_ends(per_class, meta.thing_ids)
     record = choice_to_json(choice, names, per_class, {c.id: c.name for c in meta.categories})
+    fusion = fusion or DEFAULT_MERGE
     record["fit"] = {"images": len(fit_idx) if fit_idx is not None else len(fit_set), "fusion": fusion}
     if test_set is not None:
         fused = TwoLevelFusion(ends, choice, named_fusion(ends[0], fusion))
@@ -52,4 +55,4 @@ def fit_two_level(ends: Sequence[nn.Module], names: Sequence[str], fit_set: Pano
     return record
 
 
-__all__ = ["fit_two_level", "named_fusion"]
+__all__ = ["DEFAULT_MERGE", "fit_two_level", "named_fusion"]

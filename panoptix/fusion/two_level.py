@@ -3,8 +3,10 @@
 Task-dependent level: for instance segmentation, each thing class takes its instances from the end
 that scored higher on *that class* on a held-out split (`choose_ends`, written to JSON by
 ``panoptix fit-fusion``); for semantic segmentation, the two ends' probabilities are averaged.
-Task-independent level: one merge of the fused outputs, the heuristic one by default (the seed's
-choice; UPSNet's merge is the "future work" it mentions and is allowed here).
+Task-independent level: one merge of the fused outputs, the heuristic one by default (the paper's
+choice; UPSNet's merge is the "future work" it mentions and is allowed here). An end may be one
+system or a weighted ensemble of several (the paper's E-UPS end is one): anything with
+``predict_raw``, ``meta``, ``semantic_categories``, ``fusion`` and ``fuse``.
 
 Reading of "class-wise IS performance": we score each end by its per-class PQ on the held-out
 split (the PQ of that thing class, which is what the fused system is judged on); a tie keeps the
@@ -73,9 +75,10 @@ class TwoLevelFusion(nn.Module):
     """Two (or more) trained two-stage systems fused per class, behind the inference contract.
 
     Args:
-        ends: the systems (same categories and semantic variant).
+        ends: two-stage systems or ensembles of them (same categories and semantic variant).
         choice: {thing category id: end index} from `choose_ends`.
-        fusion: the merge (default: the first end's).
+        fusion: the merge; None uses the first end's (the engine passes the heuristic merge with the
+            first end's settings unless told otherwise: `panoptix.engine.fit_fusion.named_fusion`).
     """
 
     def __init__(self, ends: Sequence[nn.Module], choice: Mapping[int, int],
@@ -86,7 +89,7 @@ class TwoLevelFusion(nn.Module):
         first = ends[0]
         for i, end in enumerate(ends):
             if not hasattr(end, "predict_raw") or not hasattr(end, "semantic_categories"):
-                raise FusionError(f"end {i} ({type(end).__name__}) is not a two-stage system")
+                raise FusionError(f"end {i} ({type(end).__name__}) is not a two-stage system or an ensemble of them")
             if end.meta.to_json() != first.meta.to_json() or end.semantic_categories != first.semantic_categories:
                 raise FusionError(f"end {i} was trained on other categories or another semantic variant than end 0")
         missing = sorted(set(first.meta.thing_ids) - set(int(k) for k in choice))
