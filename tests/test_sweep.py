@@ -34,14 +34,18 @@ def test_two_variants_two_seeds_table_json_and_resume(synth_root, tmp_path, caps
     overrides = [o for o in tiny_overrides(synth_root, tmp_path / "unused", solver__max_iter=2)
                  if not o.startswith("engine.output_dir")]
     args = ["sweep", "--config", "panoptic_fpn_tiny", "--variant", "base", "--variant",
-            "lambda1=model.semantic_head.loss_weight=1.0", "--seeds", "0,1", "--jobs", "2", "--out", str(out),
+            "lambda1=model.semantic_head.loss_weight=1.0", "--eval-variant", "all_scores=model.fusion.score_thresh=0.0",
+            "--seeds", "0,1", "--jobs", "2", "--out", str(out),
             *overrides]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| variant | PQ | PQ_th | PQ_st |" in printed and "| lambda1 |" in printed
     report = json.loads((out / "sweep.json").read_text())
-    assert [r["variant"] for r in report["rows"]] == ["base", "lambda1"] and report["seeds"] == [0, 1]
-    base, other = report["rows"]
+    assert [r["variant"] for r in report["rows"]] == ["base", "lambda1", "all_scores"] and report["seeds"] == [0, 1]
+    base, other, evaluated = report["rows"]
+    assert not (out / "all_scores").exists() and evaluated["PQ"]["effect"]["n"] == 2   # the base's runs, reloaded
+    cached = json.loads((out / "base" / "seed_0" / "sweep_eval.json").read_text())
+    assert any(k.endswith(" model.fusion.score_thresh=0.0") for k in cached) and len(cached) == 2
     assert "effect" not in base["PQ"] and other["PQ"]["effect"]["n"] == 2
     diffs = [a - b for a, b in zip(other["PQ"]["values"], base["PQ"]["values"])]
     assert other["PQ"]["effect"]["mean"] == pytest.approx(sum(diffs) / 2)

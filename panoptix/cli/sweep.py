@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", action="append", required=True, metavar="NAME[=key=value,...]",
                    help="a variant: a name and its overrides (none: the base); repeatable, the first is the "
                         "reference of the paired differences")
+    p.add_argument("--eval-variant", action="append", default=[], metavar="NAME=key=value,...",
+                   help="a variant evaluated on the first variant's trained runs, the overrides applied when "
+                        "loading them (another merge, a refinement): compared on the same models; repeatable")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated engine.seed values, the same for every variant")
     p.add_argument("--test-data", default=None, metavar="ROOT",
                    help="held-out set in COCO's layout (at least 1000 images for claims); default: each run's data.val")
@@ -37,12 +40,15 @@ def run(args: argparse.Namespace) -> int:
     from panoptix.engine.sweep import Variant, evaluate_run, markdown, plan_runs, summarise, train_command, train_runs
 
     variants = [Variant.parse(v) for v in args.variant]
+    eval_variants = [Variant.parse(v) for v in args.eval_variant]
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise PanoptixError(f"--seeds {args.seeds!r}: comma-separated integers") from None
     out = Path(args.out)
     runs = plan_runs(variants, seeds, out)
+    if len({v.name for v in [*variants, *eval_variants]}) != len(variants) + len(eval_variants):
+        raise PanoptixError("--variant and --eval-variant names must all differ")
     max_iter = {v.name: load_config(args.config, [*args.overrides, *v.overrides], args.imports)["solver"]["max_iter"]
                 for v in variants}  # every variant's config is checked before anything trains
     todo = [r for r in runs if not r.finished(max_iter[r.variant.name])]
@@ -52,13 +58,18 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=len(todo), desc="sweep", unit="run") as bar:
         train_runs(todo, [train_command(args.config, r, args.overrides, args.imports) for r in todo], args.jobs,
                    on_done=lambda _: bar.update())
+    trained_on = {v.name: v.name for v in variants} | {v.name: variants[0].name for v in eval_variants}
+    evaluations = [(v, s) for v in [*variants, *eval_variants] for s in seeds]
     scores, sizes, keys = {}, set(), None
-    for r in tqdm(runs, desc="evaluate", unit="run"):
-        evaluation = evaluate_run(r, args.test_data, args.test_split, args.device, args.batch_size)
-        scores[(r.variant.name, r.seed)] = evaluation["headline"]
+    for v, s in tqdm(evaluations, desc="evaluate", unit="run"):
+        run = next(r for r in runs if r.variant.name == trained_on[v.name] and r.seed == s)
+        evaluation = evaluate_run(run, args.test_data, args.test_split, args.device, args.batch_size,
+                                  v.overrides if v in eval_variants else ())
+        scores[(v.name, s)] = evaluation["headline"]
         sizes.add(evaluation["images"])
         keys = evaluation["keys"]
-    report = summarise(variants, seeds, scores)
+    report = summarise([*variants, *eval_variants], seeds, scores)
+    report["evaluation_variants"] = [v.name for v in eval_variants]
     report.update({"config": args.config, "overrides": args.overrides, "test_data": args.test_data or "data.val",
                    "test_images": min(sizes), "seconds": round(time.time() - t0, 1), "table_keys": keys})
     write_report(out, "sweep", report, markdown(report, keys))

@@ -2,6 +2,10 @@
 held-out set, and each variant's effect against the first reported as a paired difference with a
 95% interval (Student's t over seeds).
 
+An evaluation variant (``eval_variants``: another merge, a refinement, inference settings) reuses
+the first variant's trained runs and changes only how they are loaded, so merges are compared on
+the same models, as ``panoptix ablate`` compares them on one.
+
 Runs live in ``OUT/VARIANT/seed_S``, each an ordinary training folder: a re-run skips the finished
 ones (``model_final.pth`` and ``train_summary.json`` at ``max_iter``) and resumes the others from
 their checkpoints. ``jobs`` trainings run at once as separate processes, the CPU threads split
@@ -152,10 +156,11 @@ def markdown(report: dict[str, Any], keys: Sequence[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def evaluate_run(run: Run, test_data: str | None, test_split: str, device: str, batch_size: int
-                 ) -> dict[str, Any]:
+def evaluate_run(run: Run, test_data: str | None, test_split: str, device: str, batch_size: int,
+                 overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The run's headline figures (its task's, in percent) on ``test_data`` (COCO layout: ``ROOT``,
-    ``test_split``) or else its own ``data.val``; cached in ``RUN/sweep_eval.json`` per test set."""
+    ``test_split``) or else its own ``data.val``, the model loaded with ``overrides`` (an evaluation
+    variant: another merge, a refinement); cached in ``RUN/sweep_eval.json`` per test set and overrides."""
     import json
 
     from panoptix.data.spec import DatasetSpec
@@ -164,11 +169,11 @@ def evaluate_run(run: Run, test_data: str | None, test_split: str, device: str, 
     from panoptix.engine.tasks import task_of
 
     cache = run.folder / "sweep_eval.json"
-    key = f"{test_data}:{test_split}" if test_data else "val"
+    key = (f"{test_data}:{test_split}" if test_data else "val") + "".join(f" {o}" for o in overrides)
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
     if key in cached:
         return cached[key]
-    predictor, meta = load_predictor(run.folder, batch_size=batch_size, device=device)
+    predictor, meta = load_predictor(run.folder, overrides=overrides, batch_size=batch_size, device=device)
     if test_data:
         dataset = DatasetSpec(format="coco", root=test_data, split=test_split).open(where="--test-data")
     else:
