@@ -17,8 +17,8 @@ from conftest import tiny_overrides
 
 def test_variants_parse_and_the_interval_is_students_t():
     assert Variant.parse("base") == Variant("base", [])
-    v = Variant.parse("crf=model.refine={name: crf},data.min_size_train=[64,80]")
-    assert v.overrides == ["model.refine={name: crf}", "data.min_size_train=[64,80]"]
+    v = Variant.parse("crf=model.refine={name: crf, backend: torch},data.min_size_train=[64,80]")
+    assert v.overrides == ["model.refine={name: crf, backend: torch}", "data.min_size_train=[64,80]"]
     with pytest.raises(PanoptixError, match="not key=value"):
         Variant.parse("x=solver.max_iter")
     # differences 1, 2, 3: mean 2, sd 1, t(2) = 4.303 -> half width 4.303 / sqrt(3)

@@ -42,15 +42,27 @@ class Variant:
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """``NAME`` or ``NAME=key=value[,key=value...]``; commas inside brackets stay in their value."""
+        """``NAME`` or ``NAME=key=value[,key=value...]``; commas inside [...] or {...} stay in their value."""
         name, _, rest = text.partition("=")
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
             raise PanoptixError(f"--variant {text!r}: start with a name of letters, digits, _ . + -")
-        overrides = [o.strip() for o in re.split(r",(?![^\[]*\])", rest) if o.strip()] if rest else []
+        overrides = [o.strip() for o in _split_top_level(rest) if o.strip()]
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise PanoptixError(f"--variant {name}: {bad[0]!r} is not key=value")
         return cls(name, overrides)
+
+
+def _split_top_level(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets and braces (YAML flow values keep theirs)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]] if text else parts
 
 
 def t_quantile(df: int) -> float:
