@@ -144,7 +144,7 @@ class Configurable:
     def from_config(cls, cfg: dict[str, Any], **context: Any) -> Any:
         """``cls`` built from a checked section: sub-component sections are built first, with the same
         context (an RPN receives its head's ``in_channels``)."""
-        parts = {key: _construct(spec, validate(spec, cfg[key], key), context) if cfg[key] is not None else None
+        parts = {key: _construct(spec, cfg[key], context) if cfg[key] is not None else None
                  for key, (spec, _) in cls.components.items() if key in cfg}
         return cls(**{**cfg, **parts}, **{k: v for k, v in context.items() if k in cls.derived})
 

@@ -104,23 +104,18 @@ def legend(segments: Iterable[Any], meta: DatasetMeta, width: int) -> np.ndarray
     known = [meta.by_id[c] for c in {cat for _, cat in map(_seg_fields, segments)} if c in meta]
     items = [(c.name, c.color) for c in sorted(known, key=lambda c: (not c.isthing, c.name))]
     font = ImageFont.load_default()
-    rows: list[list[tuple[str, Any]]] = [[]]
-    x = 4
+    placed, x, y = [], 4, 2  # (x, y, name, colour), laid out once: swatch, name, gap; wrapped at ``width``
     for name, color in items:
         w = 14 + int(font.getlength(name)) + 10
-        if rows[-1] and x + w > width:
-            rows.append([])
-            x = 4
-        rows[-1].append((name, color))
+        if x > 4 and x + w > width:
+            x, y = 4, y + 14
+        placed.append((x, y, name, color))
         x += w
-    canvas = Image.new("RGB", (width, 14 * len(rows) + 4), (0, 0, 0))
+    canvas = Image.new("RGB", (width, y + 16), (0, 0, 0))
     draw = ImageDraw.Draw(canvas)
-    for r, row in enumerate(rows):
-        x, y = 4, 2 + 14 * r
-        for name, color in row:
-            draw.rectangle((x, y + 1, x + 10, y + 11), fill=tuple(int(v) for v in color))
-            draw.text((x + 14, y), name, fill=(255, 255, 255), font=font)
-            x += 14 + int(font.getlength(name)) + 10
+    for x, y, name, color in placed:
+        draw.rectangle((x, y + 1, x + 10, y + 11), fill=tuple(int(v) for v in color))
+        draw.text((x + 14, y), name, fill=(255, 255, 255), font=font)
     return np.asarray(canvas)
 
 

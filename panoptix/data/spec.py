@@ -64,17 +64,13 @@ class DatasetSpec:
         json = Path(self.json) if self.json else layout.get("gt_json")
         png_dir = Path(self.png_dir) if self.png_dir else layout.get("gt_dir")
         image_dir = Path(self.image_dir) if self.image_dir else layout.get("image_dir")
-        found = {"json": json, "png_dir": png_dir, "image_dir": image_dir}
-        for key, path in found.items():
-            if path is not None and not (path.is_file() if key == "json" else path.is_dir()):
-                kind = "file" if key == "json" else "folder"
-                raise PanoptixError(f"{where}: no {kind} {path}" + (f" (COCO layout of root {self.root}, split "
-                                                                    f"{self.split})" if key not in self._explicit()
-                                                                    else "") + f"; set {where}.{key}")
+        for key, path in {"json": json, "png_dir": png_dir, "image_dir": image_dir}.items():
+            if path is None or (path.is_file() if key == "json" else path.is_dir()):
+                continue
+            source = "" if getattr(self, key) else f" (COCO layout of root {self.root}, split {self.split})"
+            raise PanoptixError(f"{where}: no {'file' if key == 'json' else 'folder'} {path}{source}; "
+                                f"set {where}.{key}")
         return json, png_dir, image_dir
-
-    def _explicit(self) -> set[str]:
-        return {k for k in ("json", "png_dir", "image_dir") if getattr(self, k)}
 
     def open(self, load_images: bool = True, where: str = "data") -> Any:
         """The `PanopticDataset`, or None when the section names no data."""

@@ -79,11 +79,16 @@ def load_predictor(weights: str | Path, config: str | Path | None = None, overri
 
     The config and categories stored in the checkpoint are used unless ``config`` is given.
     """
+    model, meta, cfg, dev = load_model(weights, config, overrides, device, imports)
+    return _predictor(model, dev, cfg, batch_size), meta
+
+
+def _predictor(model, device, cfg: dict[str, Any], batch_size: int):
+    """A `Predictor` of ``model`` with the autocast settings of its config's solver."""
     from panoptix.engine.predictor import Predictor
 
-    model, meta, cfg, dev = load_model(weights, config, overrides, device, imports)
     solver = cfg["solver"]
-    return Predictor(model, dev, batch_size=batch_size, amp=solver["amp"], amp_dtype=solver["amp_dtype"]), meta
+    return Predictor(model, device, batch_size=batch_size, amp=solver["amp"], amp_dtype=solver["amp_dtype"])
 
 
 def load_ensemble(members: Sequence[tuple[str | Path, float]], tta: str | None = None, box_voting: bool = False,
@@ -93,15 +98,21 @@ def load_ensemble(members: Sequence[tuple[str | Path, float]], tta: str | None =
     weighted checkpoints (one for plain TTA) with test-time augmentation ``tta`` (``"scales=0.75,1,1.25
     flip"``; None: no augmentation).
     ``config`` and ``overrides`` apply to every member."""
+    model, meta, cfg, dev = _load_wrapped(members, tta, box_voting, config, overrides, device, imports)
+    return _predictor(model, dev, cfg, batch_size), meta
+
+
+def _load_wrapped(members: Sequence[tuple[str | Path, float]], tta: str | None, box_voting: bool,
+                  config: str | Path | None, overrides: Sequence[str], device: str, imports: Sequence[str]):
+    """(the members wrapped by their task for ``tta`` / ensembling, `DatasetMeta`, the first member's
+    config, device)."""
     from panoptix.engine.ensemble import TTASettings, tta_model
-    from panoptix.engine.predictor import Predictor
 
     loaded = [load_model(path, config, overrides, device, imports) for path, _ in members]
     _, meta, cfg, dev = loaded[0]
     model = tta_model([m for m, *_ in loaded], [w for _, w in members], TTASettings.parse(tta or "", box_voting),
-                            crop_size=cfg["data"].get("crop_size"))
-    solver = cfg["solver"]
-    return Predictor(model, dev, batch_size=batch_size, amp=solver["amp"], amp_dtype=solver["amp_dtype"]), meta
+                      crop_size=cfg["data"].get("crop_size"))
+    return model, meta, cfg, dev
 
 
 def load_end(spec: str, overrides: Sequence[str] = (), device: str = "auto", imports: Sequence[str] = (),
@@ -110,12 +121,10 @@ def load_end(spec: str, overrides: Sequence[str] = (), device: str = "auto", imp
     weighted ensemble written as ``a.pth:0.4,b.pth:1.2`` (a `PanopticEnsemble` without augmentation)."""
     from panoptix.engine.ensemble import parse_ensemble
 
-    if "," not in spec and not spec.rsplit(":", 1)[-1].replace(".", "", 1).isdigit():
-        return load_model(spec, config, overrides, device, imports)
     members = parse_ensemble(spec)
-    predictor, meta = load_ensemble(members, None, False, config, overrides, 1, device, imports)
-    cfg = load_model(members[0][0], config, overrides, "cpu", imports)[2]
-    return predictor.model, meta, cfg, predictor.device
+    if members == [(spec, 1.0)]:  # a plain checkpoint path
+        return load_model(spec, config, overrides, device, imports)
+    return _load_wrapped(members, None, False, config, overrides, device, imports)
 
 
 def load_two_level(record_path: str | Path, fusion: str | None = None, overrides: Sequence[str] = (),
@@ -124,7 +133,6 @@ def load_two_level(record_path: str | Path, fusion: str | None = None, overrides
     import json
 
     from panoptix.engine.fit_fusion import DEFAULT_MERGE, named_fusion
-    from panoptix.engine.predictor import Predictor
     from panoptix.fusion.two_level import FusionError, TwoLevelFusion, choice_from_json
 
     try:
@@ -138,8 +146,7 @@ def load_two_level(record_path: str | Path, fusion: str | None = None, overrides
     model = TwoLevelFusion(ends, choice_from_json(record),
                            named_fusion(ends[0], fusion or record.get("fit", {}).get("fusion") or DEFAULT_MERGE))
     _, meta, cfg, dev = loaded[0]
-    return Predictor(model, dev, batch_size=batch_size, amp=cfg["solver"]["amp"],
-                     amp_dtype=cfg["solver"]["amp_dtype"]), meta
+    return _predictor(model, dev, cfg, batch_size), meta
 
 
 def load_model(weights: str | Path, config: str | Path | None = None, overrides: Sequence[str] = (),

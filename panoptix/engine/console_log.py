@@ -25,7 +25,8 @@ class _Tee:
         *done, self._line = self._line.split("\n")
         for line in done:
             self.log.write(line.rsplit("\r", 1)[-1].rstrip() + "\n")
-        self.log.flush()
+        if done:  # a progress bar's redraws complete no line: no file I/O for them
+            self.log.flush()
         return len(text)
 
     def flush(self) -> None:

@@ -30,11 +30,11 @@ class Prediction:
     Attributes:
         ids: (H, W) int32 segment ids at the image's size; 0 is VOID.
         segments: one dict per segment: ``id``, ``category_id``, ``name``, ``isthing``, ``score``, ``area``.
-        image: the (H, W, 3) uint8 input (for `overlay`).
+        image: the input as given (an array or tensor in the input contract; drawn by `overlay`).
         result: the system's `PanopticResult` (logits, instances).
     """
 
-    def __init__(self, result: PanopticResult, meta: DatasetMeta, image: np.ndarray | None) -> None:
+    def __init__(self, result: PanopticResult, meta: DatasetMeta, image: np.ndarray | torch.Tensor) -> None:
         self.result, self.meta, self.image = result, meta, image
         self.ids = result.ids_numpy()
         self.segments = [{**s.to_json(), "name": meta.by_id[s.category_id].name} for s in result.segments]
@@ -44,7 +44,7 @@ class Prediction:
         VOID hatched; ``labels`` writes category names, ``scale`` upscales, ``legend`` adds one below."""
         from panoptix.viz import annotate
 
-        return annotate(self.image, self.ids, self.result.segments, self.meta, labels, scale, legend)
+        return annotate(_display(self.image), self.ids, self.result.segments, self.meta, labels, scale, legend)
 
     def to_coco(self, image_id: Any = 0, file_name: str | None = None) -> dict[str, Any]:
         """The COCO panoptic annotation of this image (``segments_info`` with ``bbox`` and ``area``);
@@ -79,7 +79,7 @@ class ImagePredictor:
         single = not isinstance(images, (list, tuple))
         arrays = [_as_array(im) for im in ([images] if single else images)]
         results = self.predictor(arrays)
-        out = [Prediction(r, self.meta, _display(a)) for r, a in zip(results, arrays)]
+        out = [Prediction(r, self.meta, a) for r, a in zip(results, arrays)]
         return out[0] if single else out
 
     @property
@@ -98,7 +98,7 @@ def _as_array(image: ImageLike) -> np.ndarray | torch.Tensor:
 
 
 def _display(image: np.ndarray | torch.Tensor) -> np.ndarray:
-    """(H, W, 3) uint8 of an input image, for overlays."""
+    """(H, W, 3) uint8 of an input image, for overlays (converted only when one is drawn)."""
     from panoptix.image_input import to_chw, to_unit_float
 
     chw = to_unit_float([to_chw(image, "cpu")])[0]

@@ -14,6 +14,7 @@ between them (two 1-thread runs gave about 25% more throughput than one 2-thread
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -93,15 +94,10 @@ class Run:
         summary = self.folder / "train_summary.json"
         if not ((self.folder / "model_final.pth").is_file() and summary.is_file()):
             return False
-        import json
-
         return json.loads(summary.read_text()).get("iterations") == max_iter
 
 
 def plan_runs(variants: Sequence[Variant], seeds: Sequence[int], out: Path) -> list[Run]:
-    names = [v.name for v in variants]
-    if len(set(names)) != len(names):
-        raise PanoptixError(f"--variant names must differ; got {names}")
     return [Run(v, s, out / v.name / f"seed_{s}") for v in variants for s in seeds]
 
 
@@ -173,8 +169,6 @@ def evaluate_run(run: Run, test_data: str | None, test_split: str, device: str, 
     """The run's headline figures (its task's, in percent) on ``test_data`` (COCO layout: ``ROOT``,
     ``test_split``) or else its own ``data.val``, the model loaded with ``overrides`` (an evaluation
     variant: another merge, a refinement); cached in ``RUN/sweep_eval.json`` per test set and overrides."""
-    import json
-
     from panoptix.data.spec import DatasetSpec
     from panoptix.engine.build import build_dataset, load_predictor
     from panoptix.engine.predictor import evaluate_dataset

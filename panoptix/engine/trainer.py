@@ -196,7 +196,7 @@ class Trainer:
             seed_all_rng(e.seed + self.rank)
             if e.init_weights:  # a fresh run that starts from trained weights (fine-tuning)
                 load_model_weights(self.model, e.init_weights)
-            note = s.schedule_note() if main and hasattr(s, "schedule_note") else None
+            note = s.schedule_note() if main else None
             if note:  # said once, when the run starts
                 print(f"panoptix train: note: {note}", file=sys.stderr)
         start = self.iteration
