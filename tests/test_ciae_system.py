@@ -136,8 +136,7 @@ def test_onnx_export_matches_pytorch_segment_map(synth_root, tmp_path, classifie
 
 
 @pytest.mark.slow
-def test_export_command_writes_a_checked_graph_and_refuses_a_two_stage_checkpoint(synth_root, tmp_path, capsys,
-                                                                                  trained_tiny):
+def test_export_command_writes_a_checked_graph_and_refuses_a_refinement(synth_root, tmp_path, capsys, trained_tiny):
     pytest.importorskip("onnxruntime")
     import json
 
@@ -151,8 +150,9 @@ def test_export_command_writes_a_checked_graph_and_refuses_a_two_stage_checkpoin
     report = json.loads(onnx.with_suffix(".json").read_text())
     assert report["size"] == [64, 96] and report["check"]["equal"] is True
     assert "segment maps equal on 100.0000% of pixels" in capsys.readouterr().out
-    assert main(["export", "--weights", str(last_checkpoint(trained_tiny)), "--out", str(tmp_path / "x.onnx")]) == 2
-    assert "ONNX export covers the CIAE system" in capsys.readouterr().err
+    assert main(["export", "--weights", str(last_checkpoint(trained_tiny)), "--out", str(tmp_path / "x.onnx"),
+                 "--size", "96", "96", "model.refine={name: crf}"]) == 2
+    assert "model.refine (a Dense CRF) runs outside PyTorch and does not export" in capsys.readouterr().err
 
 
 def test_export_format_must_match_the_output_file(tmp_path, capsys):
@@ -166,7 +166,8 @@ def test_export_format_must_match_the_output_file(tmp_path, capsys):
 
 
 def test_export_refuses_a_size_the_model_would_resize(synth_root):
-    from panoptix.engine.export import CIAEGraph, ExportError
+    from panoptix.errors import ExportError
+    from panoptix.models.systems.ciae_graph import CIAEGraph
 
     ds = PanopticDataset.synthetic(synth_root, "val")
     model = _model(ds.meta, "model.preprocess.min_size_test=96").eval()

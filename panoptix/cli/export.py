@@ -10,7 +10,7 @@ from panoptix.cli.options import add_model_options
 from panoptix.errors import PanoptixError
 from panoptix.jsonio import write_json
 
-HELP = "export a trained CIAE system whole (network and merge) to ONNX"
+HELP = "export a trained system whole (network, detection, merge; the categories inside) to ONNX"
 EXPORTERS = {"onnx": ".onnx"}   # --format: the file format and the suffix --out must have
 
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     model, meta, _, _ = load_model(args.weights, args.config, args.overrides, "cpu", args.imports)
     report = export_onnx(model, out, tuple(args.size))
     print(f"wrote {out} with the {report['exporter']} exporter in {report['seconds']} s "
-          f"(image size {report['size'][0]}x{report['size'][1]})")
+          f"(image size {report['size'][0]}x{report['size'][1]}; categories, input and normalisation in its metadata)")
     if report["dynamo_error"]:
         print(f"  torch.export failed first: {report['dynamo_error']}")
     if not args.no_check:

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     done = predict_files(predictor, meta, listing.files, args.output, image_ids=ids, overlays=not args.no_overlays,
                         warn=lambda skip: tqdm.write(f"panoptix predict: warning: {skip}", file=sys.stderr),
                         root=listing.root, labels=args.labels, scale=args.scale)
-    print_lines("predict", "note", done.notes)
+    print_lines("predict", "note", done.notes + getattr(predictor.model, "notes", []))
     skipped += done.skipped
     seconds = time.time() - t0
     summary = Path(args.output) / "predict_summary.json"

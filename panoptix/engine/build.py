@@ -75,12 +75,25 @@ def build_training(cfg: dict[str, Any], progress: bool = True):
 
 def load_predictor(weights: str | Path, config: str | Path | None = None, overrides: Sequence[str] = (),
                    batch_size: int = 4, device: str = "auto", imports: Sequence[str] = ()):
-    """(`Predictor`, `DatasetMeta`) from a training checkpoint.
+    """(`Predictor`, `DatasetMeta`) from a training checkpoint, or from an exported ``.onnx`` file
+    (run with onnxruntime on the CPU; `panoptix.engine.onnx_system.OnnxSystem`).
 
     The config and categories stored in the checkpoint are used unless ``config`` is given.
     """
+    if Path(weights).suffix.lower() == ".onnx":
+        return _onnx_predictor(weights, config, overrides, batch_size)
     model, meta, cfg, dev = load_model(weights, config, overrides, device, imports)
     return _predictor(model, dev, cfg, batch_size), meta
+
+
+def _onnx_predictor(path: str | Path, config: str | Path | None, overrides: Sequence[str], batch_size: int):
+    from panoptix.engine.onnx_system import OnnxSystem
+    from panoptix.engine.predictor import Predictor
+
+    if config is not None or overrides:
+        raise ConfigError(f"{path} is an exported model, whole: --config and key=value overrides do not apply to it")
+    model = OnnxSystem(path)
+    return Predictor(model, "cpu", batch_size=batch_size), model.meta
 
 
 def _predictor(model, device, cfg: dict[str, Any], batch_size: int):

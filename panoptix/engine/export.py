@@ -1,19 +1,22 @@
-"""Export a CIAE system whole to ONNX: normalisation, network, detection with NMS, and the merge up to
-the segment map, in one graph.
+"""Export a system whole to ONNX: normalisation, network, detection with NMS, and the merge up to
+the segment map, in one graph (the system's ``export_graph``: CIAE, the two-stage system with the
+heuristic, ranking or UPSNet merge, and the scene parser's label map).
 
-The graph takes one (3, H, W) float RGB image in 0..1 at the size it was exported for (resize
-before calling it) and returns:
+A panoptic graph takes one (3, H, W) float RGB image in 0..1 at the size it was exported for
+(resize before calling it) and returns:
 
     ids        (H, W) int32   segment id per pixel, 0 = VOID
-    categories (Q,) int64     category id of segment q + 1 (stuff classes first, then detections)
+    categories (Q,) int64     category id of segment q + 1
     scores     (Q,) float32   1 for stuff, the detection score for things
     areas      (Q,) int64     pixels of segment q + 1 (0: absent, e.g. stuff under the area limit)
 
-Q = stuff classes + detections, data-dependent (NMS keeps a variable number): ONNX carries it as a
-dynamic dimension, and `segments_from_outputs` (numpy) turns the outputs into COCO
-``segments_info``. ``torch.onnx.export(dynamo=True)`` (torch.export) is tried first; where it
-fails (torchvision's NMS and data-dependent shapes), the TorchScript-based exporter is used, and
-the result says which one wrote the file.
+Q is CIAE's stuff classes + detections (data-dependent, a dynamic dimension), or the two-stage
+graph's fixed detection cap + stuff channels. `segments_from_outputs` (numpy) turns the outputs into
+COCO ``segments_info``. A scene parsing graph returns ``labels`` (H, W) int64, the class index per
+pixel. The file's metadata holds the categories, the input, the normalisation and the version
+(`panoptix.engine.onnx_metadata`). ``torch.onnx.export(dynamo=True)`` (torch.export) is tried
+first; where it fails (torchvision's NMS and data-dependent shapes), the TorchScript-based exporter
+is used, and the result says which one wrote the file.
 """
 
 from __future__ import annotations
@@ -31,34 +34,44 @@ import numpy as np
 import torch
 from torch import nn
 
+from panoptix.data.meta import DatasetMeta
+from panoptix.engine.onnx_metadata import describe, write_metadata
 from panoptix.errors import ExportError
-from panoptix.models.systems.ciae_graph import OUTPUT_NAMES, CIAEGraph
+from panoptix.fusion.graph_merge import PANOPTIC_OUTPUTS
 
 OPSET = 17
 
 
-def segments_from_outputs(ids: np.ndarray, categories: np.ndarray, scores: np.ndarray, areas: np.ndarray,
-                          thing_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """COCO-style ``segments_info`` of the exported graph's outputs (the numpy post-process)."""
-    things = set(int(c) for c in thing_ids)
-    return [{"id": q + 1, "category_id": int(categories[q]), "isthing": int(categories[q]) in things,
-             "score": float(scores[q]), "area": int(areas[q])} for q in np.flatnonzero(np.asarray(areas) > 0)]
+def segments_from_outputs(ids: np.ndarray | None, categories: np.ndarray, scores: np.ndarray, areas: np.ndarray,
+                          things: Sequence[int] | dict[str, Any] | str | Path) -> list[dict[str, Any]]:
+    """COCO-style ``segments_info`` of a panoptic graph's outputs (the numpy post-process), in plain
+    Python values. ``things``: the ONNX file (its path), its metadata (`read_metadata`), or the thing
+    category ids themselves. ``ids`` is not read (the areas are the graph's)."""
+    from panoptix.engine.onnx_metadata import metadata_meta, read_metadata
+    from panoptix.engine.onnx_system import segment_infos
+
+    if isinstance(things, (str, Path)):
+        things = read_metadata(things)
+    thing_ids = metadata_meta(things).thing_ids if isinstance(things, dict) else things
+    return [s.to_json() for s in segment_infos(categories, scores, areas, thing_ids)]
 
 
-def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], opset: int = OPSET) -> dict[str, Any]:
+def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], meta: DatasetMeta | None = None,
+                opset: int = OPSET) -> dict[str, Any]:
     """Write the whole model to ``path``; returns {"path", "exporter", "size", "seconds", "dynamo_error"}.
 
-    The system provides its graph (``export_graph(size)``: an ``nn.Module`` with a ``size``, taking
-    one (3, H, W) image and returning ``OUTPUT_NAMES``); a system without one is refused.
+    The system provides its graph (``export_graph(size)``: an ``nn.Module`` with a ``size`` and
+    ``output_names``, taking one (3, H, W) image); a system without one is refused. The file's
+    metadata describes ``meta``'s categories (default: the model's ``meta``).
     """
     export_graph = getattr(model, "export_graph", None)
     if export_graph is None:
-        raise ExportError(f"ONNX export covers the CIAE system (its merge is one matrix product); "
-                          f"{type(model).__name__} has no export_graph. The two-stage system's merge is not "
-                          f"exportable yet.")
+        raise ExportError(f"{type(model).__name__} has no export_graph: ONNX export covers the CIAE, two-stage and "
+                          f"scene parsing systems")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = export_graph(size).cpu().eval()
+    names = list(graph.output_names)
     example = (torch.rand(3, *graph.size, generator=torch.Generator().manual_seed(0)),)
     start = time.perf_counter()
     dynamo_error = None
@@ -69,7 +82,7 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], opset
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(graph, example, dynamo=True, input_names=["image"],
-                                        output_names=list(OUTPUT_NAMES), opset_version=max(opset, 18),
+                                        output_names=names, opset_version=max(opset, 18),
                                         verbose=False)
         program.save(str(path))
     except Exception as err:  # noqa: BLE001 - any dynamo failure falls back to the legacy exporter
@@ -80,9 +93,9 @@ def export_onnx(model: nn.Module, path: str | Path, size: tuple[int, int], opset
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(graph, example, str(path), dynamo=False, input_names=["image"],
-                              output_names=list(OUTPUT_NAMES), opset_version=opset,
-                              dynamic_axes={"categories": {0: "segments"}, "scores": {0: "segments"},
-                                            "areas": {0: "segments"}})
+                              output_names=names, opset_version=opset,
+                              dynamic_axes={n: {0: "segments"} for n in names if n in PANOPTIC_OUTPUTS[1:]})
+    write_metadata(path, describe(model, graph, meta if meta is not None else model.meta))
     return {"path": str(path), "exporter": exporter, "size": list(graph.size),
             "seconds": round(time.perf_counter() - start, 2), "dynamo_error": dynamo_error}
 
@@ -102,8 +115,11 @@ def check_onnx(model: nn.Module, path: str | Path, image: torch.Tensor | None = 
         image = torch.rand(3, int(shape[1]), int(shape[2]), generator=torch.Generator().manual_seed(seed))
     feed = {"image": image.numpy().astype(np.float32)}
     model = model.cpu().eval()
-    ours = model([image])[0].ids.numpy()
+    with torch.no_grad():
+        ours = model([image])[0].ids.numpy()
     theirs = session.run(None, feed)[0]
+    if session.get_outputs()[0].name == "labels":   # a label map: class k is segment k + 1
+        theirs = theirs + 1
 
     def median_ms(fn) -> float:
         fn()
@@ -121,4 +137,4 @@ def check_onnx(model: nn.Module, path: str | Path, image: torch.Tensor | None = 
             "onnxruntime_ms": ort_ms, "torch_ms": torch_ms, "repeat": repeat}
 
 
-__all__ = ["ExportError", "CIAEGraph", "export_onnx", "check_onnx", "segments_from_outputs", "OUTPUT_NAMES"]
+__all__ = ["ExportError", "export_onnx", "check_onnx", "segments_from_outputs", "PANOPTIC_OUTPUTS"]

@@ -11,10 +11,10 @@ Where the semantic argmax is a thing class, detectron2 leaves the free pixel VOI
 section 3.1): ``stuff_source="stuff_only"`` takes the argmax over the stuff channels only, so
 every free pixel gets a stuff class.
 
-The sequential "already taken" rule is computed without a per-instance loop: starting from
-"all accepted", each pass recomputes every instance's overlap with the accepted instances ranked
-before it. Instance k's decision is final after k passes and the unique fixed point is the
-sequential answer, so the loop stops as soon as a pass changes nothing (usually 2-3 passes).
+The sequential "already taken" rule runs in paste order, each instance on the rows and columns its
+mask covers (`_accept`), so the merge costs the instances' extents, not N full images, and makes no
+copy of the masks (at 512x683 with 100 instances that is what makes it fast). An exported graph runs
+the same rule unrolled over a fixed number of rows (`panoptix.fusion.graph_merge`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import torch
 
 from panoptix.data.meta import DatasetMeta
 from panoptix.fusion.area import stuff_area_limit
+from panoptix.fusion.graph_merge import heuristic_graph_merge
+from panoptix.fusion.needs import declare
 from panoptix.registry import FUSIONS
 from panoptix.structures import Instances, PanopticResult, SegmentInfo
 
@@ -54,32 +56,62 @@ def accept_instances(masks: torch.Tensor, overlap_thresh: float = 0.5) -> torch.
     Returns:
         (N,) bool.
     """
-    return _accept(masks, overlap_thresh)[0]
+    return _accept(masks, torch.arange(masks.shape[0], device=masks.device), None, overlap_thresh)[0]
 
 
-def _accept(masks: torch.Tensor, overlap_thresh: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`accept_instances` plus, for the accepted set, each pixel's owner: the lowest accepted index
-    covering it ((H, W) int64) and whether any accepted instance covers it ((H, W) bool)."""
-    n = masks.shape[0]
-    area = masks.flatten(1).sum(1)
-    accepted = area > 0
-    if n == 0:
-        empty = masks.new_zeros(masks.shape[1:])
-        return accepted, empty.long(), empty
-    order = torch.arange(n, device=masks.device)[:, None, None]
-    for _ in range(n + 1):  # n passes settle every decision; the last one confirms the fixed point
-        active = masks & accepted[:, None, None]
-        first = active.to(torch.uint8).argmax(0)
-        covered = active.any(0)
-        taken = masks & (covered & (first[None] < order))
-        new = (area > 0) & (taken.flatten(1).sum(1) <= overlap_thresh * area)
-        if torch.equal(new, accepted):
-            break
-        accepted = new
-    return accepted, first, covered
+def _accept(masks: torch.Tensor, order: torch.Tensor, mask_thresh: float | None, overlap_thresh: float
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The "already taken" rule over the instances ``order`` (M,) indexes in ``masks`` (N, H, W), in
+    that order: bool masks, or probabilities / logits binarised above ``mask_thresh``.
+
+    Returns (accepted (M,) bool; each pixel's owner (H, W) int64, the first accepted position in
+    ``order`` covering it; whether any accepted instance covers it (H, W) bool).
+
+    The rule runs in paste order, as the paper states it, each step on the instance's extent (the
+    rows and columns where its mask is on), so the cost is the instances' summed extents, not M full
+    images, and no binary copy of the (N, H, W) masks is made. The extents come to the host in one
+    transfer; each step is a few tensor operations on its crop with no further synchronisation.
+    """
+    h, w = masks.shape[-2:]
+    m = order.shape[0]
+    taken = torch.zeros((h, w), dtype=torch.bool, device=masks.device)
+    owner = torch.zeros((h, w), dtype=torch.int64, device=masks.device)
+    accepted = torch.zeros(m, dtype=torch.bool, device=masks.device)
+    if m == 0:
+        return accepted, owner, taken
+    if mask_thresh is None:
+        rows, cols = masks.any(2)[order], masks.any(1)[order]
+    else:
+        rows, cols = masks.amax(2)[order] > mask_thresh, masks.amax(1)[order] > mask_thresh
+    plan = torch.stack([order, rows.any(1).long(), _first(rows), h - _first(rows.flip(1)), _first(cols),
+                        w - _first(cols.flip(1))], 1).tolist()
+    for p, (k, on, y0, y1, x0, x1) in enumerate(plan):
+        if not on:   # an empty mask is never pasted
+            continue
+        crop = masks[k, y0:y1, x0:x1]
+        mask = crop if mask_thresh is None else crop > mask_thresh
+        held = taken[y0:y1, x0:x1]
+        ok = (mask & held).sum() <= overlap_thresh * mask.sum()
+        new = mask & ~held & ok
+        owner[y0:y1, x0:x1].masked_fill_(new, p)
+        held |= new
+        accepted[p] = ok
+    return accepted, owner, taken
+
+
+def _first(flags: torch.Tensor) -> torch.Tensor:
+    """(N, L) bool -> (N,) index of the first True in each row (0 for a row with none)."""
+    return flags.to(torch.uint8).argmax(1)
+
+
+def semantic_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """(K, H, W) -> (H, W) int64 index of the first maximum (``max(0).indices``: the same answer as
+    ``argmax(0)``, about twice as fast on the CPU)."""
+    return logits.max(0).indices
 
 
 @FUSIONS.register("heuristic")
+@declare(graph=heuristic_graph_merge)
 def heuristic_fusion(instances: Instances | None, semantic_logits: torch.Tensor,
                      semantic_categories: Sequence[int], thing_categories: Sequence[int],
                      score_thresh: float = 0.5, overlap_thresh: float = 0.5, stuff_min_area: int = 4096,
@@ -128,16 +160,14 @@ def paste_things(ids: torch.Tensor, instances: Instances | None, thing_categorie
         raise ValueError(f"instances carry no {order_by!r} to order by (fields: {sorted(instances.extra)}); "
                          f"the ranking merge needs a system with a ranking head")
     rank = instances.scores if order_by is None else instances.extra[order_by]
-    order = rank[keep].argsort(descending=True, stable=True)
-    scores, labels, probs = instances.scores[keep][order], instances.labels[keep][order], instances.masks[keep][order]
-    if probs.dim() == 4:
-        probs = probs[:, 0]
+    order = keep.nonzero()[:, 0][rank[keep].argsort(descending=True, stable=True)]
+    probs = instances.masks[:, 0] if instances.masks.dim() == 4 else instances.masks
     if probs.shape[-2:] != ids.shape:
         raise ValueError(f"instance masks are {tuple(probs.shape[-2:])}, semantic logits {tuple(ids.shape)}")
-    accepted, first, covered = _accept(probs > (0.0 if instances.mask_logits else mask_thresh), overlap_thresh)
+    accepted, first, covered = _accept(probs, order, 0.0 if instances.mask_logits else mask_thresh, overlap_thresh)
     if not accepted.any():
         return []
-    scores, labels = scores[accepted], labels[accepted]
+    scores, labels = instances.scores[order][accepted], instances.labels[order][accepted]
     segment_of = torch.cumsum(accepted, 0).to(torch.int32)  # instance index -> segment id 1..A
     ids.copy_(torch.where(covered, segment_of[first], ids))
     areas = torch.bincount(ids.flatten().long(), minlength=len(scores) + 1)[1:].tolist()
@@ -156,9 +186,9 @@ def fill_stuff(ids: torch.Tensor, segments: list[SegmentInfo], semantic_logits: 
     if table.numel() != semantic_logits.shape[0]:
         raise ValueError(f"{semantic_logits.shape[0]} semantic channels but {table.numel()} category entries")
     if stuff_source == "stuff_only":
-        sem = semantic_logits.masked_fill((table < 0)[:, None, None], float("-inf")).argmax(0)
+        sem = semantic_argmax(semantic_logits.masked_fill((table < 0)[:, None, None], float("-inf")))
     elif stuff_source == "argmax":
-        sem = semantic_logits.argmax(0)
+        sem = semantic_argmax(semantic_logits)
     else:
         raise ValueError(f"stuff_source must be 'argmax' or 'stuff_only', got {stuff_source!r}")
     free = (ids == 0) & (table[sem] >= 0)

@@ -6,7 +6,9 @@ and the CLI ask the merge instead of testing its name.
 - ``reads_logits``: the merge compares semantic logits on their own scale, not just their argmax
   (UPSNet's unknown channel), so averaged outputs must be mean logits (`panoptix.fusion.average`);
 - ``single_model``: the merge needs one model's per-instance scores, which an ensemble or TTA
-  does not have.
+  does not have;
+- ``graph``: the merge's fixed-shape form for an exported graph (`panoptix.fusion.graph_merge`),
+  with ``graph_defaults``, keywords it adds to the configured ones (the ranking merges' order).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from typing import Any, TypeVar
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def declare(head: tuple[str, str] | None = None, reads_logits: bool = False,
-            single_model: bool = False) -> Callable[[F], F]:
+def declare(head: tuple[str, str] | None = None, reads_logits: bool = False, single_model: bool = False,
+            graph: Callable[..., Any] | None = None, graph_defaults: dict[str, Any] | None = None
+            ) -> Callable[[F], F]:
     """Decorator recording a merge's needs (module docstring) on the function."""
     def mark(fn: F) -> F:
         fn.needs_head, fn.reads_logits, fn.single_model = head, reads_logits, single_model
+        fn.graph, fn.graph_defaults = graph, dict(graph_defaults or {})
         return fn
     return mark
 
@@ -45,4 +49,11 @@ def single_model(fusion: Any) -> bool:
     return bool(getattr(_merge(fusion), "single_model", False))
 
 
-__all__ = ["declare", "needs_head", "reads_logits", "single_model"]
+def graph_merge(fusion: Any) -> tuple[Callable[..., Any] | None, dict[str, Any]]:
+    """(the merge's fixed-shape form or None, its keywords: the defaults it declares, then the
+    configured ones)."""
+    fn = _merge(fusion)
+    return getattr(fn, "graph", None), {**getattr(fn, "graph_defaults", {}), **getattr(fusion, "keywords", {})}
+
+
+__all__ = ["declare", "graph_merge", "needs_head", "reads_logits", "single_model"]

@@ -18,6 +18,7 @@ from typing import Literal
 
 import torch
 
+from panoptix.fusion.graph_merge import heuristic_graph_merge
 from panoptix.fusion.heuristic import heuristic_fusion
 from panoptix.fusion.needs import declare
 from panoptix.registry import FUSIONS
@@ -31,7 +32,7 @@ ORDERS = ("rank", "rank_x_score")
 
 
 @FUSIONS.register("ranking")
-@declare(head=RANKING_HEAD, single_model=True)
+@declare(head=RANKING_HEAD, single_model=True, graph=heuristic_graph_merge, graph_defaults={"order": "rank"})
 def ranking_fusion(instances: Instances | None, semantic_logits: torch.Tensor,
                    semantic_categories: Sequence[int], thing_categories: Sequence[int],
                    score_thresh: float = 0.5, overlap_thresh: float = 0.5, stuff_min_area: int = 4096,
@@ -60,7 +61,8 @@ def ranking_fusion(instances: Instances | None, semantic_logits: torch.Tensor,
 
 
 @FUSIONS.register("ranking_x_score")
-@declare(head=RANKING_HEAD, single_model=True)
+@declare(head=RANKING_HEAD, single_model=True, graph=heuristic_graph_merge,
+         graph_defaults={"order": "rank_x_score"})
 def ranking_x_score_fusion(instances: Instances | None, semantic_logits: torch.Tensor,
                            semantic_categories: Sequence[int], thing_categories: Sequence[int],
                            score_thresh: float = 0.5, overlap_thresh: float = 0.5, stuff_min_area: int = 4096,

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 import torch
 
 from panoptix.fusion.area import stuff_area_limit
+from panoptix.fusion.box_mask import box_mask
+from panoptix.fusion.graph_merge import upsnet_graph_merge
 from panoptix.fusion.needs import declare
 from panoptix.registry import FUSIONS
 from panoptix.structures import Instances, PanopticResult, SegmentInfo
@@ -46,16 +48,6 @@ def split_channels(semantic_categories: Sequence[int], num_things: int) -> tuple
                          f"{len(things)} thing channel(s) for {num_things} thing classes")
     stuff = [k for k, c in enumerate(table) if c >= 0]
     return torch.tensor(stuff, dtype=torch.int64), torch.tensor(things, dtype=torch.int64)
-
-
-def box_mask(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, 4) xyxy boxes -> (N, H, W) bool, True where the pixel centre lies inside the box."""
-    ys = torch.arange(size[0], device=boxes.device, dtype=torch.float32) + 0.5
-    xs = torch.arange(size[1], device=boxes.device, dtype=torch.float32) + 0.5
-    b = boxes.float()
-    inside_y = (ys[None] >= b[:, 1, None]) & (ys[None] <= b[:, 3, None])
-    inside_x = (xs[None] >= b[:, 0, None]) & (xs[None] <= b[:, 2, None])
-    return inside_y[:, :, None] & inside_x[:, None, :]
 
 
 def panoptic_logits(semantic_logits: torch.Tensor, stuff_channels: torch.Tensor, thing_channels: torch.Tensor,
@@ -117,7 +109,7 @@ def mask_logits_of(instances: Instances) -> torch.Tensor:
 
 
 @FUSIONS.register("upsnet")
-@declare(head=("upsnet_head", "upsnet"), reads_logits=True)
+@declare(head=("upsnet_head", "upsnet"), reads_logits=True, graph=upsnet_graph_merge)
 def upsnet_fusion(instances: Instances | None, semantic_logits: torch.Tensor,
                   semantic_categories: Sequence[int], thing_categories: Sequence[int],
                   score_thresh: float = 0.5, duplicate_iou: float = 0.5, class_agnostic: bool = True,

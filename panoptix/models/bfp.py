@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from panoptix.models.layers import adaptive_pool
+
 
 class NonLocal2d(nn.Module):
     """Embedded-Gaussian non-local block: y = softmax(theta(x)^T phi(x) / sqrt(C')) g(x),
@@ -58,7 +60,7 @@ def resize_level(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == size:
         return x
     if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
-        return F.adaptive_max_pool2d(x, size)
+        return adaptive_pool(x, size, "max")
     return F.interpolate(x, size=size, mode="nearest")
 
 

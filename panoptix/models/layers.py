@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import DeformConv2d
 
@@ -18,6 +19,17 @@ def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
         g -= 1
     return nn.GroupNorm(g, channels)
 
+
+
+def adaptive_pool(x: torch.Tensor, size: tuple[int, int], mode: str = "avg") -> torch.Tensor:
+    """Adaptive ``"avg"`` or ``"max"`` pooling of (B, C, H, W) to ``size``: a fixed-kernel pool when the
+    bins are whole (the same numbers; it exports to ONNX where the tracer does not know the input's
+    shape, which adaptive pooling needs), else the adaptive one."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if h % size[0] == 0 and w % size[1] == 0:
+        kernel = (h // size[0], w // size[1])
+        return F.avg_pool2d(x, kernel) if mode == "avg" else F.max_pool2d(x, kernel)
+    return F.adaptive_avg_pool2d(x, size) if mode == "avg" else F.adaptive_max_pool2d(x, size)
 
 class DeformConv3x3(nn.Module):
     """3x3 deformable convolution (DCNv1) with learned offsets initialised to zero.

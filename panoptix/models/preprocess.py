@@ -105,9 +105,9 @@ class Preprocessor(Configurable, nn.Module):
         sizes = [tuple(im.shape[-2:]) for im in images]
         normed = [(im - self.pixel_mean) / self.pixel_std for im in images]
         hp, wp = padded_size(sizes, self.size_divisibility)
-        batch = normed[0].new_zeros((len(normed), 3, hp, wp))
-        for b, im in zip(batch, normed):
-            b[:, : im.shape[1], : im.shape[2]].copy_(im)
+        # F.pad, not a copy into a slice of a zero batch: the legacy ONNX tracer loses in-place copies
+        # into views, and the exported graph would not depend on its input
+        batch = torch.stack([F.pad(im, (0, wp - im.shape[2], 0, hp - im.shape[1])) for im in normed])
         return ImageList(batch, sizes)
 
 __all__ = ["Preprocessor", "resize_image", "check_images", "pad_maps", "padded_size", "inference_size",

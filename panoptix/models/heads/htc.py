@@ -83,7 +83,8 @@ class HybridTaskCascade(CascadeMaskRCNN):
         x = pool(feats, boxes, image_sizes)
         sem = self.semantic_roi(semantic, boxes) if kind in self.semantic_fusion else None
         if sem is not None:
-            x = x + (F.adaptive_avg_pool2d(sem, 7) if kind == "bbox" else sem)
+            # 14x14 -> 7x7: adaptive pooling's bins are exactly 2x2 here, and a fixed pool exports to ONNX
+            x = x + (F.avg_pool2d(sem, 2) if kind == "bbox" else sem)
         return x
 
     def mask_chain(self, roi: torch.Tensor, last: int, with_logits: str = "last") -> list[torch.Tensor]:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from panoptix.data.meta import IGNORE_INDEX
-from panoptix.models.layers import ConvGNReLU, CoordConvGNReLU
+from panoptix.models.layers import ConvGNReLU, CoordConvGNReLU, adaptive_pool
 from panoptix.registry import SEMANTIC_HEADS, Configurable
 
 LEVELS = ("p2", "p3", "p4", "p5")
@@ -66,6 +66,7 @@ def aggregate_levels(towers: nn.ModuleList, feats: Mapping[str, torch.Tensor]) -
     return out
 
 
+
 class SemanticHead(Configurable, nn.Module):
     """Base of the semantic heads: subclasses build ``self.classifier`` and implement `features`.
 
@@ -108,7 +109,7 @@ class SemanticHead(Configurable, nn.Module):
             feature = self.embedding(x)
             eighth = feats["p3"].shape[-2:]
             if feature.shape[-2:] != eighth:
-                feature = F.adaptive_avg_pool2d(feature, eighth)
+                feature = adaptive_pool(feature, (int(eighth[0]), int(eighth[1])), "avg")
         losses = {} if targets is None else {"loss_seg": semantic_loss(logits, targets, self.loss_weight)}
         return logits, losses, feature
 

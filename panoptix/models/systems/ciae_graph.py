@@ -6,28 +6,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from panoptix.errors import ExportError
 from panoptix.fusion.embedding import assign_segments
+from panoptix.fusion.graph_merge import PANOPTIC_OUTPUTS
 from panoptix.models.heads.fcos import LOCATION_FIELD
-from panoptix.models.preprocess import inference_size
 from panoptix.models.systems.ciae import CIAEPanoptic, image_embeddings, read_queries
+from panoptix.models.systems.two_stage_graph import check_export_size
 
-OUTPUT_NAMES = ("ids", "categories", "scores", "areas")
+OUTPUT_NAMES = PANOPTIC_OUTPUTS
 
 
 class CIAEGraph(nn.Module):
     """A `CIAEPanoptic` on one image of a fixed ``size``: (3, H, W) float 0..1 -> ``OUTPUT_NAMES``."""
 
+    output_names = OUTPUT_NAMES
+
     def __init__(self, model: CIAEPanoptic, size: tuple[int, int]) -> None:
         super().__init__()
-        self.model, self.size = model.eval(), (int(size[0]), int(size[1]))
-        pre = model.preprocess
-        resized = inference_size(*self.size, pre.min_size_test, pre.max_size_test)
-        if resized != self.size:
-            raise ExportError(f"the model resizes a {self.size[0]}x{self.size[1]} image to {resized[0]}x{resized[1]} "
-                              f"(model.preprocess.min_size_test={pre.min_size_test}); export at --size "
-                              f"{resized[0]} {resized[1]} and resize images to it, or pass "
-                              f"model.preprocess.min_size_test=0")
+        self.model, self.size = model.eval(), check_export_size(model.preprocess, size)
         self.register_buffer("stuff_categories", torch.as_tensor(model.stuff_categories, dtype=torch.int64))
         self.register_buffer("thing_categories", torch.as_tensor(model.thing_categories, dtype=torch.int64))
         self.stuff_min_area = model.stuff_area_limit(self.size)

@@ -148,6 +148,13 @@ class SceneParser(Configurable, nn.Module):
                 losses[key] = semantic_loss(outputs[name], target, weight)
         return losses
 
+    def export_graph(self, size: tuple[int, int]) -> nn.Module:
+        """The whole system for one (3, *size) image as one traceable module (`SemanticGraph`: the
+        label map), what ``panoptix export`` writes to ONNX."""
+        from panoptix.models.systems.semantic_graph import SemanticGraph  # it builds on this module
+
+        return SemanticGraph(self, size)
+
     def result(self, logits: torch.Tensor) -> PanopticResult:
         """(K, H, W) logits of one image -> its `PanopticResult` (argmax class per pixel)."""
         return semantic_result(logits.argmax(0), self.categories, self.meta,

@@ -243,6 +243,13 @@ class TwoStagePanoptic(Configurable, nn.Module):
         inst.extra[RANK_FIELD] = self.ranking_head.rank_scores(small, inst.labels)
         return inst
 
+    def export_graph(self, size: tuple[int, int]) -> nn.Module:
+        """The whole system for one (3, *size) image as one traceable module (`TwoStageGraph`), what
+        ``panoptix export`` writes to ONNX."""
+        from panoptix.models.systems.two_stage_graph import TwoStageGraph  # it builds on this module
+
+        return TwoStageGraph(self, size)
+
     def fuse(self, raw: RawPanoptic, fusion: Callable[..., PanopticResult] | None = None,
              refine: Callable[..., PanopticResult] | None | Literal["default"] = "default") -> PanopticResult:
         """Merge one `RawPanoptic` with ``fusion`` (default: the system's) and ``refine`` (default:
