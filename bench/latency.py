@@ -1,7 +1,8 @@
 """Inference latency and training throughput: panoptix's R50 two-stage system against torchvision's
 maskrcnn_resnet50_fpn, same device, same run, same images; then the panoptic systems against each
 other: the CIAE one-stage system and the two-stage system at the same backbone (R50-FPN) and input
-size, end to end, network and merge separately, and CIAE exported to ONNX under onnxruntime.
+size, end to end, network and merge separately, and both exported whole to ONNX under onnxruntime
+(with the share of pixels whose segment id equals PyTorch's).
 
 All models are randomly initialised (no downloads); box/mask work is bounded the same way in both
 (RPN 1000 proposals at test time, 100 detections). Ours also runs the semantic head and the fusion,
@@ -10,7 +11,7 @@ that both systems merge the same number of instances (100) whatever random weigh
 
     python bench/latency.py                       # 800x1333 on a GPU; 400x667 on CPU (said in the table)
     python bench/latency.py --size 800 1333 --device cpu
-    python bench/latency.py --panoptic-only --panoptic-size 512 683   # CIAE vs two-stage (+ ONNX)
+    python bench/latency.py --panoptic-only --panoptic-size 512 683   # CIAE vs two-stage (+ both in ONNX)
 """
 
 from __future__ import annotations
@@ -180,11 +181,15 @@ def _model_row(name: str, model: torch.nn.Module, image: torch.Tensor, train_ima
 def panoptic_rows(meta: DatasetMeta, h: int, w: int, device: torch.device, warmup: int, repeat: int, amp: bool,
                   onnx: bool) -> list[dict]:
     """End-to-end, network and merge ms/image of the two-stage and CIAE R50 systems, CIAE with the
-    optional box classifier, and CIAE in ONNX."""
+    optional box classifier, and the systems in ONNX."""
     gen = torch.Generator().manual_seed(1)
     image = torch.rand(3, h, w, generator=gen).to(device)
     systems = (("two_stage R50-FPN (Panoptic FPN, heuristic merge)", "panoptic_fpn_r50",
                 ["model.fusion.score_thresh=0.0", "model.instance_head.box_score_thresh=0.0"]),
+               ("two_stage R50-FPN (UPSNet head and merge)", "panoptic_fpn_r50",
+                ["model.instance_head.box_score_thresh=0.0", "model.semantic_variant=all",
+                 "model.upsnet_head={name: upsnet}",
+                 "model.fusion={_delete_: true, name: upsnet, score_thresh: 0.0}"]),
                ("CIAE R50-FPN (one-stage, embedding merge)", "ciae_r50", ["model.detector.score_thresh=0.0"]),
                ("CIAE R50-FPN + RoIAlign box classifier", "ciae_r50",
                 ["model.detector.score_thresh=0.0", "model.classifier={name: roi_classifier}",
@@ -207,12 +212,14 @@ def panoptic_rows(meta: DatasetMeta, h: int, w: int, device: torch.device, warmu
         rows.append({"system": name, "config": config, "end_to_end_ms": 1000 * statistics.median(end_to_end),
                      "network_ms": 1000 * statistics.median(network), "merge_ms": 1000 * statistics.median(merge),
                      "instances": len(raw.instances), "runtime": "PyTorch"})
-        if config == "ciae_r50" and onnx and model.classifier is None:
-            rows.append(_onnx_row(model, h, w, image, repeat, name))
+        if onnx and getattr(model, "classifier", None) is None:
+            rows.append(_onnx_row(model, config, h, w, image, repeat, name))
     return rows
 
 
-def _onnx_row(model, h: int, w: int, image: torch.Tensor, repeat: int, name: str) -> dict:
+def _onnx_row(model, config: str, h: int, w: int, image: torch.Tensor, repeat: int, name: str) -> dict:
+    """The system exported whole, run by onnxruntime on the CPU: ms/image, and the share of pixels whose
+    segment id equals PyTorch's on the bench image."""
     import tempfile
 
     try:
@@ -221,14 +228,20 @@ def _onnx_row(model, h: int, w: int, image: torch.Tensor, repeat: int, name: str
         return {"system": name, "runtime": "onnxruntime", "skipped": "onnxruntime is not installed"}
     from panoptix.engine.export import export_onnx
 
+    model = model.cpu()
+    image = image.cpu()
     with tempfile.TemporaryDirectory() as tmp:
-        report = export_onnx(model, Path(tmp) / "ciae.onnx", (h, w))
+        report = export_onnx(model, Path(tmp) / "model.onnx", (h, w))
         session = ort.InferenceSession(report["path"], providers=["CPUExecutionProvider"])
-        feed = {"image": image.cpu().numpy()}
+        feed = {"image": image.numpy()}
         times = _time(lambda: session.run(None, feed), torch.device("cpu"), 1, repeat)
-    return {"system": name, "config": "ciae_r50", "runtime": f"onnxruntime CPU ({report['exporter']})",
+        theirs = torch.from_numpy(session.run(None, feed)[0])
+    with torch.no_grad():
+        ours = model([image])[0]
+    return {"system": name, "config": config, "runtime": f"onnxruntime CPU ({report['exporter']})",
             "end_to_end_ms": 1000 * statistics.median(times), "network_ms": None, "merge_ms": None,
-            "instances": None}
+            "instances": None, "export_seconds": report["seconds"], "segments": len(ours.segments),
+            "equal_pixels": float((theirs == ours.ids).float().mean())}
 
 
 def report_panoptic(rows: list[dict], device: torch.device, h: int, w: int, repeat: int, out: str | Path) -> int:
@@ -245,8 +258,10 @@ def report_panoptic(rows: list[dict], device: torch.device, h: int, w: int, repe
         net = f"{r['network_ms']:10.1f}" if r["network_ms"] is not None else f"{'-':>10s}"
         merge = f"{r['merge_ms']:9.2f} {r['merge_ms'] / base['merge_ms']:9.2f}x" if r["merge_ms"] is not None \
             else f"{'-':>9s} {'-':>10s}"
+        agree = f" {100 * r['equal_pixels']:.2f}% of pixels as PyTorch ({r['segments']} segments)" \
+            if "equal_pixels" in r else ""
         print(f"{r['system']:52s} {r['runtime']:34s} {r['end_to_end_ms']:13.1f} "
-              f"{r['end_to_end_ms'] / base['end_to_end_ms']:9.2f}x {net} {merge}")
+              f"{r['end_to_end_ms'] / base['end_to_end_ms']:9.2f}x {net} {merge}{agree}")
     if not gpu:
         print("CPU run: absolute times are not GPU figures; the seed's are 80 vs 121 ms at 800 px on a 2080Ti")
     out = Path(out)

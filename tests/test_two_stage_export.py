@@ -168,15 +168,16 @@ def test_predict_with_the_onnx_file_writes_what_the_checkpoint_writes(synth_root
 
     weights = str(last_checkpoint(trained_tiny))
     onnx = tmp_path / "m.onnx"
+    images = synth_root / "val"
     assert main(["export", "--weights", weights, "--out", str(onnx), "--size", "96", "96", "--repeat", "1",
-                 *ZERO]) == 0
-    assert "segment maps equal on 100.0000% of pixels" in capsys.readouterr().out
+                 "--check-input", str(images), "--check-images", "3", *ZERO]) == 0
+    assert "on 3 image(s) of" in (out := capsys.readouterr().out)
+    assert "segment maps equal on 100.0000% of pixels (3 of 3 image(s) wholly" in out
     meta = read_metadata(onnx)
     assert meta["task"] == "panoptic" and meta["input"]["shape"] == [3, 96, 96]
     assert {c["name"] for c in meta["categories"]} >= {"sky", "square"} and all(len(c["color"]) == 3
                                                                                 for c in meta["categories"])
     assert meta["normalisation"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    images = synth_root / "val"
     assert main(["predict", "--weights", weights, "--input", str(images), "--output", str(tmp_path / "pt"),
                  "--no-overlays", *ZERO]) == 0
     assert main(["predict", "--weights", str(onnx), "--input", str(images), "--output", str(tmp_path / "ox"),

@@ -22,7 +22,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"),
                    help="the image size the graph takes (resize images to it before running the graph)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with PyTorch")
+    p.add_argument("--check-input", default=None, metavar="PATH",
+                   help="compare on this image or folder of images (default: one random image), resized to --size")
+    p.add_argument("--check-images", type=int, default=20, help="--check-input: at most this many images")
     p.add_argument("--repeat", type=int, default=10, help="timed runs of the check")
+
+
+def check_images(path: str | None, limit: int, size: tuple[int, int]):
+    """The first ``limit`` images of ``path`` as (3, *size) float tensors (resized), or None."""
+    if path is None:
+        return None
+    from panoptix.data.png import read_image
+    from panoptix.engine.image_files import list_images
+    from panoptix.engine.predictor import to_tensor
+    from panoptix.models.preprocess import resize_image
+
+    files = list_images(path).files[:limit]
+    if not files:
+        raise PanoptixError(f"--check-input {path}: no image there")
+    return [resize_image(to_tensor(read_image(f), "cpu"), size) for f in files]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,14 +57,17 @@ def run(args: argparse.Namespace) -> int:
     if report["dynamo_error"]:
         print(f"  torch.export failed first: {report['dynamo_error']}")
     if not args.no_check:
-        check = check_onnx(model, out, repeat=args.repeat)
+        images = check_images(args.check_input, args.check_images, tuple(report["size"]))
+        check = check_onnx(model, out, repeat=args.repeat, images=images)
         report["check"] = check
         if check.get("skipped"):
             print(f"  check skipped: {check['skipped']}")
         else:
-            print(f"  onnxruntime vs PyTorch on a random image: segment maps equal on {check['equal_fraction']:.4%} "
-                  f"of pixels; onnxruntime {check['onnxruntime_ms']:.1f} ms/image, PyTorch {check['torch_ms']:.1f} "
-                  f"ms/image (CPU, median of {check['repeat']})")
+            what = f"{check['images']} image(s) of {args.check_input}" if args.check_input else "a random image"
+            print(f"  onnxruntime vs PyTorch on {what}: segment maps equal on {check['equal_fraction']:.4%} "
+                  f"of pixels ({check['equal_images']} of {check['images']} image(s) wholly; PyTorch found "
+                  f"{check['segments']} segments); onnxruntime {check['onnxruntime_ms']:.1f} ms/image, PyTorch "
+                  f"{check['torch_ms']:.1f} ms/image (CPU, median of {check['repeat']})")
     write_json(out.with_suffix(".json"), report)
     print(f"results: {out.with_suffix('.json')}")
     return 0
