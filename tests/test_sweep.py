@@ -56,5 +56,10 @@ def test_two_variants_two_seeds_table_json_and_resume(synth_root, tmp_path, caps
             cfg = json.loads((run / "config.json").read_text())
             assert cfg["engine"]["seed"] == seed and (run / "model_final.pth").is_file()
             assert cfg["model"]["semantic_head"]["loss_weight"] == (1.0 if variant == "lambda1" else 0.5)
-    assert main(args) == 0                                  # a re-run trains nothing
+    assert main([*args, "--baseline", "lambda1"]) == 0     # a re-run trains nothing; differences to lambda1
     assert "4 finished, 0 to train" in capsys.readouterr().out
+    again = json.loads((out / "sweep.json").read_text())
+    assert again["base"] == "lambda1" and "effect" not in again["rows"][1]["PQ"]
+    assert again["rows"][0]["PQ"]["effect"]["mean"] == pytest.approx(-other["PQ"]["effect"]["mean"])
+    assert main([*args, "--baseline", "nope"]) == 2
+    assert "--baseline 'nope' names no --variant or --eval-variant" in capsys.readouterr().err

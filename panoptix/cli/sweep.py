@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-variant", action="append", default=[], metavar="NAME=key=value,...",
                    help="a variant evaluated on the first variant's trained runs, the overrides applied when "
                         "loading them (another merge, a refinement): compared on the same models; repeatable")
+    p.add_argument("--baseline", default=None, metavar="NAME",
+                   help="the variant the paired differences are taken against (default: the first --variant)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated engine.seed values, the same for every variant")
     p.add_argument("--test-data", default=None, metavar="ROOT",
                    help="held-out set in COCO's layout (at least 1000 images for claims); default: each run's data.val")
@@ -49,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     runs = plan_runs(variants, seeds, out)
     if len({v.name for v in [*variants, *eval_variants]}) != len(variants) + len(eval_variants):
         raise PanoptixError("--variant and --eval-variant names must all differ")
+    if args.baseline is not None and args.baseline not in {v.name for v in [*variants, *eval_variants]}:
+        raise PanoptixError(f"--baseline {args.baseline!r} names no --variant or --eval-variant")
     max_iter = {v.name: load_config(args.config, [*args.overrides, *v.overrides], args.imports)["solver"]["max_iter"]
                 for v in variants}  # every variant's config is checked before anything trains
     todo = [r for r in runs if not r.finished(max_iter[r.variant.name])]
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         scores[(v.name, s)] = evaluation["headline"]
         sizes.add(evaluation["images"])
         keys = evaluation["keys"]
-    report = summarise([*variants, *eval_variants], seeds, scores)
+    report = summarise([*variants, *eval_variants], seeds, scores, args.baseline)
     report["evaluation_variants"] = [v.name for v in eval_variants]
     report.update({"config": args.config, "overrides": args.overrides, "test_data": args.test_data or "data.val",
                    "test_images": min(sizes), "seconds": round(time.time() - t0, 1), "table_keys": keys})

@@ -129,10 +129,13 @@ def train_runs(runs: Sequence[Run], commands: Sequence[list[str]], jobs: int, on
         list(pool.map(one, zip(runs, commands)))
 
 
-def summarise(variants: Sequence[Variant], seeds: Sequence[int], scores: dict[tuple[str, int], dict[str, float]]
-              ) -> dict[str, Any]:
-    """Per variant: each key's mean and sd over seeds, and its paired effect against the first variant."""
-    base = variants[0].name
+def summarise(variants: Sequence[Variant], seeds: Sequence[int], scores: dict[tuple[str, int], dict[str, float]],
+              base: str | None = None) -> dict[str, Any]:
+    """Per variant: each key's mean and sd over seeds, and its paired effect against ``base`` (a
+    variant's name; default the first variant)."""
+    base = base or variants[0].name
+    if base not in {v.name for v in variants}:
+        raise ValueError(f"the baseline {base!r} is not a variant ({', '.join(v.name for v in variants)})")
     keys = list(next(iter(scores.values())))
     rows = []
     for v in variants:
