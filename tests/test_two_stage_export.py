@@ -115,6 +115,7 @@ def test_onnx_graph_matches_pytorch_with_segments(synth_root, tmp_path, merge):
     ds = PanopticDataset.synthetic(synth_root, "val")
     model = seeded_model(ds.meta, *MERGES[merge]).eval()
     _, images = image_batch(ds, 1)
+    images = [images[0][:, :72, :90]]   # not a multiple of 32: the padding is computed right in the graph
     path = tmp_path / f"{merge}.onnx"
     export_onnx(model, path, tuple(images[0].shape[-2:]))
     check = check_onnx(model, path, image=images[0], repeat=1)

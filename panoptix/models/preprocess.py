@@ -97,12 +97,15 @@ class Preprocessor(Configurable, nn.Module):
     def forward(self, images: Sequence[torch.Tensor]) -> ImageList:
         check_images(images)
         if not self.training:
-            images = [resize_image(im, self.test_size(*im.shape[-2:])) for im in images]
+            # ints: an exported graph has a fixed size, and the tracer's shape values are tensors
+            images = [resize_image(im, self.test_size(int(im.shape[-2]), int(im.shape[-1]))) for im in images]
         return self.batch(images)
 
     def batch(self, images: Sequence[torch.Tensor]) -> ImageList:
         """Normalise and pad images as they are (no resize): (3, H_i, W_i) -> `ImageList`."""
-        sizes = [tuple(im.shape[-2:]) for im in images]
+        # ints: an exported graph has a fixed size, and traced shape arithmetic would round the padding
+        # toward zero (ONNX integer division), not up
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         normed = [(im - self.pixel_mean) / self.pixel_std for im in images]
         hp, wp = padded_size(sizes, self.size_divisibility)
         # F.pad, not a copy into a slice of a zero batch: the legacy ONNX tracer loses in-place copies

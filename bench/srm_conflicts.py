@@ -1,0 +1,108 @@
+"""What OANet's spatial ranking module learned: on the pixels where two or more pasted instances
+overlap (the pixels its loss trains on, OANet, Liu et al. 2019, Eq. 2), which ordering puts the
+right thing class on top, the ranking scores or the detection scores?
+
+For each held-out image, the instances the merge keeps (score >= its threshold, masks > 0.5) are
+stacked; on every pixel two or more of them cover, the top instance under each ordering gives a
+class, compared with the ground truth's thing class there (pixels whose truth is stuff or VOID are
+not counted). Prints, per checkpoint, the conflicting pixels and each ordering's accuracy on them,
+and how often the two orderings disagree; writes JSON beside the table.
+
+    python bench/srm_conflicts.py --weights runs/sweeps/occlusion/heuristic/seed_0 [more ...] \\
+        --data runs/occ_held --images 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from panoptix.data.datasets import PanopticDataset  # noqa: E402
+from panoptix.data.meta import IGNORE_INDEX  # noqa: E402
+from panoptix.data.targets import build_targets  # noqa: E402
+from panoptix.engine.build import load_model  # noqa: E402
+from panoptix.fusion.ranking import RANK_FIELD  # noqa: E402
+
+
+def top_class(masks: torch.Tensor, key: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool masks, (N,) order key, (N,) classes -> (H, W) class of the highest-keyed
+    covering instance (-1 where none covers)."""
+    order = key.argsort(descending=True, stable=True)
+    ranked = masks[order]
+    first = ranked.to(torch.uint8).argmax(0)
+    return torch.where(ranked.any(0), labels[order][first], torch.full_like(first, -1))
+
+
+def thing_lut(meta) -> torch.Tensor:
+    """(256,) int64: the contiguous thing class of each category index (``semantic_variant: all``), -1 for
+    stuff and for IGNORE_INDEX."""
+    lut = torch.full((IGNORE_INDEX + 1,), -1, dtype=torch.int64)
+    for k, c in enumerate(meta.category_ids):
+        if meta.isthing(c):
+            lut[k] = meta.thing_contiguous_id[c]
+    return lut
+
+
+def conflicts(model, dataset: PanopticDataset, images: int) -> dict[str, float]:
+    """Conflicting pixels of ``images`` images and each ordering's accuracy on them."""
+    thresh = model.min_instance_score
+    total = right_rank = right_score = differ = 0
+    for i in tqdm(range(min(images, len(dataset))), desc="images", leave=False):
+        sample = dataset[i]
+        image = torch.from_numpy(sample.image).permute(2, 0, 1).float() / 255
+        inst = model.predict_raw([image])[0].instances
+        inst = inst[inst.scores >= thresh]
+        if len(inst) < 2:
+            continue
+        masks = inst.masks > 0.5
+        conflict = masks.sum(0) >= 2
+        truth = build_targets(sample, dataset.meta, "all")["semantic"]   # category index, IGNORE_INDEX for VOID
+        gt = thing_lut(dataset.meta)[truth]
+        counted = conflict & (gt >= 0)
+        by_rank = top_class(masks, inst.extra[RANK_FIELD], inst.labels)
+        by_score = top_class(masks, inst.scores, inst.labels)
+        total += int(counted.sum())
+        right_rank += int((by_rank == gt)[counted].sum())
+        right_score += int((by_score == gt)[counted].sum())
+        differ += int((by_rank != by_score)[counted].sum())
+    return {"conflict_pixels": total, "rank_accuracy": right_rank / max(total, 1),
+            "score_accuracy": right_score / max(total, 1), "orders_differ": differ / max(total, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--weights", nargs="+", required=True, help="checkpoints (or run folders) with a ranking head")
+    ap.add_argument("--data", required=True, help="held-out set in COCO's layout")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--images", type=int, default=300)
+    ap.add_argument("--out", default="runs/bench/srm_conflicts.json")
+    args = ap.parse_args()
+    dataset = PanopticDataset.synthetic(args.data, args.split)   # COCO's layout
+    rows = []
+    for weights in args.weights:
+        model = load_model(weights, device="cpu")[0].eval()
+        if model.ranking_head is None:
+            raise SystemExit(f"{weights}: no ranking head")
+        with torch.no_grad():
+            rows.append({"weights": weights, **conflicts(model, dataset, args.images)})
+    print(f"{'checkpoint':50s} {'conflict px':>11s} {'rank acc':>9s} {'score acc':>9s} {'differ':>7s}")
+    for r in rows:
+        print(f"{r['weights']:50s} {r['conflict_pixels']:11d} {r['rank_accuracy']:9.3f} {r['score_accuracy']:9.3f} "
+              f"{r['orders_differ']:7.3f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"data": args.data, "images": args.images, "rows": rows}, indent=1))
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
