@@ -143,6 +143,15 @@ def test_scene_parser_exports_its_label_map(synth_root, tmp_path):
     assert export_onnx(model, path, (64, 96))["size"] == [64, 96]
     check = check_onnx(model, path, repeat=1)
     assert check["equal"]
+    from panoptix.engine.onnx_system import OnnxSystem
+
+    system = OnnxSystem(path)   # what predict --weights sem.onnx runs: the label map as a result
+    image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(3))
+    ours, theirs = system([image])[0], model([image])[0]
+    assert system.task == "semantic" and torch.equal(ours.ids, theirs.ids)
+    assert torch.equal(ours.extra["semantic"], theirs.extra["semantic"])
+    assert [(s.id, s.category_id, s.area) for s in ours.segments] == \
+        [(s.id, s.category_id, s.area) for s in theirs.segments]
 
 
 def test_metadata_refuses_a_graph_that_lost_its_input(tmp_path):

@@ -60,7 +60,7 @@ class OnnxSystem(nn.Module):
         self.size = tuple(int(v) for v in self.metadata["input"]["shape"][1:])
         self.categories = list(self.meta.category_ids)
         self.notes: list[str] = []
-        self.register_buffer("device_marker", torch.zeros(0), persistent=False)
+        self.eval()
 
     def forward(self, images: Sequence[Any]) -> list[PanopticResult]:
         if self.training:
