@@ -198,6 +198,11 @@ def test_predict_with_the_onnx_file_writes_what_the_checkpoint_writes(synth_root
     assert scores[0] == pytest.approx(scores[1], abs=1e-6)
     assert pt["annotations"] == ox["annotations"] and len(pt["annotations"]) == 24
     assert any(s["isthing"] for a in pt["annotations"] for s in a["segments_info"])
+    import panoptix
+
+    first = sorted(images.glob("*.jpg"))[0]
+    ids = panoptix.load(str(onnx))(str(first)).ids   # the Python API takes the file too
+    assert ids.shape == (96, 96) and ids.max() > 0
     for a in pt["annotations"]:
         name = a["file_name"]
         assert (tmp_path / "pt" / "panoptic_pred" / name).read_bytes() == \
