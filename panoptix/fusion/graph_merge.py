@@ -10,8 +10,11 @@ channels): ``ids`` (H, W) int32 segment ids, and per segment q + 1 its ``categor
 The heuristic's overlap rule is sequential in paste order (an instance's fate depends on which
 earlier ones were pasted). Here it is unrolled over the D padded rows: step k tests row k against
 the pixels taken so far and takes its free pixels when it passes. That is the rule itself, not an
-approximation, and costs D steps of O(H W). UPSNet's duplicate removal is unrolled the same way
-over the (D, D) IoU matrix.
+approximation, and costs D steps of O(H W) (the PyTorch merge runs it on each instance's extent).
+UPSNet's duplicate removal runs row by row over the (D, D) IoU matrix.
+
+The steps both forms share live here, once: the stuff step, UPSNet's duplicate removal, its channel
+numbering, the inverted sigmoid, the semantic argmax.
 """
 
 from __future__ import annotations
@@ -52,17 +55,75 @@ def _outputs(ids: torch.Tensor, q: int, segment: torch.Tensor, categories: torch
             areas)
 
 
-def _stuff_segments(ids: torch.Tensor, sem: torch.Tensor, table: torch.Tensor, first: torch.Tensor,
-                    min_area: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """`fill_stuff` in fixed shapes: the ids with free pixels given to stuff classes covering at least
-    ``min_area`` of them, numbered from ``first`` + 1 in channel order, and each channel's segment (K,)."""
-    k = table.shape[0]
+def semantic_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """(K, H, W) -> (H, W) int64 index of the first maximum (``max(0).indices``: the same answer as
+    ``argmax(0)``, about twice as fast on the CPU)."""
+    return logits.max(0).indices
+
+
+def stuff_argmax(logits: torch.Tensor, table: torch.Tensor, stuff_source: str = "argmax") -> torch.Tensor:
+    """The semantic class the heuristic fills free pixels from: the argmax over all channels
+    (``"argmax"``), or over the stuff channels only (``"stuff_only"``, OANet); ``table`` (K,) is -1 on
+    thing channels."""
+    if stuff_source == "stuff_only":
+        return semantic_argmax(logits.masked_fill((table < 0)[:, None, None], float("-inf")))
+    if stuff_source == "argmax":
+        return semantic_argmax(logits)
+    raise ValueError(f"stuff_source must be 'argmax' or 'stuff_only', got {stuff_source!r}")
+
+
+def stuff_segments(ids: torch.Tensor, sem: torch.Tensor, table: torch.Tensor, first: torch.Tensor | int,
+                   min_area: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The heuristic's stuff step: the free pixels (id 0) of each stuff class of ``sem`` (H, W) go to
+    it when it covers at least ``min_area`` of them, as segments numbered from ``first`` + 1 in
+    channel order. Returns (the new ids, each channel's segment (K,) (0: none), its free pixels (K,))."""
     free = (ids == 0) & (table[sem] >= 0)
-    counts = torch.zeros(k, dtype=torch.int64, device=ids.device).scatter_add(0, sem.flatten(), free.flatten().long())
+    counts = torch.zeros(table.shape[0], dtype=torch.int64, device=ids.device).scatter_add(
+        0, sem.flatten(), free.flatten().long())
     kept = (counts > 0) & (counts.float() >= min_area) & (table >= 0)
     segment = torch.where(kept, first + torch.cumsum(kept.long(), 0), torch.zeros_like(counts))
     stuff_ids = segment[sem]
-    return torch.where(free & (stuff_ids > 0), stuff_ids.to(torch.int32), ids), segment
+    return torch.where(free & (stuff_ids > 0), stuff_ids.to(torch.int32), ids), segment, counts
+
+
+def inverse_sigmoid(probs: torch.Tensor, limit: float = 16.0) -> torch.Tensor:
+    """Logits of probabilities, clamped at +-``limit`` (sigmoid(16) = 1 - 1e-7)."""
+    p = probs.float().clamp(1e-7, 1 - 1e-7)
+    return (torch.log(p) - torch.log1p(-p)).clamp(-limit, limit)
+
+
+def remove_duplicate_rows(masks: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, iou_thresh: float,
+                          class_agnostic: bool = False) -> torch.Tensor:
+    """Greedy mask-IoU suppression over the ``keep`` (N,) rows of (N, H, W) bool masks, highest score
+    first -> (N,) bool: row i goes when its IoU with a kept earlier row of its class (of any class when
+    ``class_agnostic``) exceeds ``iou_thresh``. The rule runs row by row (N small vector steps; it
+    traces)."""
+    n = masks.shape[0]
+    flat = masks.flatten(1).float()
+    inter = flat @ flat.T
+    area = flat.sum(1)
+    dup = inter / (area[:, None] + area[None] - inter).clamp(min=1) > iou_thresh
+    if not class_agnostic:
+        dup = dup & (labels[:, None] == labels[None])
+    index = torch.arange(n, device=masks.device)
+    kept = torch.zeros_like(keep)
+    for i in range(n):   # kept holds the decisions of rows before i only
+        ok = keep[i] & ~(dup[i] & kept).any()
+        kept = kept | ((index == i) & ok)
+    return kept
+
+
+def channel_segments(counts: torch.Tensor, n_stuff: int, n_inst: int, min_area: float) -> torch.Tensor:
+    """UPSNet's segment id of every panoptic channel (C,) int64, from its winning pixel count (C,):
+    instances that win somewhere first, in channel (score) order, then stuff channels winning at least
+    ``min_area`` pixels; 0 is VOID (the unknown channel among them)."""
+    inst_kept = counts[n_stuff:n_stuff + n_inst] > 0
+    stuff = counts[:n_stuff]
+    stuff_kept = (stuff > 0) & (stuff.float() >= min_area)
+    inst_segment = torch.where(inst_kept, torch.cumsum(inst_kept.long(), 0), torch.zeros_like(inst_kept.long()))
+    stuff_segment = torch.where(stuff_kept, inst_kept.long().sum() + torch.cumsum(stuff_kept.long(), 0),
+                                torch.zeros_like(stuff))
+    return torch.cat([stuff_segment, inst_segment, counts.new_zeros(counts.shape[0] - n_stuff - n_inst)])
 
 
 def heuristic_graph_merge(scores: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor,
@@ -103,34 +164,12 @@ def heuristic_graph_merge(scores: torch.Tensor, labels: torch.Tensor, masks: tor
     accepted = torch.stack(accepted)
     segment = torch.where(accepted, torch.cumsum(accepted.long(), 0), torch.zeros_like(area))
     ids = torch.where(taken, segment[owner], torch.zeros_like(owner)).to(torch.int32)
-    if stuff_source == "stuff_only":
-        sem = semantic_logits.masked_fill((semantic_categories < 0)[:, None, None], float("-inf")).argmax(0)
-    else:
-        sem = semantic_logits.argmax(0)
-    ids, stuff_segment = _stuff_segments(ids, sem, semantic_categories, accepted.long().sum(), min_area)
+    sem = stuff_argmax(semantic_logits, semantic_categories, stuff_source)
+    ids, stuff_segment, _ = stuff_segments(ids, sem, semantic_categories, accepted.long().sum(), min_area)
     categories = torch.cat([thing_categories[labels[rank]], semantic_categories])
     seg_scores = torch.cat([scores[rank], torch.ones_like(semantic_categories, dtype=torch.float32)])
     return _outputs(ids, d + semantic_categories.shape[0], torch.cat([segment, stuff_segment]), categories,
                     seg_scores)
-
-
-def _unique_rows(binary: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, iou_thresh: float,
-                 class_agnostic: bool) -> torch.Tensor:
-    """`panoptix.fusion.upsnet.remove_duplicates` over the ``keep`` rows of score-ordered (D, H, W)
-    masks, unrolled: row i goes when its IoU with a kept earlier row exceeds ``iou_thresh``."""
-    flat = binary.flatten(1).float()
-    inter = flat @ flat.T
-    area = flat.sum(1)
-    iou = inter / (area[:, None] + area[None] - inter).clamp(min=1)
-    dup = iou > iou_thresh
-    if not class_agnostic:
-        dup = dup & (labels[:, None] == labels[None])
-    unique = []
-    for i in range(binary.shape[0]):
-        earlier = torch.stack(unique) if unique else keep.new_zeros(0)
-        gone = (dup[i, :i] & earlier).any() if i else keep.new_zeros(())
-        unique.append(keep[i] & ~gone)
-    return torch.stack(unique)
 
 
 def upsnet_graph_merge(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor,
@@ -145,10 +184,9 @@ def upsnet_graph_merge(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.
     keep = valid & (scores >= score_thresh)
     rank = _descending(torch.where(keep, scores, torch.full_like(scores, -1.0)))
     keep, boxes, labels, scores = keep[rank], boxes[rank], labels[rank], scores[rank]
-    p = masks[rank].float().clamp(1e-7, 1 - 1e-7)
-    logits = (torch.log(p) - torch.log1p(-p)).clamp(-16.0, 16.0)
-    unique = _unique_rows(logits > float(torch.logit(torch.tensor(mask_thresh))), labels, keep, duplicate_iou,
-                          class_agnostic)
+    logits = inverse_sigmoid(masks[rank])
+    unique = remove_duplicate_rows(logits > float(torch.logit(torch.tensor(mask_thresh))), labels, keep,
+                                   duplicate_iou, class_agnostic)
     stuff = (semantic_categories >= 0).nonzero()[:, 0]
     things = (semantic_categories < 0).nonzero()[:, 0]
     sem = semantic_logits.float()
@@ -163,17 +201,13 @@ def upsnet_graph_merge(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.
     n_stuff = stuff.shape[0]
     counts = torch.zeros(n_stuff + d + 1, dtype=torch.int64, device=sem.device).scatter_add(
         0, winner.flatten(), torch.ones_like(winner.flatten()))
-    inst_kept = counts[n_stuff:n_stuff + d] > 0
-    n_things = inst_kept.long().sum()
-    stuff_kept = (counts[:n_stuff] > 0) & (counts[:n_stuff].float() >= min_area)
-    inst_segment = torch.where(inst_kept, torch.cumsum(inst_kept.long(), 0), torch.zeros_like(counts[:d]))
-    stuff_segment = torch.where(stuff_kept, n_things + torch.cumsum(stuff_kept.long(), 0),
-                                torch.zeros_like(counts[:n_stuff]))
-    channel_segment = torch.cat([stuff_segment, inst_segment, counts.new_zeros(1)])
+    channel_segment = channel_segments(counts, n_stuff, d, min_area)
     ids = channel_segment[winner].to(torch.int32)
     categories = torch.cat([thing_categories[labels], semantic_categories[stuff]])
     seg_scores = torch.cat([scores.float(), sem.new_ones(n_stuff)])
-    return _outputs(ids, d + n_stuff, torch.cat([inst_segment, stuff_segment]), categories, seg_scores)
+    segment = torch.cat([channel_segment[n_stuff:n_stuff + d], channel_segment[:n_stuff]])
+    return _outputs(ids, d + n_stuff, segment, categories, seg_scores)
 
 
-__all__ = ["heuristic_graph_merge", "upsnet_graph_merge", "pad_rows", "PANOPTIC_OUTPUTS"]
+__all__ = ["heuristic_graph_merge", "upsnet_graph_merge", "pad_rows", "PANOPTIC_OUTPUTS", "semantic_argmax",
+           "stuff_argmax", "stuff_segments", "inverse_sigmoid", "remove_duplicate_rows", "channel_segments"]

@@ -26,7 +26,7 @@ import torch
 
 from panoptix.fusion.area import stuff_area_limit
 from panoptix.fusion.box_mask import box_mask
-from panoptix.fusion.graph_merge import upsnet_graph_merge
+from panoptix.fusion.graph_merge import channel_segments, inverse_sigmoid, remove_duplicate_rows, upsnet_graph_merge
 from panoptix.fusion.needs import declare
 from panoptix.registry import FUSIONS
 from panoptix.structures import Instances, PanopticResult, SegmentInfo
@@ -77,35 +77,15 @@ def remove_duplicates(masks: torch.Tensor, labels: torch.Tensor, iou_thresh: flo
                       class_agnostic: bool = False) -> torch.Tensor:
     """Greedy mask-IoU suppression: (N, H, W) bool masks, highest score first -> (N,) bool keep.
     Instance i goes when its mask IoU with a kept, higher-ranked instance of its class (of any
-    class when ``class_agnostic``) exceeds ``iou_thresh`` (a fixed point, like the heuristic's
-    overlap rule)."""
-    n = len(masks)
-    if n == 0:
-        return torch.zeros(0, dtype=torch.bool, device=masks.device)
-    flat = masks.flatten(1).float()
-    inter = flat @ flat.T
-    area = flat.sum(1)
-    iou = inter / (area[:, None] + area[None] - inter).clamp(min=1)
-    earlier = torch.ones(n, n, dtype=torch.bool, device=masks.device).tril(-1)  # [i, j]: j ranked before i
-    dup = (iou > iou_thresh) & earlier
-    if not class_agnostic:
-        dup &= labels[:, None] == labels[None]
-    keep = torch.ones(n, dtype=torch.bool, device=masks.device)
-    for _ in range(n + 1):
-        new = ~(dup & keep[None]).any(1)
-        if torch.equal(new, keep):
-            break
-        keep = new
-    return keep
+    class when ``class_agnostic``) exceeds ``iou_thresh`` (`remove_duplicate_rows` over all rows)."""
+    keep = torch.ones(masks.shape[0], dtype=torch.bool, device=masks.device)
+    return remove_duplicate_rows(masks, labels, keep, iou_thresh, class_agnostic)
 
 
 def mask_logits_of(instances: Instances) -> torch.Tensor:
     """(N, H, W) mask logits of pasted instances (probabilities are inverted, clamped at +-16)."""
     masks = instances.masks[:, 0] if instances.masks.dim() == 4 else instances.masks
-    if instances.mask_logits:
-        return masks.float()
-    p = masks.float().clamp(1e-7, 1 - 1e-7)
-    return (torch.log(p) - torch.log1p(-p)).clamp(-_MAX_MASK_LOGIT, _MAX_MASK_LOGIT)
+    return masks.float() if instances.mask_logits else inverse_sigmoid(masks, _MAX_MASK_LOGIT)
 
 
 @FUSIONS.register("upsnet")
@@ -146,9 +126,11 @@ def upsnet_fusion(instances: Instances | None, semantic_logits: torch.Tensor,
     pan = panoptic_logits(semantic_logits.float(), stuff_ch, thing_ch, boxes, labels, logits)
     winner = pan.argmax(0)
     counts = torch.bincount(winner.flatten(), minlength=pan.shape[0])
-    channel_segment, inst_kept, stuff_kept = _channel_segments(
-        counts, len(stuff_ch), len(boxes), stuff_area_limit((h, w), stuff_min_area, stuff_min_area_fraction))
-    n_stuff, n_inst, n_things = len(stuff_ch), len(boxes), int(inst_kept.sum())
+    n_stuff, n_inst = len(stuff_ch), len(boxes)
+    channel_segment = channel_segments(counts, n_stuff, n_inst,
+                                       stuff_area_limit((h, w), stuff_min_area, stuff_min_area_fraction))
+    inst_kept, stuff_kept = channel_segment[n_stuff:n_stuff + n_inst] > 0, channel_segment[:n_stuff] > 0
+    n_things = int(inst_kept.sum())
     stuff_table = torch.as_tensor(list(semantic_categories), device=semantic_logits.device)[stuff_ch]
     segments = [SegmentInfo(i + 1, int(thing_categories[int(c)]), True, float(s), int(a))
                 for i, (c, s, a) in enumerate(zip(labels[inst_kept].tolist(), scores[inst_kept].tolist(),
@@ -179,23 +161,6 @@ def _unique_instances(instances: Instances | None, semantic_logits: torch.Tensor
     unique = remove_duplicates(logits > thresh, inst.labels, duplicate_iou, class_agnostic)
     inst = inst[unique]
     return inst.boxes, inst.labels, inst.scores, logits[unique]
-
-
-def _channel_segments(counts: torch.Tensor, n_stuff: int, n_inst: int, min_area: float
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Segment id of every panoptic channel from its winning pixel count (C,): instances that win
-    somewhere first, in score order, then stuff channels winning at least ``min_area`` pixels; 0 is
-    VOID (the unknown channel among them). Returns (segment id (C,) int64, kept instances (N,) bool,
-    kept stuff (S,) bool)."""
-    device = counts.device
-    inst_kept = counts[n_stuff:n_stuff + n_inst] > 0
-    stuff_kept = (counts[:n_stuff] > 0) & (counts[:n_stuff] >= min_area)
-    channel_segment = torch.zeros(len(counts), dtype=torch.int64, device=device)
-    n_things = int(inst_kept.sum())
-    channel_segment[n_stuff:n_stuff + n_inst][inst_kept] = torch.arange(1, n_things + 1, device=device)
-    channel_segment[:n_stuff][stuff_kept] = torch.arange(n_things + 1, n_things + int(stuff_kept.sum()) + 1,
-                                                         device=device)
-    return channel_segment, inst_kept, stuff_kept
 
 
 __all__ = ["upsnet_fusion", "panoptic_logits", "split_channels", "box_mask", "remove_duplicates", "mask_logits_of"]

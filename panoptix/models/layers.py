@@ -20,7 +20,6 @@ def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(g, channels)
 
 
-
 def adaptive_pool(x: torch.Tensor, size: tuple[int, int], mode: str = "avg") -> torch.Tensor:
     """Adaptive ``"avg"`` or ``"max"`` pooling of (B, C, H, W) to ``size``: a fixed-kernel pool when the
     bins are whole (the same numbers; it exports to ONNX where the tracer does not know the input's
@@ -30,6 +29,7 @@ def adaptive_pool(x: torch.Tensor, size: tuple[int, int], mode: str = "avg") -> 
         kernel = (h // size[0], w // size[1])
         return F.avg_pool2d(x, kernel) if mode == "avg" else F.max_pool2d(x, kernel)
     return F.adaptive_avg_pool2d(x, size) if mode == "avg" else F.adaptive_max_pool2d(x, size)
+
 
 class DeformConv3x3(nn.Module):
     """3x3 deformable convolution (DCNv1) with learned offsets initialised to zero.

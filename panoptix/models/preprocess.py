@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
 from panoptix.data.meta import IGNORE_INDEX
+from panoptix.errors import ExportError
 from panoptix.image_input import as_image_tensors
 from panoptix.registry import Configurable
 
@@ -41,6 +42,18 @@ def inference_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, i
         return h, w
     scale = min(min_size / min(h, w), max_size / max(h, w))
     return max(1, round(h * scale)), max(1, round(w * scale))
+
+def export_size(preprocess: Preprocessor, size: Sequence[int]) -> tuple[int, int]:
+    """``size`` (H, W) as ints for an exported graph, refused in one line when ``preprocess`` would
+    resize an image of that size (the graph takes images at the size it runs them)."""
+    size = (int(size[0]), int(size[1]))
+    resized = inference_size(*size, preprocess.min_size_test, preprocess.max_size_test)
+    if resized != size:
+        raise ExportError(f"the model resizes a {size[0]}x{size[1]} image to {resized[0]}x{resized[1]} "
+                          f"(model.preprocess.min_size_test={preprocess.min_size_test}); export at --size "
+                          f"{resized[0]} {resized[1]} and resize images to it, or pass "
+                          f"model.preprocess.min_size_test=0")
+    return size
 
 def padded_size(sizes: Sequence[tuple[int, int]], divisibility: int) -> tuple[int, int]:
     d = max(1, divisibility)
@@ -113,5 +126,5 @@ class Preprocessor(Configurable, nn.Module):
         batch = torch.stack([F.pad(im, (0, wp - im.shape[2], 0, hp - im.shape[1])) for im in normed])
         return ImageList(batch, sizes)
 
-__all__ = ["Preprocessor", "resize_image", "check_images", "pad_maps", "padded_size", "inference_size",
+__all__ = ["Preprocessor", "export_size", "resize_image", "check_images", "pad_maps", "padded_size", "inference_size",
            "IMAGENET_MEAN", "IMAGENET_STD"]

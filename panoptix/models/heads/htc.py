@@ -21,12 +21,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import roi_align
 
 from panoptix.models.heads.cascade import CascadeMaskRCNN
+from panoptix.models.layers import adaptive_pool
 from panoptix.registry import ROI_HEADS
 from panoptix.structures import Instances
 
@@ -83,8 +83,7 @@ class HybridTaskCascade(CascadeMaskRCNN):
         x = pool(feats, boxes, image_sizes)
         sem = self.semantic_roi(semantic, boxes) if kind in self.semantic_fusion else None
         if sem is not None:
-            # 14x14 -> 7x7: adaptive pooling's bins are exactly 2x2 here, and a fixed pool exports to ONNX
-            x = x + (F.avg_pool2d(sem, 2) if kind == "bbox" else sem)
+            x = x + (adaptive_pool(sem, (7, 7), "avg") if kind == "bbox" else sem)
         return x
 
     def mask_chain(self, roi: torch.Tensor, last: int, with_logits: str = "last") -> list[torch.Tensor]:

@@ -66,7 +66,6 @@ def aggregate_levels(towers: nn.ModuleList, feats: Mapping[str, torch.Tensor]) -
     return out
 
 
-
 class SemanticHead(Configurable, nn.Module):
     """Base of the semantic heads: subclasses build ``self.classifier`` and implement `features`.
 

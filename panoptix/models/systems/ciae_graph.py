@@ -9,20 +9,18 @@ from torch import nn
 from panoptix.fusion.embedding import assign_segments
 from panoptix.fusion.graph_merge import PANOPTIC_OUTPUTS
 from panoptix.models.heads.fcos import LOCATION_FIELD
+from panoptix.models.preprocess import export_size
 from panoptix.models.systems.ciae import CIAEPanoptic, image_embeddings, read_queries
-from panoptix.models.systems.two_stage_graph import check_export_size
-
-OUTPUT_NAMES = PANOPTIC_OUTPUTS
 
 
 class CIAEGraph(nn.Module):
-    """A `CIAEPanoptic` on one image of a fixed ``size``: (3, H, W) float 0..1 -> ``OUTPUT_NAMES``."""
+    """A `CIAEPanoptic` on one image of a fixed ``size``: (3, H, W) float 0..1 -> ``PANOPTIC_OUTPUTS``."""
 
-    output_names = OUTPUT_NAMES
+    output_names = PANOPTIC_OUTPUTS
 
     def __init__(self, model: CIAEPanoptic, size: tuple[int, int]) -> None:
         super().__init__()
-        self.model, self.size = model.eval(), check_export_size(model.preprocess, size)
+        self.model, self.size = model.eval(), export_size(model.preprocess, size)
         self.register_buffer("stuff_categories", torch.as_tensor(model.stuff_categories, dtype=torch.int64))
         self.register_buffer("thing_categories", torch.as_tensor(model.thing_categories, dtype=torch.int64))
         self.stuff_min_area = model.stuff_area_limit(self.size)
@@ -42,4 +40,4 @@ class CIAEGraph(nn.Module):
         return ids, categories, scores, areas
 
 
-__all__ = ["CIAEGraph", "OUTPUT_NAMES"]
+__all__ = ["CIAEGraph"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from panoptix.models.systems.two_stage_graph import check_export_size
+from panoptix.models.preprocess import export_size
 
 OUTPUT_NAMES = ("labels",)
 
@@ -20,7 +20,7 @@ class SemanticGraph(nn.Module):
 
     def __init__(self, model: nn.Module, size: tuple[int, int]) -> None:
         super().__init__()
-        self.model, self.size = model.eval(), check_export_size(model.preprocess, size)
+        self.model, self.size = model.eval(), export_size(model.preprocess, size)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         batch = self.model.preprocess([image])

@@ -22,20 +22,8 @@ from panoptix.fusion.graph_merge import PANOPTIC_OUTPUTS, pad_rows
 from panoptix.fusion.needs import graph_merge
 from panoptix.fusion.ranking import RANK_FIELD
 from panoptix.models.postprocess import paste_masks, resize_semantic_logits
-from panoptix.models.preprocess import inference_size
+from panoptix.models.preprocess import export_size
 from panoptix.models.roi_align import MatmulMultiScaleRoIAlign
-
-
-def check_export_size(preprocess: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
-    """``size`` as ints, refused in one line when the model would resize an image of that size."""
-    size = (int(size[0]), int(size[1]))
-    resized = inference_size(*size, preprocess.min_size_test, preprocess.max_size_test)
-    if resized != size:
-        raise ExportError(f"the model resizes a {size[0]}x{size[1]} image to {resized[0]}x{resized[1]} "
-                          f"(model.preprocess.min_size_test={preprocess.min_size_test}); export at --size "
-                          f"{resized[0]} {resized[1]} and resize images to it, or pass "
-                          f"model.preprocess.min_size_test=0")
-    return size
 
 
 def kernel_pooling(module: nn.Module) -> nn.Module:
@@ -64,7 +52,7 @@ class TwoStageGraph(nn.Module):
 
     def __init__(self, model: nn.Module, size: tuple[int, int]) -> None:
         super().__init__()
-        self.size = check_export_size(model.preprocess, size)
+        self.size = export_size(model.preprocess, size)
         head = model.instance_head
         self.merge, self.merge_args = graph_merge(model.fusion)
         if self.merge is None:
@@ -76,11 +64,10 @@ class TwoStageGraph(nn.Module):
                               "model.refine=null and refine the exported model's output separately")
         self.model = kernel_pooling(copy.deepcopy(model)).eval()
         self.detections = int(head.detections_per_img)
-        self.order = self.merge_args.pop("order", None)
-        order_by = self.merge_args.pop("order_by", None)
+        order, order_by = self.merge_args.pop("order", None), self.merge_args.pop("order_by", None)
         if order_by not in (None, RANK_FIELD):
             raise ExportError(f"the merge orders by {order_by!r}, which the exported graph does not compute")
-        self.order = self.order or ("rank" if order_by else None)
+        self.order = order or ("rank" if order_by else None)   # the heuristic's order_by=rank_scores is rank
         if self.order and model.ranking_head is None:
             raise ExportError("the ranking merge needs the model's ranking head, and this model has none")
         self.register_buffer("semantic_categories", torch.as_tensor(model.semantic_categories, dtype=torch.int64))
@@ -120,4 +107,4 @@ class TwoStageGraph(nn.Module):
         return rank * scores if self.order == "rank_x_score" else rank
 
 
-__all__ = ["TwoStageGraph", "check_export_size", "kernel_pooling"]
+__all__ = ["TwoStageGraph", "kernel_pooling"]
