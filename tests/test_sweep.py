@@ -21,6 +21,11 @@ def test_variants_parse_and_the_interval_is_students_t():
     assert v.overrides == ["model.refine={name: crf, backend: torch}", "data.min_size_train=[64,80]"]
     with pytest.raises(PanoptixError, match="not key=value"):
         Variant.parse("x=solver.max_iter")
+    assert Variant.parse_tta("ms_flip=scales=0.5,1 flip") == Variant("ms_flip", [], "scales=0.5,1 flip")
+    with pytest.raises(PanoptixError, match="NAME=SETTINGS"):
+        Variant.parse_tta("flip")
+    with pytest.raises(PanoptixError, match="unknown item 'flop'"):
+        Variant.parse_tta("f=flop")
     # differences 1, 2, 3: mean 2, sd 1, t(2) = 4.303 -> half width 4.303 / sqrt(3)
     effect = paired_effect([11.0, 12.0, 13.0], [10.0, 10.0, 10.0])
     assert effect["mean"] == 2.0 and effect["n"] == 3
@@ -35,17 +40,20 @@ def test_two_variants_two_seeds_table_json_and_resume(synth_root, tmp_path, caps
                  if not o.startswith("engine.output_dir")]
     args = ["sweep", "--config", "panoptic_fpn_tiny", "--variant", "base", "--variant",
             "lambda1=model.semantic_head.loss_weight=1.0", "--eval-variant", "all_scores=model.fusion.score_thresh=0.0",
-            "--seeds", "0,1", "--jobs", "2", "--out", str(out),
+            "--eval-tta", "flip=flip", "--seeds", "0,1", "--jobs", "2", "--out", str(out),
             *overrides]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| variant | PQ | PQ_th | PQ_st |" in printed and "| lambda1 |" in printed
     report = json.loads((out / "sweep.json").read_text())
-    assert [r["variant"] for r in report["rows"]] == ["base", "lambda1", "all_scores"] and report["seeds"] == [0, 1]
-    base, other, evaluated = report["rows"]
+    assert [r["variant"] for r in report["rows"]] == ["base", "lambda1", "all_scores", "flip"]
+    assert report["seeds"] == [0, 1] and report["tta"] == {"flip": "flip"}
+    base, other, evaluated, flipped = report["rows"]
+    assert flipped["PQ"]["effect"]["n"] == 2 and not (out / "flip").exists()
     assert not (out / "all_scores").exists() and evaluated["PQ"]["effect"]["n"] == 2   # the base's runs, reloaded
     cached = json.loads((out / "base" / "seed_0" / "sweep_eval.json").read_text())
-    assert any(k.endswith(" model.fusion.score_thresh=0.0") for k in cached) and len(cached) == 2
+    assert any(k.endswith(" model.fusion.score_thresh=0.0") for k in cached) and len(cached) == 3
+    assert any(k.endswith(" tta=flip") for k in cached)
     assert "effect" not in base["PQ"] and other["PQ"]["effect"]["n"] == 2
     diffs = [a - b for a, b in zip(other["PQ"]["values"], base["PQ"]["values"])]
     assert other["PQ"]["effect"]["mean"] == pytest.approx(sum(diffs) / 2)

@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-variant", action="append", default=[], metavar="NAME=key=value,...",
                    help="a variant evaluated on the first variant's trained runs, the overrides applied when "
                         "loading them (another merge, a refinement): compared on the same models; repeatable")
+    p.add_argument("--eval-tta", action="append", default=[], metavar="NAME=SETTINGS",
+                   help="an evaluation variant: the first variant's runs with test-time augmentation, as predict "
+                        "--tta takes it (e.g. \"tta=scales=0.75,1,1.25 flip\"); repeatable")
     p.add_argument("--baseline", default=None, metavar="NAME",
                    help="the variant the paired differences are taken against (default: the first --variant)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated engine.seed values, the same for every variant")
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from panoptix.engine.sweep import Variant, evaluate_run, markdown, plan_runs, summarise, train_command, train_runs
 
     variants = [Variant.parse(v) for v in args.variant]
-    eval_variants = [Variant.parse(v) for v in args.eval_variant]
+    eval_variants = [Variant.parse(v) for v in args.eval_variant] + [Variant.parse_tta(v) for v in args.eval_tta]
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -68,12 +71,13 @@ def run(args: argparse.Namespace) -> int:
     for v, s in tqdm(evaluations, desc="evaluate", unit="run"):
         run = next(r for r in runs if r.variant.name == trained_on[v.name] and r.seed == s)
         evaluation = evaluate_run(run, args.test_data, args.test_split, args.device, args.batch_size,
-                                  v.overrides if v in eval_variants else ())
+                                  v.overrides if v in eval_variants else (), v.tta)
         scores[(v.name, s)] = evaluation["headline"]
         sizes.add(evaluation["images"])
         keys = evaluation["keys"]
     report = summarise([*variants, *eval_variants], seeds, scores, args.baseline)
     report["evaluation_variants"] = [v.name for v in eval_variants]
+    report["tta"] = {v.name: v.tta for v in eval_variants if v.tta}
     report.update({"config": args.config, "overrides": args.overrides, "test_data": args.test_data or "data.val",
                    "test_images": min(sizes), "seconds": round(time.time() - t0, 1), "table_keys": keys})
     write_report(out, "sweep", report, markdown(report, keys))

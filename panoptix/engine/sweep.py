@@ -36,10 +36,12 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 
 @dataclass
 class Variant:
-    """A named set of config overrides (none: the base config)."""
+    """A named set of config overrides (none: the base config); an evaluation variant may also name
+    test-time augmentation (``tta``, as ``predict --tta`` takes it)."""
 
     name: str
     overrides: list[str] = field(default_factory=list)
+    tta: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -52,6 +54,18 @@ class Variant:
         if bad:
             raise PanoptixError(f"--variant {name}: {bad[0]!r} is not key=value")
         return cls(name, overrides)
+
+    @classmethod
+    def parse_tta(cls, text: str) -> Variant:
+        """``NAME=SETTINGS``: the base's runs evaluated with test-time augmentation ``SETTINGS``
+        (``"scales=0.5,1,2 flip"``), checked here."""
+        from panoptix.engine.ensemble import TTASettings
+
+        name, _, settings = text.partition("=")
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name) or not settings.strip():
+            raise PanoptixError(f"--eval-tta {text!r}: NAME=SETTINGS, e.g. flip_scales='scales=0.75,1,1.25 flip'")
+        TTASettings.parse(settings)
+        return cls(name, [], settings.strip())
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -166,21 +180,27 @@ def markdown(report: dict[str, Any], keys: Sequence[str] | None = None) -> str:
 
 
 def evaluate_run(run: Run, test_data: str | None, test_split: str, device: str, batch_size: int,
-                 overrides: Sequence[str] = ()) -> dict[str, Any]:
+                 overrides: Sequence[str] = (), tta: str | None = None) -> dict[str, Any]:
     """The run's headline figures (its task's, in percent) on ``test_data`` (COCO layout: ``ROOT``,
     ``test_split``) or else its own ``data.val``, the model loaded with ``overrides`` (an evaluation
-    variant: another merge, a refinement); cached in ``RUN/sweep_eval.json`` per test set and overrides."""
+    variant: another merge, a refinement) and wrapped in test-time augmentation ``tta`` (its task's,
+    as ``predict --tta``); cached in ``RUN/sweep_eval.json`` per test set, overrides and ``tta``."""
     from panoptix.data.spec import DatasetSpec
-    from panoptix.engine.build import build_dataset, load_predictor
+    from panoptix.engine.build import build_dataset, load_ensemble, load_predictor
     from panoptix.engine.predictor import evaluate_dataset
     from panoptix.engine.tasks import task_of
 
     cache = run.folder / "sweep_eval.json"
-    key = (f"{test_data}:{test_split}" if test_data else "val") + "".join(f" {o}" for o in overrides)
+    key = ((f"{test_data}:{test_split}" if test_data else "val") + "".join(f" {o}" for o in overrides)
+           + (f" tta={tta}" if tta else ""))
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
     if key in cached:
         return cached[key]
-    predictor, meta = load_predictor(run.folder, overrides=overrides, batch_size=batch_size, device=device)
+    if tta:
+        predictor, meta = load_ensemble([(run.folder, 1.0)], tta, overrides=overrides, batch_size=batch_size,
+                                        device=device)
+    else:
+        predictor, meta = load_predictor(run.folder, overrides=overrides, batch_size=batch_size, device=device)
     if test_data:
         dataset = DatasetSpec(format="coco", root=test_data, split=test_split).open(where="--test-data")
     else:
