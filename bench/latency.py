@@ -12,6 +12,7 @@ that both systems merge the same number of instances (100) whatever random weigh
     python bench/latency.py                       # 800x1333 on a GPU; 400x667 on CPU (said in the table)
     python bench/latency.py --size 800 1333 --device cpu
     python bench/latency.py --panoptic-only --panoptic-size 512 683   # CIAE vs two-stage (+ both in ONNX)
+    python bench/latency.py --training-only --repeat 10               # the R50 table alone
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def _arguments() -> argparse.Namespace:
     ap.add_argument("--panoptic-size", type=int, nargs=2, default=None,
                     help="H W of the CIAE vs two-stage table (default 800 1333 on GPU, 512 683 on CPU)")
     ap.add_argument("--panoptic-only", action="store_true", help="only the CIAE vs two-stage table")
+    ap.add_argument("--training-only", action="store_true", help="only the R50 table against torchvision")
     ap.add_argument("--skip-onnx", action="store_true", help="no ONNX export / onnxruntime row")
     return ap.parse_args()
 
@@ -100,7 +102,8 @@ def main() -> int:
     amp = args.amp and gpu
     meta = DatasetMeta.from_json(COCO_CATEGORIES) if COCO_CATEGORIES.is_file() else synthetic_meta()
     ph, pw = args.panoptic_size or ((800, 1333) if gpu else (512, 683))
-    panoptic = panoptic_rows(meta, ph, pw, device, warmup, repeat, amp, not args.skip_onnx)
+    panoptic = [] if args.training_only else panoptic_rows(meta, ph, pw, device, warmup, repeat, amp,
+                                                            not args.skip_onnx)
     if args.panoptic_only:
         return report_panoptic(panoptic, device, ph, pw, repeat, Path(args.out).with_name("latency_panoptic.json"))
 
@@ -112,15 +115,20 @@ def main() -> int:
     if not gpu:
         print("CPU run: smaller images than the 800x1333 of the papers; ratios only, absolute times are not "
               "GPU figures")
-    print(f"{'model':48s} {'infer ms/img':>12s} {'vs peer':>8s} {'train img/s':>12s} {'vs peer':>8s}")
+    print(f"{'model':48s} {'infer ms/img':>12s} {'vs peer':>8s} {'train img/s':>12s} {'vs peer':>8s} "
+          f"{'paired':>7s}")
     for r in rows:
+        paired = f"{r['train_ratio_paired']:6.2f}x" if "train_ratio_paired" in r else f"{'':7s}"
         print(f"{r['model']:48s} {r['infer_ms']:12.1f} {r['infer_ms'] / base['infer_ms']:7.2f}x "
-              f"{r['train_img_s']:12.2f} {r['train_img_s'] / base['train_img_s']:7.2f}x")
+              f"{r['train_img_s']:12.2f} {r['train_img_s'] / base['train_img_s']:7.2f}x {paired}")
+    print("paired: median over the training steps of (peer's step time / ours), the two models taking turns")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"device": dev_name, "size": [h, w], "batch": batch, "amp": amp, "rows": rows},
                               indent=1))
     print(f"results: {out}")
+    if args.training_only:
+        return 0
     return report_panoptic(panoptic, device, ph, pw, repeat, out.with_name("latency_panoptic.json"))
 
 
@@ -147,25 +155,41 @@ def training_rows(meta: DatasetMeta, h: int, w: int, batch: int, device: torch.d
     train_images = [torch.rand(3, h, w, generator=gen).to(device) for _ in range(batch)]
     targets = _targets(batch, h, w, meta.num_things, 1 + meta.num_stuff, device, gen)
     peer_targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1, "masks": t["masks"]} for t in targets]
-    return [_model_row(name, model, image, train_images, tg, device, warmup, repeat, amp)
-            for name, model, tg in (("panoptix two_stage R50 (panoptic)", ours, targets),
-                                    ("torchvision maskrcnn_resnet50_fpn (instances)", peer, peer_targets))]
+    models = (("panoptix two_stage R50 (panoptic)", ours, targets),
+              ("torchvision maskrcnn_resnet50_fpn (instances)", peer, peer_targets))
+    rows = [{"model": name, "infer_ms": 1000 * statistics.median(_inference_times(model, image, device, warmup,
+                                                                                  repeat, amp))}
+            for name, model, _ in models]
+    steps = [_training_step(model, train_images, tg, device, amp) for _, model, tg in models]
+    times = _interleaved(steps, device, warmup, max(3, repeat // 2))
+    for row, t in zip(rows, times):
+        row["train_img_s"] = len(train_images) / statistics.median(t)
+        row["train_s"] = t
+    # the ratio of each pair of neighbouring steps, so that the host's drift (large on a shared VM)
+    # hits both sides of every ratio alike
+    rows[0]["train_ratio_paired"] = statistics.median(p / o for o, p in zip(*times))
+    return rows
 
 
-def _model_row(name: str, model: torch.nn.Module, image: torch.Tensor, train_images: list[torch.Tensor],
-               targets: list[dict], device: torch.device, warmup: int, repeat: int, amp: bool) -> dict:
+def _inference_times(model: torch.nn.Module, image: torch.Tensor, device: torch.device, warmup: int, repeat: int,
+                     amp: bool) -> list[float]:
     model.eval()
 
     def infer():
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             model([image])
 
-    inf = _time(infer, device, warmup, repeat)
-    model.train()
+    return _time(infer, device, warmup, repeat)
+
+
+def _training_step(model: torch.nn.Module, train_images: list[torch.Tensor], targets: list[dict],
+                   device: torch.device, amp: bool):
+    """One SGD step of ``model`` in training mode on the batch (AMP float16 with a GradScaler when ``amp``)."""
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
     def step():
+        model.train()
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             losses = model(train_images, targets)
         opt.zero_grad()
@@ -173,9 +197,23 @@ def _model_row(name: str, model: torch.nn.Module, image: torch.Tensor, train_ima
         scaler.step(opt)
         scaler.update()
 
-    tr = _time(step, device, warmup, max(3, repeat // 2))
-    return {"model": name, "infer_ms": 1000 * statistics.median(inf),
-            "train_img_s": len(train_images) / statistics.median(tr)}
+    return step
+
+
+def _interleaved(steps: list, device: torch.device, warmup: int, repeat: int) -> list[list[float]]:
+    """Seconds of each step function, ``repeat`` times, the functions taking turns (A B A B ...)."""
+    for fn in steps:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in steps]
+    for _ in range(repeat):
+        for fn, out in zip(steps, times):
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            out.append(time.perf_counter() - t)
+    return times
 
 
 def panoptic_rows(meta: DatasetMeta, h: int, w: int, device: torch.device, warmup: int, repeat: int, amp: bool,

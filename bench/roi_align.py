@@ -1,9 +1,11 @@
-"""RoIAlign forward + backward: panoptix's matrix-product pooler against torchvision's
-MultiScaleRoIAlign (the peer), same features, boxes and device, in one run.
+"""RoIAlign forward + backward: panoptix's matrix-product poolers (dense separable weights, and
+one sparse matrix) against torchvision's MultiScaleRoIAlign (the peer), same features, boxes and
+device, in one run, with the largest difference of their outputs and feature gradients.
 
 Two settings: the tiny demo recipe (8 images at 192x160 max, 64 FPN channels, 64 sampled RoIs per
 image at 7x7 plus 16 mask RoIs at 14x14) and a COCO-sized batch (2 images of 800x1216, 256
-channels, 512 RoIs per image), where the matrix products lose (their work grows with the map).
+channels, 512 RoIs per image), where the dense products lose (their work grows with the map)
+and the sparse one does not (on a GPU it is torchvision's kernel).
 
     python bench/roi_align.py [--device cpu|cuda] [--repeats 5]
 """
@@ -25,7 +27,7 @@ from torchvision.ops import MultiScaleRoIAlign
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from panoptix.models.roi_align import MatmulMultiScaleRoIAlign  # noqa: E402
+from panoptix.models.roi_align import MatmulMultiScaleRoIAlign, SparseMultiScaleRoIAlign  # noqa: E402
 
 LEVELS = ["p2", "p3", "p4", "p5"]
 SETTINGS = {  # name: (images, height, width, channels, [(rois per image, output size)], box size range)
@@ -58,6 +60,16 @@ def _time(pooler, feats, boxes, shapes, device, repeats):
     return statistics.median(runs)
 
 
+def _outputs(pooler, feats, boxes, shapes) -> list[torch.Tensor]:
+    """Each pooler's output and the gradient of a fixed function of all outputs w.r.t. every level."""
+    leaves = OrderedDict((k, v.detach().requires_grad_(True)) for k, v in feats.items())
+    pooled = [p(leaves, b, shapes) for p, b in zip(pooler, boxes)]
+    weights = [torch.linspace(-1, 1, o.numel(), device=o.device).view_as(o) for o in pooled]
+    grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(pooled, weights)), list(leaves.values()),
+                                allow_unused=True, materialize_grads=True)
+    return [o.detach() for o in pooled] + list(grads)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -72,17 +84,24 @@ def main() -> None:
                             for i, lvl in enumerate(LEVELS))
         boxes = [[_boxes(n, h, w, lo, hi, gen).to(device) for _ in range(images)] for n, _ in pools]
         shapes = [(h, w)] * images
-        times = {}
-        for impl, cls in (("torchvision", MultiScaleRoIAlign), ("matmul", MatmulMultiScaleRoIAlign)):
+        row = {"setting": name, "device": str(device)}
+        reference = None
+        for impl, cls in (("torchvision", MultiScaleRoIAlign), ("matmul", MatmulMultiScaleRoIAlign),
+                          ("sparse", SparseMultiScaleRoIAlign)):
             poolers = [cls(LEVELS, out, 2) for _, out in pools]
-            times[impl] = _time(poolers, feats, boxes, shapes, device, args.repeats)
-        rows.append({"setting": name, "device": str(device), "torchvision_s": round(times["torchvision"], 4),
-                     "matmul_s": round(times["matmul"], 4),
-                     "matmul_over_torchvision": round(times["matmul"] / times["torchvision"], 2)})
-    print(f"RoIAlign forward + backward, median of {args.repeats}, torch threads {torch.get_num_threads()}")
-    print(f"{'setting':18s} {'device':6s} {'matmul / torchvision':>22s}")
+            row[f"{impl}_s"] = round(_time(poolers, feats, boxes, shapes, device, args.repeats), 4)
+            outputs = _outputs(poolers, feats, boxes, shapes)
+            reference = reference or outputs
+            row[f"{impl}_max_diff"] = max((a - b).abs().max().item() for a, b in zip(outputs, reference))
+        for impl in ("matmul", "sparse"):
+            row[f"{impl}_over_torchvision"] = round(row[f"{impl}_s"] / row["torchvision_s"], 2)
+        rows.append(row)
+    print(f"RoIAlign forward + backward, median of {args.repeats}, torch threads {torch.get_num_threads()}; "
+          "time as a fraction of torchvision's, and the largest difference of outputs and feature gradients")
+    print(f"{'setting':18s} {'device':6s} {'matmul / tv':>12s} {'max diff':>9s} {'sparse / tv':>12s} {'max diff':>9s}")
     for r in rows:
-        print(f"{r['setting']:18s} {r['device']:6s} {r['matmul_over_torchvision']:22.2f}")
+        print(f"{r['setting']:18s} {r['device']:6s} {r['matmul_over_torchvision']:12.2f} {r['matmul_max_diff']:9.1e} "
+              f"{r['sparse_over_torchvision']:12.2f} {r['sparse_max_diff']:9.1e}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
     print(f"results: {args.out}")

@@ -91,7 +91,7 @@ def test_defaults_live_in_the_constructors():
     r50 = load_config("panoptic_fpn_r50")["solver"]  # the tiny recipe's AdamW does not leak into the papers' configs
     assert (r50["optimizer"], r50["weight_decay"], r50["base_lr"]) == ("sgd", 1e-4, 0.02)
     r50_head = load_config("panoptic_fpn_r50")["model"]["instance_head"]
-    assert r50_head["roi_align"] == "torchvision" and r50_head["mask_convs"] == 4
+    assert r50_head["roi_align"] == "sparse" and r50_head["mask_convs"] == 4
     assert cfg["model"]["instance_head"]["rpn"]["nms"] == 0.7 and cfg["model"]["instance_head"]["box_convs"] == 0
     oanet = load_config("oanet_r50")["model"]
     assert oanet["semantic_head"] == {"name": "oanet", "channels": 128, "loss_weight": 0.25}  # OANet Table 1

@@ -36,7 +36,7 @@ from torchvision.models.detection.roi_heads import maskrcnn_loss
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 from panoptix.models.heads.lsh import LocationSensitiveHeader
-from panoptix.models.heads.rcnn import build_box_head, head_norm_layer, roi_pools
+from panoptix.models.heads.rcnn import RoIAlignName, build_box_head, head_norm_layer, roi_pools
 from panoptix.models.heads.rpn import RPN, float32_outputs
 from panoptix.registry import ROI_HEADS, Configurable
 from panoptix.structures import Instances
@@ -130,7 +130,7 @@ class CascadeMaskRCNN(Configurable, nn.Module):
                  box_batch_size: int = 512, box_positive_fraction: float = 0.25, box_score_thresh: float = 0.05,
                  box_nms: float = 0.5, detections_per_img: int = 100, box_fc_dim: int = 1024, box_convs: int = 0,
                  mask_conv_dim: int = 256, mask_convs: int = 4, head_norm: str = "",
-                 roi_align: Literal["torchvision", "matmul"] = "torchvision",
+                 roi_align: RoIAlignName = "sparse",
                  mask_stages: Sequence[int] = (0, 1, 2), mask_test_stages: Sequence[int] | None = None,
                  header: Literal["fc", "lsh"] = "fc") -> None:
         super().__init__()

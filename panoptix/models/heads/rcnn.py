@@ -22,32 +22,38 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from panoptix.models.heads.rpn import RPN, float32_outputs
 from panoptix.models.layers import group_norm
-from panoptix.models.roi_align import MatmulMultiScaleRoIAlign
+from panoptix.models.roi_align import MatmulMultiScaleRoIAlign, SparseMultiScaleRoIAlign
 from panoptix.registry import ROI_HEADS, Configurable
 from panoptix.structures import Instances
 
 _POOLED_LEVELS = ["p2", "p3", "p4", "p5"]
 
 
+#: ``roi_align`` settings of the RoI heads: torchvision's kernel everywhere, or `panoptix.models.roi_align`'s
+#: dense (``matmul``) or sparse (``sparse``: the default; torchvision's kernel off the CPU) matrix products.
+ROI_ALIGN_POOLERS = {"torchvision": MultiScaleRoIAlign, "matmul": MatmulMultiScaleRoIAlign,
+                     "sparse": SparseMultiScaleRoIAlign}
+RoIAlignName = Literal["torchvision", "matmul", "sparse"]
+
+
 def _roi_pool(roi_align: str, output_size: int) -> nn.Module:
-    if roi_align not in ("torchvision", "matmul"):
-        raise ValueError(f"roi_align must be 'torchvision' or 'matmul', got {roi_align!r}")
-    pool = MatmulMultiScaleRoIAlign if roi_align == "matmul" else MultiScaleRoIAlign
-    return pool(_POOLED_LEVELS, output_size=output_size, sampling_ratio=2)
+    if roi_align not in ROI_ALIGN_POOLERS:
+        raise ValueError(f"roi_align must be one of {sorted(ROI_ALIGN_POOLERS)}, got {roi_align!r}")
+    return ROI_ALIGN_POOLERS[roi_align](_POOLED_LEVELS, output_size=output_size, sampling_ratio=2)
 
 
-def box_roi_pool(roi_align: str = "torchvision") -> nn.Module:
-    """The 7x7 box RoIAlign over P2..P5 with Mask R-CNN's level mapping (``"torchvision"`` or ``"matmul"``)."""
+def box_roi_pool(roi_align: str = "sparse") -> nn.Module:
+    """The 7x7 box RoIAlign over P2..P5 with Mask R-CNN's level mapping (`ROI_ALIGN_POOLERS`)."""
     return _roi_pool(roi_align, 7)
 
 
-def mask_roi_pool(roi_align: str = "torchvision") -> nn.Module:
-    """The 14x14 mask RoIAlign over P2..P5 with Mask R-CNN's level mapping (``"torchvision"`` or ``"matmul"``)."""
+def mask_roi_pool(roi_align: str = "sparse") -> nn.Module:
+    """The 14x14 mask RoIAlign over P2..P5 with Mask R-CNN's level mapping (`ROI_ALIGN_POOLERS`)."""
     return _roi_pool(roi_align, 14)
 
 
 def roi_pools(roi_align: str) -> tuple[nn.Module, nn.Module]:
-    """The 7x7 box and 14x14 mask RoIAlign over P2..P5 (``"torchvision"`` or ``"matmul"``)."""
+    """The 7x7 box and 14x14 mask RoIAlign over P2..P5 (`ROI_ALIGN_POOLERS`)."""
     return box_roi_pool(roi_align), mask_roi_pool(roi_align)
 
 
@@ -88,8 +94,9 @@ class MaskRCNNBranch(Configurable, nn.Module):
             "4conv1fc", used with ``head_norm="gn"`` to train from scratch, He et al. 2019).
         mask_conv_dim, mask_convs: the mask head's conv tower.
         head_norm: ``""`` or ``"gn"`` (GroupNorm in the box and mask conv towers).
-        roi_align: ``"torchvision"`` (its kernel) or ``"matmul"`` (`MatmulMultiScaleRoIAlign`: the
-            same numbers, faster on the CPU for small images, slower for large ones).
+        roi_align: ``"sparse"`` (`SparseMultiScaleRoIAlign`: torchvision's numbers as one sparse matrix
+            product on the CPU, forward and backward about 3-4x faster than its kernel there; its kernel
+            on a GPU), ``"torchvision"`` (its kernel) or ``"matmul"`` (dense products, for small images).
 
     Forward (``images`` is the padded batch, ``features`` the FPN levels p2..p6):
         training: ``(detections=[], losses)`` with losses ``loss_objectness``, ``loss_rpn_box_reg``,
@@ -105,7 +112,7 @@ class MaskRCNNBranch(Configurable, nn.Module):
                  box_positive_fraction: float = 0.25, box_score_thresh: float = 0.05, box_nms: float = 0.5,
                  detections_per_img: int = 100, box_fc_dim: int = 1024, box_convs: int = 0,
                  mask_conv_dim: int = 256, mask_convs: int = 4, head_norm: str = "",
-                 roi_align: Literal["torchvision", "matmul"] = "torchvision") -> None:
+                 roi_align: RoIAlignName = "sparse") -> None:
         super().__init__()
         self.rpn = rpn if rpn is not None else RPN(in_channels)
         box_pool, mask_pool = roi_pools(roi_align)

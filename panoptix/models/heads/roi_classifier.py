@@ -24,14 +24,13 @@ embedding loss does not give.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.roi_heads import maskrcnn_loss
 
-from panoptix.models.heads.rcnn import box_roi_pool, build_box_head, build_mask_head, mask_roi_pool
+from panoptix.models.heads.rcnn import RoIAlignName, box_roi_pool, build_box_head, build_mask_head, mask_roi_pool
 from panoptix.registry import BOX_CLASSIFIERS, Configurable
 
 
@@ -65,9 +64,9 @@ class RoIClassifier(Configurable, nn.Module):
         mask_loss_weight: weight of the training-only ``loss_roi_mask`` (0: no mask head).
         mask_convs, mask_conv_dim: the mask head's conv tower (2 of 64 as the tiny two-stage system's;
             Mask R-CNN has 4 of 256).
-        roi_align: ``"torchvision"`` (its kernel) or ``"matmul"`` (`MatmulMultiScaleRoIAlign`: the same
-            numbers, a CPU backward about 4x faster on small images) *in training*; inference always
-            pools with torchvision's kernel, which exports to ONNX with the rest of the graph.
+        roi_align: the pooler *in training* (``"sparse"``, ``"torchvision"`` or ``"matmul"``, as
+            `MaskRCNNBranch` takes it); inference always pools with torchvision's kernel, which exports to
+            ONNX with the rest of the graph.
 
     ``forward(feats, boxes, image_sizes)``: feats {p2..p5} (B, C, h, w), boxes per image (N_i, 4) xyxy in
     the padded batch's pixels -> (sum N_i, num_things) logits.
@@ -78,12 +77,12 @@ class RoIClassifier(Configurable, nn.Module):
     def __init__(self, in_channels: int, num_things: int, fc_dim: int = 1024, copies: int = 4,
                  jitter: float = 0.15, loss_weight: float = 1.0, mask_loss_weight: float = 0.0,
                  mask_convs: int = 2, mask_conv_dim: int = 64,
-                 roi_align: Literal["torchvision", "matmul"] = "torchvision") -> None:
+                 roi_align: RoIAlignName = "sparse") -> None:
         super().__init__()
         if copies < 0 or not 0 <= jitter < 0.5:
             raise ValueError(f"roi_classifier: copies must be >= 0 and jitter in [0, 0.5); got {copies}, {jitter}")
         self.num_things, self.copies, self.jitter, self.loss_weight = num_things, copies, jitter, loss_weight
-        self.pool_train, self.pool_export = box_roi_pool(roi_align), box_roi_pool()
+        self.pool_train, self.pool_export = box_roi_pool(roi_align), box_roi_pool("torchvision")
         self.mask_loss_weight = mask_loss_weight
         self.mask_pool = self.mask_head = self.mask_predictor = None
         if mask_loss_weight > 0:
