@@ -9,7 +9,7 @@ import math
 import pytest
 
 from panoptix.cli import main
-from panoptix.engine.sweep import Variant, paired_effect, t_quantile
+from panoptix.engine.sweep import Run, Variant, paired_effect, t_quantile, train_command
 from panoptix.errors import PanoptixError
 
 from conftest import tiny_overrides
@@ -31,6 +31,13 @@ def test_variants_parse_and_the_interval_is_students_t():
     assert effect["mean"] == 2.0 and effect["n"] == 3
     assert effect["high"] - effect["mean"] == pytest.approx(4.303 / math.sqrt(3))
     assert t_quantile(1) == 12.706 and t_quantile(1000) == 1.96
+
+
+def test_a_variant_names_a_per_seed_input_with_seed(tmp_path):
+    student = Variant.parse("student=data.pseudo.root=runs/pseudo/seed_{seed},solver.max_iter=5")
+    command = train_command("ainnoseg_tiny", Run(student, 3, tmp_path / "student" / "seed_3"), ["x.y=seed_{seed}"], [])
+    assert command[-5:] == ["x.y=seed_3", "data.pseudo.root=runs/pseudo/seed_3", "solver.max_iter=5",
+                            "engine.seed=3", f"engine.output_dir={tmp_path / 'student' / 'seed_3'}"]
 
 
 @pytest.mark.slow

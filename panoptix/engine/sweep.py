@@ -115,10 +115,17 @@ def plan_runs(variants: Sequence[Variant], seeds: Sequence[int], out: Path) -> l
     return [Run(v, s, out / v.name / f"seed_{s}") for v in variants for s in seeds]
 
 
+def seeded(overrides: Sequence[str], seed: int) -> list[str]:
+    """``overrides`` with ``{seed}`` replaced by the run's seed: a per-seed input such as the pseudo-labels
+    of that seed's teacher (``data.pseudo.root=runs/pseudo/seed_{seed}``)."""
+    return [o.replace("{seed}", str(seed)) for o in overrides]
+
+
 def train_command(config: str, run: Run, overrides: Sequence[str], imports: Sequence[str]) -> list[str]:
     """The ``panoptix train`` process of one run (later overrides win: the variant's, then seed and folder)."""
     return [sys.executable, "-m", "panoptix.cli", "train", "--config", config, *[f"--import={m}" for m in imports],
-            *overrides, *run.variant.overrides, f"engine.seed={run.seed}", f"engine.output_dir={run.folder}"]
+            *seeded(overrides, run.seed), *seeded(run.variant.overrides, run.seed), f"engine.seed={run.seed}",
+            f"engine.output_dir={run.folder}"]
 
 
 def train_runs(runs: Sequence[Run], commands: Sequence[list[str]], jobs: int, on_done: Any = None) -> None:
@@ -191,6 +198,7 @@ def evaluate_run(run: Run, test_data: str | None, test_split: str, device: str, 
     from panoptix.engine.tasks import task_of
 
     cache = run.folder / "sweep_eval.json"
+    overrides = seeded(overrides, run.seed)
     key = ((f"{test_data}:{test_split}" if test_data else "val") + "".join(f" {o}" for o in overrides)
            + (f" tta={tta}" if tta else ""))
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
