@@ -253,3 +253,17 @@ def test_ddp_two_processes_gloo_and_exact_resume(synth_root, tmp_path):
     a = safe_torch_load(straight / "model_0000006.pth")["model"]
     b = safe_torch_load(split / "model_0000006.pth")["model"]
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.mark.slow
+def test_train_ranks_runs_gloo_processes_on_this_machine(synth_root, tmp_path, capsys):
+    """``panoptix train --ranks 2`` launches two CPU ranks itself (torchrun --standalone), the batch split
+    between them; a bad count is refused in one line."""
+    out = tmp_path / "ranks"
+    args = ["train", "--config", "panoptic_fpn_tiny", *tiny_overrides(synth_root, out, solver__batch_size=4,
+                                                                      solver__max_iter=2)]
+    assert main([*args, "--ranks", "2"]) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["replicas_in_sync"] is True and summary["iterations"] == 2
+    assert main([*args, "--ranks", "0"]) == 2
+    assert "--ranks 0: at least 1" in capsys.readouterr().err

@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=128, help="synthetic image size")
     p.add_argument("--seed", type=int, default=0, help="the synthetic set's seed")
     p.add_argument("--overlays", type=int, default=16, help="overlays to draw")
+    p.add_argument("--ranks", type=int, default=1, help="CPU training processes (as panoptix train --ranks)")
     add_import(p)
 
 
@@ -56,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     clock.lap("data")
     print(f"[2/5] training {args.config} on CPU-sized settings (resumes if interrupted): {train_dir}")
     overrides = [f"data.train.root={data}", f"data.val.root={data}", f"engine.output_dir={train_dir}", *args.overrides]
-    train.run(namespace(train, config=args.config, overrides=overrides, imports=args.imports))
+    code = train.run(namespace(train, config=args.config, overrides=overrides, imports=args.imports, ranks=args.ranks))
+    if code:
+        return code
     clock.lap("training")
     print("[3/5] predicting the val split")
     predict.run(namespace(predict, weights=str(last_checkpoint(train_dir)), input=str(val["image_dir"]),

@@ -13,6 +13,9 @@ HELP = "train a system from a YAML config (torchrun for several processes)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True,
                    help="a YAML file, or the name of a bundled config (panoptix config list)")
+    p.add_argument("--ranks", type=int, default=1,
+                   help="CPU processes joined by gloo on this machine, the threads split between them (2 on 2 "
+                        "cores: about 25%% more images/s); the batch is split between them. GPUs: use torchrun")
     add_overrides(p)
     add_import(p)
 
@@ -22,6 +25,16 @@ def run(args: argparse.Namespace) -> int:
 
     from panoptix.config import load_config
     from panoptix.engine.console_log import console_log
+    from panoptix.errors import PanoptixError
+
+    if args.ranks < 1:
+        raise PanoptixError(f"--ranks {args.ranks}: at least 1")
+    if args.ranks > 1 and "WORLD_SIZE" not in os.environ:
+        from panoptix.engine.distributed import launch_cpu_ranks
+
+        load_config(args.config, args.overrides, args.imports)  # a bad config fails here, once, not on every rank
+        return launch_cpu_ranks(["train", "--config", args.config, *[f"--import={m}" for m in args.imports],
+                                 *args.overrides], args.ranks)
 
     cfg = load_config(args.config, args.overrides, args.imports)
     with console_log(Path(cfg["engine"]["output_dir"]) / "log.txt", enabled=os.environ.get("RANK", "0") == "0"):
