@@ -99,10 +99,12 @@ def test_pseudo_label_then_self_train_end_to_end(synth_root, tmp_path, capsys):
     teacher = json.loads((teacher_dir / "train_summary.json").read_text())["checkpoint"]
     images = synth_root / "val"
     out = tmp_path / "pseudo"
-    assert main(["pseudo-label", "--weights", teacher, "--images", str(images), "--out", str(out),
+    # the run folder names its checkpoint (the record hashes the file, not the folder)
+    assert main(["pseudo-label", "--weights", str(teacher_dir), "--images", str(images), "--out", str(out),
                  "--threshold", "0.3", "--tta", "scales=1 flip"]) == 0
     record = json.loads((out / "pseudo_labels.json").read_text())
     assert record["threshold"] == 0.3 and len(record["teacher_sha256"]) == 64 and record["images"] == 24
+    assert record["teacher"] == str(teacher_dir / "model_final.pth")
     assert len(list((out / "annotations/pseudo").glob("*.png"))) == 24
     # a student on mixed batches, then the whole loop through the command
     student = tmp_path / "student"

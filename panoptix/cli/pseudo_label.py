@@ -27,11 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from panoptix.engine.build import load_ensemble
+    from panoptix.engine.checkpoint import resolve_weights
     from panoptix.engine.image_files import list_images
     from panoptix.engine.pseudo_label import RECORD, write_pseudo_labels
 
     t0 = time.time()
-    predictor, meta = load_ensemble([(args.weights, 1.0)], args.tta, config=args.config, overrides=args.overrides,
+    teacher = str(resolve_weights(args.weights))   # a run folder names its checkpoint, which the record hashes
+    predictor, meta = load_ensemble([(teacher, 1.0)], args.tta, config=args.config, overrides=args.overrides,
                                     device=args.device, imports=args.imports)
     if not hasattr(predictor.model, "probabilities"):   # what write_pseudo_labels reads
         raise PanoptixError(f"{args.weights} is not a scene parsing system; pseudo-labels come from semantic teachers")
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     print_lines("pseudo-label", "warning", [str(s) for s in listing.skipped])
     print_lines("pseudo-label", "note", listing.folders_note())
     record = write_pseudo_labels(predictor.model, meta, listing.files, args.out, args.threshold, args.split,
-                                 teacher=args.weights, tta_text=args.tta, device=str(predictor.device),
+                                 teacher=teacher, tta_text=args.tta, device=str(predictor.device),
                                  root=listing.root)
     print_lines("pseudo-label", "note", record["notes"])
     print(f"pseudo-labelled {record['images']} image(s) in {time.time() - t0:.1f} s at threshold {args.threshold}: "
