@@ -62,16 +62,8 @@ def _targets(n: int, h: int, w: int, num_things: int, num_sem: int, device: torc
 
 
 def _time(fn, device: torch.device, warmup: int, repeat: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return times
+    """Seconds of ``repeat`` calls of ``fn`` after ``warmup`` untimed ones."""
+    return _interleaved([fn], device, warmup, repeat)[0]
 
 
 def _arguments() -> argparse.Namespace:

@@ -14,8 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True,
                    help="a YAML file, or the name of a bundled config (panoptix config list)")
     p.add_argument("--ranks", type=int, default=1,
-                   help="CPU processes joined by gloo on this machine, the threads split between them (2 on 2 "
-                        "cores: about 25%% more images/s); the batch is split between them. GPUs: use torchrun")
+                   help="CPU processes joined by gloo on this machine, the threads and the batch split between "
+                        "them (2 on 2 cores: about 10%% more images/s, docs/speed.md). GPUs: use torchrun")
     add_overrides(p)
     add_import(p)
 

@@ -26,19 +26,25 @@ def init_distributed() -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), local_rank
 
 
+def thread_share_env(processes: int) -> dict[str, str]:
+    """This process's environment with the CPU threads split between ``processes`` processes started
+    side by side (``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS``, at least 1 each)."""
+    threads = str(max(1, (os.cpu_count() or 1) // max(processes, 1)))
+    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
 def launch_cpu_ranks(argv: list[str], ranks: int) -> int:
     """Run ``python -m panoptix.cli *argv`` as ``ranks`` CPU processes joined by gloo on this machine
     (``torchrun --standalone``), the CPU threads split between them, and return its exit code.
 
-    On a 2-core CPU two 1-thread ranks train about 25% more images per second than one 2-thread
-    process (small convolutions use two threads poorly). GPUs stay hidden from the ranks; for GPU
-    training launch ``torchrun`` yourself.
+    On a 2-core CPU two 1-thread ranks trained the tiny demo config about 10% more images per second
+    than one 2-thread process (docs/speed.md). GPUs stay hidden from the ranks; for GPU training
+    launch ``torchrun`` yourself.
     """
     import subprocess
     import sys
 
-    threads = max(1, (os.cpu_count() or 1) // ranks)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""}
+    env = {**thread_share_env(ranks), "CUDA_VISIBLE_DEVICES": ""}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
                "-m", "panoptix.cli", *argv]
     return subprocess.run(command, env=env).returncode

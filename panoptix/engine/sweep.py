@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import statistics
 import subprocess
@@ -47,8 +46,7 @@ class Variant:
     def parse(cls, text: str) -> Variant:
         """``NAME`` or ``NAME=key=value[,key=value...]``; commas inside [...] or {...} stay in their value."""
         name, _, rest = text.partition("=")
-        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
-            raise PanoptixError(f"--variant {text!r}: start with a name of letters, digits, _ . + -")
+        _check_name(name, f"--variant {text!r}: start with a name of letters, digits, _ . + -")
         overrides = [o.strip() for o in _split_top_level(rest) if o.strip()]
         bad = [o for o in overrides if "=" not in o]
         if bad:
@@ -62,10 +60,18 @@ class Variant:
         from panoptix.engine.ensemble import TTASettings
 
         name, _, settings = text.partition("=")
-        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name) or not settings.strip():
-            raise PanoptixError(f"--eval-tta {text!r}: NAME=SETTINGS, e.g. flip_scales='scales=0.75,1,1.25 flip'")
+        message = f"--eval-tta {text!r}: NAME=SETTINGS, e.g. flip_scales='scales=0.75,1,1.25 flip'"
+        if not settings.strip():
+            raise PanoptixError(message)
+        _check_name(name, message)
         TTASettings.parse(settings)
         return cls(name, [], settings.strip())
+
+
+def _check_name(name: str, message: str) -> None:
+    """A variant's name is letters, digits, _ . + - (it names a folder); `PanoptixError` ``message`` else."""
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+        raise PanoptixError(message)
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -131,8 +137,9 @@ def train_command(config: str, run: Run, overrides: Sequence[str], imports: Sequ
 def train_runs(runs: Sequence[Run], commands: Sequence[list[str]], jobs: int, on_done: Any = None) -> None:
     """Run the training processes, ``jobs`` at a time with the CPU threads split between them; each
     writes its console to ``RUN/sweep_train.log``. A failed run stops the sweep, naming its log."""
-    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    from panoptix.engine.distributed import thread_share_env
+
+    env = thread_share_env(jobs)
 
     def one(item: tuple[Run, list[str]]) -> Run:
         run, command = item
