@@ -40,6 +40,17 @@ def test_a_variant_names_a_per_seed_input_with_seed(tmp_path):
                             "engine.seed=3", f"engine.output_dir={tmp_path / 'student' / 'seed_3'}"]
 
 
+def test_side_by_side_jobs_split_the_cpus_this_process_may_use(monkeypatch):
+    from panoptix.engine import distributed
+
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    monkeypatch.setattr(distributed.os, "cpu_count", lambda: 16)
+    assert distributed.thread_share_env(1)["OMP_NUM_THREADS"] == "1"  # taskset -c 3: one CPU, not 16
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert distributed.thread_share_env(2)["OMP_NUM_THREADS"] == "4"
+    assert distributed.thread_share_env(16)["MKL_NUM_THREADS"] == "1"
+
+
 @pytest.mark.slow
 def test_two_variants_two_seeds_table_json_and_resume(synth_root, tmp_path, capsys):
     out = tmp_path / "sweep"

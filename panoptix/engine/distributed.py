@@ -26,10 +26,18 @@ def init_distributed() -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), local_rank
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS has one (``taskset``, a
+    container's cpuset), else every CPU."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def thread_share_env(processes: int) -> dict[str, str]:
-    """This process's environment with the CPU threads split between ``processes`` processes started
-    side by side (``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS``, at least 1 each)."""
-    threads = str(max(1, (os.cpu_count() or 1) // max(processes, 1)))
+    """This process's environment with its usable CPUs' threads split between ``processes`` processes
+    started side by side (``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS``, at least 1 each)."""
+    threads = str(max(1, usable_cpus() // max(processes, 1)))
     return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
