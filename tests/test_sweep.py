@@ -9,7 +9,7 @@ import math
 import pytest
 
 from panoptix.cli import main
-from panoptix.engine.sweep import Run, Variant, paired_effect, t_quantile, train_command
+from panoptix.engine.sweep import Run, Variant, check_references, paired_effect, t_quantile, train_command
 from panoptix.errors import PanoptixError
 
 from conftest import tiny_overrides
@@ -21,7 +21,7 @@ def test_variants_parse_and_the_interval_is_students_t():
     assert v.overrides == ["model.refine={name: crf, backend: torch}", "data.min_size_train=[64,80]"]
     with pytest.raises(PanoptixError, match="not key=value"):
         Variant.parse("x=solver.max_iter")
-    assert Variant.parse_tta("ms_flip=scales=0.5,1 flip") == Variant("ms_flip", [], "scales=0.5,1 flip")
+    assert Variant.parse_tta("ms_flip=scales=0.5,1 flip") == Variant("ms_flip", [], "scales=0.5,1 flip", kind="eval")
     with pytest.raises(PanoptixError, match="NAME=SETTINGS"):
         Variant.parse_tta("flip")
     with pytest.raises(PanoptixError, match="unknown item 'flop'"):
@@ -38,6 +38,32 @@ def test_a_variant_names_a_per_seed_input_with_seed(tmp_path):
     command = train_command("ainnoseg_tiny", Run(student, 3, tmp_path / "student" / "seed_3"), ["x.y=seed_{seed}"], [])
     assert command[-5:] == ["x.y=seed_3", "data.pseudo.root=runs/pseudo/seed_3", "solver.max_iter=5",
                             "engine.seed=3", f"engine.output_dir={tmp_path / 'student' / 'seed_3'}"]
+
+
+def test_variants_of_other_configs_ensembles_and_two_level_fusions_are_checked(tmp_path):
+    htc = Variant.parse("lwl=@lwl_htc_tiny,model.loss_weighting=null")
+    assert (htc.config, htc.overrides, htc.kind) == ("lwl_htc_tiny", ["model.loss_weighting=null"], "train")
+    command = train_command("eups_tiny", Run(htc, 1, tmp_path / "lwl" / "seed_1"), [], [])
+    assert command[command.index("--config") + 1] == "lwl_htc_tiny"
+    with pytest.raises(PanoptixError, match="--eval-variant at: '@x' is not key=value"):
+        Variant.parse("at=@x", kind="eval")   # an evaluation variant reloads the base's runs: no config of its own
+    ens = Variant.parse_ensemble("ens=r18:0.4,eups:1.2,se")
+    assert ens.kind == "ensemble" and ens.members == [("r18", 0.4), ("eups", 1.2), ("se", 1.0)]
+    fused = Variant.parse_two_level("fused=ens,lwl")
+    trained = [Variant.parse("r18"), Variant.parse("eups"), Variant.parse("se"), htc]
+    check_references(trained, [ens, fused], fit_data="runs/synth")
+    with pytest.raises(PanoptixError, match="pass --fit-data"):
+        check_references(trained, [ens, fused], fit_data=None)
+    with pytest.raises(PanoptixError, match="'nope' is not a --variant"):
+        check_references(trained, [Variant.parse_ensemble("e=r18,nope:2")], "x")
+    with pytest.raises(PanoptixError, match="'fused' is neither a --variant nor an --eval-ensemble"):
+        check_references(trained, [ens, fused, Variant.parse_two_level("f2=fused,r18")], "x")
+    with pytest.raises(PanoptixError, match="name two ends"):
+        Variant.parse_two_level("f=r18")
+    with pytest.raises(PanoptixError, match="weight of 'r18' must be positive"):
+        Variant.parse_ensemble("e=r18:-1")
+    with pytest.raises(PanoptixError, match="must all differ"):
+        check_references(trained, [Variant.parse_ensemble("r18=eups,se")], None)
 
 
 def test_side_by_side_jobs_split_the_cpus_this_process_may_use(monkeypatch):
@@ -58,15 +84,25 @@ def test_two_variants_two_seeds_table_json_and_resume(synth_root, tmp_path, caps
                  if not o.startswith("engine.output_dir")]
     args = ["sweep", "--config", "panoptic_fpn_tiny", "--variant", "base", "--variant",
             "lambda1=model.semantic_head.loss_weight=1.0", "--eval-variant", "all_scores=model.fusion.score_thresh=0.0",
-            "--eval-tta", "flip=flip", "--seeds", "0,1", "--jobs", "2", "--out", str(out),
-            *overrides]
+            "--eval-tta", "flip=flip", "--eval-ensemble", "solo=base:1", "--eval-ensemble", "ens=base:0.4,lambda1:1.2",
+            "--eval-two-level", "fused=ens,lambda1", "--fit-data", str(synth_root), "--fit-split", "train",
+            "--seeds", "0,1", "--jobs", "2", "--out", str(out), *overrides]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| variant | PQ | PQ_th | PQ_st |" in printed and "| lambda1 |" in printed
     report = json.loads((out / "sweep.json").read_text())
-    assert [r["variant"] for r in report["rows"]] == ["base", "lambda1", "all_scores", "flip"]
+    assert [r["variant"] for r in report["rows"]] == ["base", "lambda1", "all_scores", "flip", "solo", "ens", "fused"]
     assert report["seeds"] == [0, 1] and report["tta"] == {"flip": "flip"}
-    base, other, evaluated, flipped = report["rows"]
+    base, other, evaluated, flipped, solo, ens, fused = report["rows"]
+    # an ensemble of one run at weight 1 is that run (test_ensemble), so the seeds' runs were paired right
+    assert solo["PQ"]["values"] == pytest.approx(base["PQ"]["values"], abs=1e-9)
+    assert report["ensembles"]["ens"] == [["base", 0.4], ["lambda1", 1.2]] and ens["PQ"]["effect"]["n"] == 2
+    for seed in (0, 1):
+        record = json.loads((out / "fused" / f"seed_{seed}" / "two_level.json").read_text())
+        assert record["ends"] == [f"{out}/base/seed_{seed}:0.4,{out}/lambda1/seed_{seed}:1.2",
+                                  str(out / "lambda1" / f"seed_{seed}")]
+        assert record["fit"]["images"] == 6 and record["fit"]["fusion"] == "heuristic"
+    assert fused["PQ"]["effect"]["n"] == 2 and report["two_level"]["fused"]["ends"] == ["ens", "lambda1"]
     assert flipped["PQ"]["effect"]["n"] == 2 and not (out / "flip").exists()
     assert not (out / "all_scores").exists() and evaluated["PQ"]["effect"]["n"] == 2   # the base's runs, reloaded
     cached = json.loads((out / "base" / "seed_0" / "sweep_eval.json").read_text())

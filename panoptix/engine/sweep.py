@@ -35,23 +35,38 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 
 @dataclass
 class Variant:
-    """A named set of config overrides (none: the base config); an evaluation variant may also name
-    test-time augmentation (``tta``, as ``predict --tta`` takes it)."""
+    """A named set of config overrides (none: the base config). ``kind`` says how it is scored:
+
+    - ``train``: its own runs, one per seed, of the sweep's config or of ``config`` (``NAME=@CONFIG,...``);
+    - ``eval``: the first variant's runs reloaded with ``overrides`` and test-time augmentation ``tta``
+      (``predict --tta``'s settings);
+    - ``ensemble``: the weighted ensemble of trained variants' runs of each seed (``members``);
+    - ``two_level``: AntVisionPS's two-level fusion of two ``ends`` (trained variants or ensembles).
+    """
 
     name: str
     overrides: list[str] = field(default_factory=list)
     tta: str | None = None
+    config: str | None = None
+    kind: str = "train"
+    members: list[tuple[str, float]] = field(default_factory=list)
+    ends: list[str] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, text: str) -> Variant:
-        """``NAME`` or ``NAME=key=value[,key=value...]``; commas inside [...] or {...} stay in their value."""
+    def parse(cls, text: str, kind: str = "train") -> Variant:
+        """``NAME`` or ``NAME=[@CONFIG,]key=value[,key=value...]``; commas inside [...] or {...} stay in
+        their value. ``@CONFIG`` (a training variant's first item) trains another config."""
+        flag = "--variant" if kind == "train" else "--eval-variant"
         name, _, rest = text.partition("=")
-        _check_name(name, f"--variant {text!r}: start with a name of letters, digits, _ . + -")
+        _check_name(name, f"{flag} {text!r}: start with a name of letters, digits, _ . + -")
         overrides = [o.strip() for o in _split_top_level(rest) if o.strip()]
+        config = None
+        if overrides and overrides[0].startswith("@") and kind == "train":
+            config = overrides.pop(0)[1:]
         bad = [o for o in overrides if "=" not in o]
         if bad:
-            raise PanoptixError(f"--variant {name}: {bad[0]!r} is not key=value")
-        return cls(name, overrides)
+            raise PanoptixError(f"{flag} {name}: {bad[0]!r} is not key=value")
+        return cls(name, overrides, config=config, kind=kind)
 
     @classmethod
     def parse_tta(cls, text: str) -> Variant:
@@ -65,7 +80,33 @@ class Variant:
             raise PanoptixError(message)
         _check_name(name, message)
         TTASettings.parse(settings)
-        return cls(name, [], settings.strip())
+        return cls(name, [], settings.strip(), kind="eval")
+
+    @classmethod
+    def parse_ensemble(cls, text: str) -> Variant:
+        """``NAME=A:0.4,B:1.2``: the ensemble of variants A and B's runs of each seed, weighted (1 when
+        omitted), as ``predict --ensemble`` runs it."""
+        from panoptix.engine.ensemble import EnsembleError, parse_ensemble
+
+        name, _, rest = text.partition("=")
+        message = f"--eval-ensemble {text!r}: NAME=VARIANT:WEIGHT,VARIANT:WEIGHT,..."
+        _check_name(name, message)
+        try:
+            members = parse_ensemble(rest)
+        except EnsembleError as err:
+            raise PanoptixError(f"{message} ({err})") from None
+        return cls(name, kind="ensemble", members=members)
+
+    @classmethod
+    def parse_two_level(cls, text: str) -> Variant:
+        """``NAME=END,END``: two-level fusion of two ends, each a trained variant or an ensemble's name."""
+        name, _, rest = text.partition("=")
+        _check_name(name, f"--eval-two-level {text!r}: NAME=END,END")
+        ends = [e.strip() for e in rest.split(",") if e.strip()]
+        if len(ends) != 2:
+            raise PanoptixError(f"--eval-two-level {name}: name two ends (trained variants or ensembles), "
+                                f"got {len(ends)}")
+        return cls(name, kind="two_level", ends=ends)
 
 
 def _check_name(name: str, message: str) -> None:
@@ -128,8 +169,10 @@ def seeded(overrides: Sequence[str], seed: int) -> list[str]:
 
 
 def train_command(config: str, run: Run, overrides: Sequence[str], imports: Sequence[str]) -> list[str]:
-    """The ``panoptix train`` process of one run (later overrides win: the variant's, then seed and folder)."""
-    return [sys.executable, "-m", "panoptix.cli", "train", "--config", config, *[f"--import={m}" for m in imports],
+    """The ``panoptix train`` process of one run (later overrides win: the variant's, then seed and folder);
+    ``config`` unless the variant names its own."""
+    return [sys.executable, "-m", "panoptix.cli", "train", "--config", run.variant.config or config,
+            *[f"--import={m}" for m in imports],
             *seeded(overrides, run.seed), *seeded(run.variant.overrides, run.seed), f"engine.seed={run.seed}",
             f"engine.output_dir={run.folder}"]
 
@@ -193,40 +236,20 @@ def markdown(report: dict[str, Any], keys: Sequence[str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def evaluate_run(run: Run, test_data: str | None, test_split: str, device: str, batch_size: int,
-                 overrides: Sequence[str] = (), tta: str | None = None) -> dict[str, Any]:
-    """The run's headline figures (its task's, in percent) on ``test_data`` (COCO layout: ``ROOT``,
-    ``test_split``) or else its own ``data.val``, the model loaded with ``overrides`` (an evaluation
-    variant: another merge, a refinement) and wrapped in test-time augmentation ``tta`` (its task's,
-    as ``predict --tta``); cached in ``RUN/sweep_eval.json`` per test set, overrides and ``tta``."""
-    from panoptix.data.spec import DatasetSpec
-    from panoptix.engine.build import build_dataset, load_ensemble, load_predictor
-    from panoptix.engine.predictor import evaluate_dataset
-    from panoptix.engine.tasks import task_of
-
-    cache = run.folder / "sweep_eval.json"
-    overrides = seeded(overrides, run.seed)
-    key = ((f"{test_data}:{test_split}" if test_data else "val") + "".join(f" {o}" for o in overrides)
-           + (f" tta={tta}" if tta else ""))
-    cached = json.loads(cache.read_text()) if cache.is_file() else {}
-    if key in cached:
-        return cached[key]
-    if tta:
-        predictor, meta = load_ensemble([(run.folder, 1.0)], tta, overrides=overrides, batch_size=batch_size,
-                                        device=device)
-    else:
-        predictor, meta = load_predictor(run.folder, overrides=overrides, batch_size=batch_size, device=device)
-    if test_data:
-        dataset = DatasetSpec(format="coco", root=test_data, split=test_split).open(where="--test-data")
-    else:
-        cfg = json.loads((run.folder / "config.json").read_text())
-        dataset = build_dataset(cfg["data"]["val"], where="data.val")
-        if dataset is None:
-            raise PanoptixError(f"{run.folder}: its config has no data.val; pass --test-data")
-    if dataset.meta.to_json() != meta.to_json():
-        raise PanoptixError(f"{test_data or 'data.val'} has other categories than the model of {run.folder}")
-    task = task_of(predictor.model)
-    result = evaluate_dataset(predictor, dataset, progress=False)
-    cached[key] = {"headline": task.headline(result), "keys": list(task.curve_keys), "images": len(dataset)}
-    cache.write_text(json.dumps(cached, indent=1))
-    return cached[key]
+def check_references(trained: Sequence[Variant], evaluated: Sequence[Variant], fit_data: str | None) -> None:
+    """Every name is new; an ensemble's members are trained variants; a two-level fusion's ends are
+    trained variants or ensembles, fitted on ``fit_data``. `PanoptixError` naming the first problem."""
+    names = [v.name for v in [*trained, *evaluated]]
+    if len(set(names)) != len(names):
+        raise PanoptixError("--variant and --eval-* names must all differ")
+    kinds = {v.name: v.kind for v in [*trained, *evaluated]}
+    for v in evaluated:
+        for member, _ in v.members:
+            if kinds.get(member) != "train":
+                raise PanoptixError(f"--eval-ensemble {v.name}: {member!r} is not a --variant")
+        for end in v.ends:
+            if kinds.get(end) not in ("train", "ensemble"):
+                raise PanoptixError(f"--eval-two-level {v.name}: {end!r} is neither a --variant nor an --eval-ensemble")
+        if v.kind == "two_level" and not fit_data:
+            raise PanoptixError(f"--eval-two-level {v.name}: pass --fit-data, a held-out set other than --test-data "
+                                f"that the per-class choice is fitted on")
