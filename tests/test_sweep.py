@@ -9,7 +9,16 @@ import math
 import pytest
 
 from panoptix.cli import main
-from panoptix.engine.sweep import Run, Variant, check_references, paired_effect, t_quantile, train_command
+from panoptix.engine.sweep import (
+    Run,
+    Variant,
+    check_references,
+    markdown,
+    paired_effect,
+    summarise,
+    t_quantile,
+    train_command,
+)
 from panoptix.errors import PanoptixError
 
 from conftest import tiny_overrides
@@ -64,6 +73,15 @@ def test_variants_of_other_configs_ensembles_and_two_level_fusions_are_checked(t
         Variant.parse_ensemble("e=r18:-1")
     with pytest.raises(PanoptixError, match="must all differ"):
         check_references(trained, [Variant.parse_ensemble("r18=eups,se")], None)
+
+
+def test_one_seed_prints_means_without_nan_spreads():
+    scores = {("a", 0): {"PQ": 50.0}, ("b", 0): {"PQ": 52.5}}
+    table = markdown(summarise([Variant("a"), Variant("b")], [0], scores), ["PQ"])
+    assert "| a | 50.0 | — |" in table and "| b | 52.5 | +2.5 |" in table
+    assert "nan" not in table and "one seed: no spread or interval" in table
+    two = {**scores, ("a", 1): {"PQ": 51.0}, ("b", 1): {"PQ": 54.5}}
+    assert "| b | 53.5 ± 1.4 | +3.0 [-3.4, +9.4] |" in markdown(summarise([Variant("a"), Variant("b")], [0, 1], two))
 
 
 def test_side_by_side_jobs_split_the_cpus_this_process_may_use(monkeypatch):

@@ -226,13 +226,15 @@ def markdown(report: dict[str, Any], keys: Sequence[str] | None = None) -> str:
     lines = ["| variant | " + " | ".join(keys) + " | " + " | ".join(f"Δ{k} vs {report['base']} (95% CI)" for k in keys)
              + " |", "|---|" + "---|" * (2 * len(keys))]
     for row in report["rows"]:
-        cells = [f"{row[k]['mean']:.1f} ± {row[k]['sd']:.1f}" for k in keys]
-        effects = [(f"{e['mean']:+.1f} [{e['low']:+.1f}, {e['high']:+.1f}]" if (e := row[k].get("effect")) else "—")
-                   for k in keys]
+        cells = [f"{row[k]['mean']:.1f}" + ("" if math.isnan(row[k]["sd"]) else f" ± {row[k]['sd']:.1f}")
+                 for k in keys]
+        effects = [("—" if not (e := row[k].get("effect")) else f"{e['mean']:+.1f}" if math.isnan(e["low"])
+                    else f"{e['mean']:+.1f} [{e['low']:+.1f}, {e['high']:+.1f}]") for k in keys]
         lines.append(f"| {row['variant']} | " + " | ".join(cells + effects) + " |")
     lines += ["", f"{n} seeds ({', '.join(map(str, report['seeds']))}) on {report.get('test_images', '?')} images of "
-                  f"{report.get('test_data', '?')}; ± is the sd over seeds; intervals are Student's t over the "
-                  f"per-seed differences (df {n - 1})."]
+                  f"{report.get('test_data', '?')}; "
+                  + ("± is the sd over seeds; intervals are Student's t over the per-seed differences "
+                     f"(df {n - 1})." if n > 1 else "one seed: no spread or interval (use 3 or more to compare).")]
     return "\n".join(lines)
 
 
