@@ -78,6 +78,20 @@ class _Stream:
         return self.name, g
 
 
+def test_an_unreadable_teacher_fails_before_any_image_is_labelled(tmp_path):
+    from panoptix.engine.pseudo_label import write_pseudo_labels
+
+    class NeverCalled:
+        def probabilities(self, image):
+            raise AssertionError("an image was labelled before the teacher's record could be written")
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    with pytest.raises(IsADirectoryError):   # a run folder where its checkpoint was meant
+        write_pseudo_labels(NeverCalled(), META, [image], tmp_path / "out", teacher=tmp_path, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_mixed_stream_takes_the_labelled_ratio_of_every_batch():
     mixed = MixedStream(_Stream("L", 10), _Stream("P", 10), ratio=0.5, batch_size=4)
     assert [mixed[g] for g in range(8)] == [("L", 0), ("L", 1), ("P", 0), ("P", 1),

@@ -44,6 +44,7 @@ def write_pseudo_labels(tta: Any, meta: DatasetMeta, files: Sequence[Path], out:
     record's ``notes`` say so), so that no two inputs write the same label.
     """
     out = Path(out)
+    teacher_sha = None if teacher is None else file_sha256(teacher)   # before the long work: an unreadable path fails now
     (out / "images" / split).mkdir(parents=True, exist_ok=True)
     ignored = total = 0
     names, notes = output_names(files, root)
@@ -57,7 +58,7 @@ def write_pseudo_labels(tta: Any, meta: DatasetMeta, files: Sequence[Path], out:
         total += labels.size
     write_categories(out, meta)
     record = {"teacher": None if teacher is None else str(teacher),
-              "teacher_sha256": None if teacher is None else file_sha256(teacher),
+              "teacher_sha256": teacher_sha,
               "threshold": threshold, "tta": tta_text, "split": split, "images": len(files),
               "ignored_fraction": ignored / total if total else 0.0, "notes": notes,
               "dataset": {"format": "ade20k", "root": str(out), "split": split}}
