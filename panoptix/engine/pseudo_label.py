@@ -44,7 +44,7 @@ def write_pseudo_labels(tta: Any, meta: DatasetMeta, files: Sequence[Path], out:
     record's ``notes`` say so), so that no two inputs write the same label.
     """
     out = Path(out)
-    teacher_sha = None if teacher is None else file_sha256(teacher)   # before the long work: an unreadable path fails now
+    teacher_sha = None if teacher is None else file_sha256(teacher)   # before the long work: a bad path fails now
     (out / "images" / split).mkdir(parents=True, exist_ok=True)
     ignored = total = 0
     names, notes = output_names(files, root)
