@@ -91,6 +91,11 @@ def test_every_option_of_every_command_has_a_help_text():
                     if a.dest != "help" and not (a.help or "").strip()]
     assert not missing
     assert len(COMMANDS) == 14
+    from panoptix.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    sweep = " ".join(commands.choices["sweep"].format_help().split())   # the description is not %-formatted
+    assert "with a 95% interval" in sweep and "%%" not in sweep
 
 
 def test_namespace_gives_a_commands_defaults_and_refuses_unknown_names():

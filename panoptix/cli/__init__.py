@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = command_module(name)
-        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        # help= is %-formatted by argparse, a description is printed as it is
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP.replace("%%", "%"))
         module.add_arguments(command)
         command.set_defaults(run=module.run)
     return parser

@@ -15,9 +15,10 @@ HELP = "train variants of a config over seeds and report each variant's effect w
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="the base config (YAML file or bundled name)")
-    p.add_argument("--variant", action="append", required=True, metavar="NAME[=key=value,...]",
-                   help="a variant: a name and its overrides (none: the base); repeatable, the first is the "
-                        "reference of the paired differences; {seed} in a value becomes the run's seed")
+    p.add_argument("--variant", action="append", required=True, metavar="NAME[=[@CONFIG,]key=value,...]",
+                   help="a variant: a name and its overrides (none: the base); @CONFIG first trains another config; "
+                        "repeatable, the first is the reference of the paired differences; {seed} in a value "
+                        "becomes the run's seed")
     p.add_argument("--eval-variant", action="append", default=[], metavar="NAME=key=value,...",
                    help="a variant evaluated on the first variant's trained runs, the overrides applied when "
                         "loading them (another merge, a refinement): compared on the same models; repeatable")
