@@ -8,6 +8,11 @@ class, compared with the ground truth's thing class there (pixels whose truth is
 not counted). Prints, per checkpoint, the conflicting pixels and each ordering's accuracy on them,
 and how often the two orderings disagree; writes JSON beside the table.
 
+It then splits those pixels by what overlaps there: *duplicates*, where the two highest-scoring
+covering instances have a mask IoU of 0.5 or more (one object found twice, maybe as two classes),
+and *distinct* objects (IoU below 0.5, the occlusion case OANet's ranking is for), with each
+ordering's accuracy on each part.
+
     python bench/srm_conflicts.py --weights runs/sweeps/occlusion/heuristic/seed_0 [more ...] \\
         --data runs/occ_held --images 300
 """
@@ -51,10 +56,29 @@ def thing_lut(meta) -> torch.Tensor:
     return lut
 
 
+def top_two(masks: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H, W) bool masks, (N,) scores -> (H, W) indices of the highest- and second-highest-scoring
+    covering instance (meaningful where two or more cover)."""
+    order = scores.argsort(descending=True, stable=True)
+    ranked = masks[order].to(torch.uint8)
+    first = ranked.argmax(0)
+    ranked.scatter_(0, first[None], 0)
+    return order[first], order[ranked.argmax(0)]
+
+
+def mask_iou(masks: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool -> (N, N) pairwise mask IoU."""
+    flat = masks.flatten(1).float()
+    inter = flat @ flat.T
+    area = flat.sum(1)
+    return inter / (area[:, None] + area[None, :] - inter).clamp_min(1)
+
+
 def conflicts(model, dataset: PanopticDataset, images: int) -> dict[str, float]:
-    """Conflicting pixels of ``images`` images and each ordering's accuracy on them."""
+    """Conflicting pixels of ``images`` images and each ordering's accuracy on them, overall and on
+    duplicate (IoU >= 0.5) and distinct overlaps."""
     thresh = model.min_instance_score
-    total = right_rank = right_score = differ = 0
+    counts = {part: [0, 0, 0, 0] for part in ("all", "duplicate", "distinct")}   # pixels, rank ok, score ok, differ
     for i in tqdm(range(min(images, len(dataset))), desc="images", leave=False):
         sample = dataset[i]
         image = torch.from_numpy(sample.image).permute(2, 0, 1).float() / 255
@@ -69,12 +93,22 @@ def conflicts(model, dataset: PanopticDataset, images: int) -> dict[str, float]:
         counted = conflict & (gt >= 0)
         by_rank = top_class(masks, inst.extra[RANK_FIELD], inst.labels)
         by_score = top_class(masks, inst.scores, inst.labels)
-        total += int(counted.sum())
-        right_rank += int((by_rank == gt)[counted].sum())
-        right_score += int((by_score == gt)[counted].sum())
-        differ += int((by_rank != by_score)[counted].sum())
-    return {"conflict_pixels": total, "rank_accuracy": right_rank / max(total, 1),
-            "score_accuracy": right_score / max(total, 1), "orders_differ": differ / max(total, 1)}
+        first, second = top_two(masks, inst.scores)
+        duplicate = mask_iou(masks)[first, second] >= 0.5
+        for part, where in (("all", counted), ("duplicate", counted & duplicate), ("distinct", counted & ~duplicate)):
+            c = counts[part]
+            c[0] += int(where.sum())
+            c[1] += int((by_rank == gt)[where].sum())
+            c[2] += int((by_score == gt)[where].sum())
+            c[3] += int((by_rank != by_score)[where].sum())
+    total = counts["all"][0]
+    row = {"conflict_pixels": total, "rank_accuracy": counts["all"][1] / max(total, 1),
+           "score_accuracy": counts["all"][2] / max(total, 1), "orders_differ": counts["all"][3] / max(total, 1)}
+    for part in ("duplicate", "distinct"):
+        n, rank_ok, score_ok, differ = counts[part]
+        row[part] = {"share": n / max(total, 1), "rank_accuracy": rank_ok / max(n, 1),
+                     "score_accuracy": score_ok / max(n, 1), "orders_differ": differ / max(n, 1)}
+    return row
 
 
 def main() -> int:
@@ -97,6 +131,12 @@ def main() -> int:
     for r in rows:
         print(f"{r['weights']:50s} {r['conflict_pixels']:11d} {r['rank_accuracy']:9.3f} {r['score_accuracy']:9.3f} "
               f"{r['orders_differ']:7.3f}")
+    print(f"\n{'checkpoint':50s} {'part':>9s} {'share':>6s} {'rank acc':>9s} {'score acc':>9s} {'differ':>7s}")
+    for r in rows:
+        for part in ("duplicate", "distinct"):
+            p = r[part]
+            print(f"{r['weights']:50s} {part:>9s} {p['share']:6.3f} {p['rank_accuracy']:9.3f} "
+                  f"{p['score_accuracy']:9.3f} {p['orders_differ']:7.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"data": args.data, "images": args.images, "rows": rows}, indent=1))
