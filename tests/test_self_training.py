@@ -120,6 +120,21 @@ def test_pseudo_label_then_self_train_end_to_end(synth_root, tmp_path, capsys):
     assert record["threshold"] == 0.3 and len(record["teacher_sha256"]) == 64 and record["images"] == 24
     assert record["teacher"] == str(teacher_dir / "model_final.pth")
     assert len(list((out / "annotations/pseudo").glob("*.png"))) == 24
+    # the labels are the teacher's predictions as predict makes them (eval mode: HRNet's BatchNorm on its
+    # running statistics); they once came from the teacher in training mode. At a threshold of 1/K every
+    # pixel is kept, so every pixel is compared.
+    from panoptix.engine.build import load_ensemble
+    from panoptix.engine.predictor import Predictor
+
+    every = tmp_path / "pseudo_every_pixel"
+    assert main(["pseudo-label", "--weights", str(teacher_dir), "--images", str(images), "--out", str(every),
+                 "--threshold", str(1 / len(CATS)), "--tta", "scales=1 flip"]) == 0
+    tta, _ = load_ensemble([(str(teacher_dir), 1.0)], "scales=1 flip")
+    files = sorted(images.glob("*.jpg"))[:6]
+    predicted = Predictor(tta.model)([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    for f, result in zip(files, predicted):
+        labels = np.asarray(Image.open(every / "annotations/pseudo" / f"{f.stem}.png"))
+        assert np.array_equal(labels, np.asarray(CATS)[result.extra["semantic"].numpy()]), f.name
     # a student on mixed batches, then the whole loop through the command
     student = tmp_path / "student"
     assert main(["train", "--config", "ainnoseg_tiny", *common, f"engine.output_dir={student}",

@@ -43,9 +43,16 @@ def test_flip_tta_of_a_flip_equivariant_model_equals_no_tta():
     model = PixelModel().eval()
     image = torch.rand(3, 20, 30)
     plain = torch.softmax(model.view_logits(image), 0)
-    for tta in (SemanticTTA(model), SemanticTTA(model, flip=True), SemanticTTA(model, flip=True, crop_size=(8, 12))):
+    for tta in (SemanticTTA(model).eval(), SemanticTTA(model, flip=True).eval(),
+                SemanticTTA(model, flip=True, crop_size=(8, 12)).eval()):
         torch.testing.assert_close(tta.probabilities(image), plain)
         assert torch.equal(tta([image])[0].extra["semantic"], plain.argmax(0))
+
+
+def test_tta_refuses_training_mode():
+    # in training mode BatchNorm would normalise each view by its own statistics: a different prediction
+    with pytest.raises(RuntimeError, match="SemanticTTA is for inference: call .eval"):
+        SemanticTTA(PixelModel()).probabilities(torch.rand(3, 8, 8))
 
 
 def test_tta_of_a_scene_parser_at_one_scale_is_the_parser():
@@ -53,8 +60,8 @@ def test_tta_of_a_scene_parser_at_one_scale_is_the_parser():
     images = [torch.rand(3, 64, 80)]
     with torch.no_grad():
         plain = model(images)[0].extra["semantic"]
-        assert torch.equal(SemanticTTA(model)(images)[0].extra["semantic"], plain)
-        multi = SemanticTTA(model, scales=(0.5, 1.0, 1.5), flip=True)(images)[0]
+        assert torch.equal(SemanticTTA(model).eval()(images)[0].extra["semantic"], plain)
+        multi = SemanticTTA(model, scales=(0.5, 1.0, 1.5), flip=True).eval()(images)[0]
     assert multi.extra["semantic"].shape == (64, 80)
 
 

@@ -125,7 +125,7 @@ def _load_wrapped(members: Sequence[tuple[str | Path, float]], tta: str | None, 
     _, meta, cfg, dev = loaded[0]
     model = tta_model([m for m, *_ in loaded], [w for _, w in members], TTASettings.parse(tta or "", box_voting),
                       crop_size=cfg["data"].get("crop_size"))
-    return model, meta, cfg, dev
+    return model.eval(), meta, cfg, dev
 
 
 def load_end(spec: str, overrides: Sequence[str] = (), device: str = "auto", imports: Sequence[str] = (),
@@ -164,7 +164,7 @@ def load_two_level(record_path: str | Path, fusion: str | None = None, overrides
 
 def load_model(weights: str | Path, config: str | Path | None = None, overrides: Sequence[str] = (),
                device: str = "auto", imports: Sequence[str] = ()):
-    """(model on the device, `DatasetMeta`, config, device) from a training checkpoint.
+    """(model on the device in eval mode, `DatasetMeta`, config, device) from a training checkpoint.
 
     The config (model, solver and data sections) and categories stored in the checkpoint are used
     unless ``config`` is given; ``overrides`` apply either way. Modules that the stored config
@@ -191,7 +191,7 @@ def load_model(weights: str | Path, config: str | Path | None = None, overrides:
     model = build_model(cfg, meta, weights_from_checkpoint=True)
     load_model_weights(model, weights, ckpt)
     dev = pick_device(device)
-    return model.to(dev), meta, cfg, dev
+    return model.to(dev).eval(), meta, cfg, dev   # loaded to predict: BatchNorm on its running statistics
 
 
 __all__ = ["build_model", "build_dataset", "build_trainer", "build_training", "load_model", "load_predictor",

@@ -48,14 +48,19 @@ def write_pseudo_labels(tta: Any, meta: DatasetMeta, files: Sequence[Path], out:
     (out / "images" / split).mkdir(parents=True, exist_ok=True)
     ignored = total = 0
     names, notes = output_names(files, root)
-    for f, name in tqdm(list(zip(files, names)), desc="pseudo-label", unit="img", disable=not progress):
-        image = read_image(f)
-        probabilities = tta.probabilities(to_tensor(image, device))
-        labels = pseudo_label(probabilities, meta.category_ids, threshold)
-        write_label_png(out / "annotations" / split / f"{name}.png", labels)
-        shutil.copyfile(f, out / "images" / split / f"{name}{f.suffix}")
-        ignored += int((labels == IGNORED).sum())
-        total += labels.size
+    was_training = tta.training
+    tta.eval()   # the teacher predicts as `panoptix predict` does (BatchNorm on its running statistics)
+    try:
+        for f, name in tqdm(list(zip(files, names)), desc="pseudo-label", unit="img", disable=not progress):
+            image = read_image(f)
+            probabilities = tta.probabilities(to_tensor(image, device))
+            labels = pseudo_label(probabilities, meta.category_ids, threshold)
+            write_label_png(out / "annotations" / split / f"{name}.png", labels)
+            shutil.copyfile(f, out / "images" / split / f"{name}{f.suffix}")
+            ignored += int((labels == IGNORED).sum())
+            total += labels.size
+    finally:
+        tta.train(was_training)
     write_categories(out, meta)
     record = {"teacher": None if teacher is None else str(teacher),
               "teacher_sha256": teacher_sha,

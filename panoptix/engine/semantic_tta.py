@@ -85,7 +85,11 @@ class SemanticTTA(nn.Module):
 
     @torch.no_grad()
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) image -> (K, H, W) weighted mean softmax over models, scales and flips."""
+        """(3, H, W) image -> (K, H, W) weighted mean softmax over models, scales and flips. In eval mode
+        only: in training mode BatchNorm would normalise each view by its own statistics (and move its
+        running ones), a silently different prediction."""
+        if self.training:
+            raise RuntimeError("SemanticTTA is for inference: call .eval()")
         h, w = image.shape[-2:]
         acc, total = None, 0.0
         for model, weight in zip(self.models, self.weights):
