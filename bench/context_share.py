@@ -11,8 +11,6 @@ makes to its input, ||out - x|| / ||x||; writes JSON beside the table.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,6 +19,8 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from diagnostics import checkpoint_arguments, write_results  # noqa: E402
 
 from panoptix.data.datasets import PanopticDataset  # noqa: E402
 from panoptix.engine.build import load_model  # noqa: E402
@@ -54,13 +54,8 @@ def branch_changes(model, dataset: PanopticDataset, images: int) -> dict[str, fl
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", nargs="+", required=True, help="checkpoints or run folders of a DANet scene parser")
-    ap.add_argument("--data", required=True, help="held-out set in COCO's layout")
-    ap.add_argument("--split", default="val")
-    ap.add_argument("--images", type=int, default=50)
-    ap.add_argument("--out", default="runs/bench/context_share.json")
-    args = ap.parse_args()
+    args = checkpoint_arguments(__doc__, "checkpoints or run folders of a DANet scene parser", 50,
+                                "runs/bench/context_share.json")
     dataset = PanopticDataset.synthetic(args.data, args.split)   # COCO's layout
     rows = []
     for weights in args.weights:
@@ -71,10 +66,7 @@ def main() -> int:
     for r in rows:
         print(f"{r['weights'][-48:]:48s} {r['pam_gamma']:+10.4f} {r['cam_gamma']:+10.4f} "
               f"{r['pam_change']:11.3f} {r['cam_change']:11.3f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"data": args.data, "images": args.images, "rows": rows}, indent=1))
-    print(f"results: {out}")
+    write_results(args.out, {"data": args.data, "images": args.images, "rows": rows})
     return 0
 
 

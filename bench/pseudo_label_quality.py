@@ -20,6 +20,8 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from diagnostics import write_results  # noqa: E402
+
 from panoptix.data.datasets import PanopticDataset  # noqa: E402
 
 
@@ -68,10 +70,7 @@ def main() -> int:
     for r in rows:
         print(f"{r['labels'][-32:]:32s} {r['threshold']:9.2f} {r['kept']:6.3f} {r['accuracy_kept']:17.3f} "
               f"{r['miou_kept']:10.1f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"truth": args.truth, "split": args.split, "rows": rows}, indent=1))
-    print(f"results: {out}")
+    write_results(args.out, {"truth": args.truth, "split": args.split, "rows": rows})
     return 0
 
 

@@ -19,8 +19,6 @@ ordering's accuracy on each part.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,6 +27,8 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from diagnostics import checkpoint_arguments, write_results  # noqa: E402
 
 from panoptix.data.datasets import PanopticDataset  # noqa: E402
 from panoptix.data.meta import IGNORE_INDEX  # noqa: E402
@@ -112,13 +112,8 @@ def conflicts(model, dataset: PanopticDataset, images: int) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--weights", nargs="+", required=True, help="checkpoints (or run folders) with a ranking head")
-    ap.add_argument("--data", required=True, help="held-out set in COCO's layout")
-    ap.add_argument("--split", default="val")
-    ap.add_argument("--images", type=int, default=300)
-    ap.add_argument("--out", default="runs/bench/srm_conflicts.json")
-    args = ap.parse_args()
+    args = checkpoint_arguments(__doc__, "checkpoints (or run folders) with a ranking head", 300,
+                                "runs/bench/srm_conflicts.json")
     dataset = PanopticDataset.synthetic(args.data, args.split)   # COCO's layout
     rows = []
     for weights in args.weights:
@@ -137,10 +132,7 @@ def main() -> int:
             p = r[part]
             print(f"{r['weights']:50s} {part:>9s} {p['share']:6.3f} {p['rank_accuracy']:9.3f} "
                   f"{p['score_accuracy']:9.3f} {p['orders_differ']:7.3f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"data": args.data, "images": args.images, "rows": rows}, indent=1))
-    print(f"results: {out}")
+    write_results(args.out, {"data": args.data, "images": args.images, "rows": rows})
     return 0
 
 
