@@ -59,7 +59,7 @@ def main() -> int:
     dataset = PanopticDataset.synthetic(args.data, args.split)   # COCO's layout
     rows = []
     for weights in args.weights:
-        model = load_model(weights, device="cpu")[0].eval()
+        model = load_model(weights, device="cpu")[0]   # in eval mode
         rows.append({"weights": weights, **branch_changes(model, dataset, args.images)})
     print(f"DANet's branches on {min(args.images, len(dataset))} images of {args.data}:")
     print(f"{'weights':48s} {'gamma PAM':>10s} {'gamma CAM':>10s} {'PAM change':>11s} {'CAM change':>11s}")

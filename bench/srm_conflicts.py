@@ -117,7 +117,7 @@ def main() -> int:
     dataset = PanopticDataset.synthetic(args.data, args.split)   # COCO's layout
     rows = []
     for weights in args.weights:
-        model = load_model(weights, device="cpu")[0].eval()
+        model = load_model(weights, device="cpu")[0]   # in eval mode
         if model.ranking_head is None:
             raise SystemExit(f"{weights}: no ranking head")
         with torch.no_grad():

@@ -145,8 +145,7 @@ def load_two_level(record_path: str | Path, fusion: str | None = None, overrides
     """(`Predictor` over a `TwoLevelFusion`, `DatasetMeta`) from a ``panoptix fit-fusion`` record."""
     import json
 
-    from panoptix.engine.fit_fusion import DEFAULT_MERGE, named_fusion
-    from panoptix.fusion.two_level import FusionError, TwoLevelFusion, choice_from_json
+    from panoptix.fusion.two_level import FusionError
 
     try:
         record = json.loads(Path(record_path).read_text())
@@ -155,6 +154,16 @@ def load_two_level(record_path: str | Path, fusion: str | None = None, overrides
     loaded = [load_end(w, overrides, device, imports) for w in record.get("ends", [])]
     if len(loaded) < 2:
         raise FusionError(f"{record_path}: names {len(loaded)} end(s); two-level fusion needs two")
+    return two_level_predictor(loaded, record, fusion, batch_size)
+
+
+def two_level_predictor(loaded: Sequence[tuple], record: dict[str, Any], fusion: str | None = None,
+                        batch_size: int = 4):
+    """(`Predictor` over a `TwoLevelFusion`, `DatasetMeta`) of ends already loaded (`load_end`'s tuples)
+    and a ``fit-fusion`` record: its per-class choice, merged with ``fusion`` or the record's merge."""
+    from panoptix.engine.fit_fusion import DEFAULT_MERGE, named_fusion
+    from panoptix.fusion.two_level import TwoLevelFusion, choice_from_json
+
     ends = [m for m, *_ in loaded]
     model = TwoLevelFusion(ends, choice_from_json(record),
                            named_fusion(ends[0], fusion or record.get("fit", {}).get("fusion") or DEFAULT_MERGE))
@@ -195,4 +204,4 @@ def load_model(weights: str | Path, config: str | Path | None = None, overrides:
 
 
 __all__ = ["build_model", "build_dataset", "build_trainer", "build_training", "load_model", "load_predictor",
-           "load_ensemble", "load_two_level"]
+           "load_ensemble", "load_two_level", "two_level_predictor"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,18 @@ def to_tensor(image: np.ndarray | torch.Tensor, device: torch.device | str) -> t
     return as_image_tensors([image], device)[0]
 
 
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block (BatchNorm on its running statistics, no dropout), its
+    previous mode restored after: how every prediction runs, whoever wraps the model."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 class Predictor:
     """Runs a panoptic model on batches of images.
 
@@ -55,17 +68,13 @@ class Predictor:
 
     @torch.no_grad()
     def __call__(self, images: Sequence[np.ndarray | torch.Tensor]) -> list[PanopticResult]:
-        was_training = self.model.training
-        self.model.eval()
         out: list[PanopticResult] = []
-        try:
+        with evaluating(self.model):
             for i in range(0, len(images), self.batch_size):
                 # layout and device here; the model itself reads uint8 or checks the floats' range
                 batch = [to_chw(im, self.device, i + k) for k, im in enumerate(images[i: i + self.batch_size])]
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                     out.extend(self.model(batch))
-        finally:
-            self.model.train(was_training)
         return out
 
 
@@ -185,4 +194,4 @@ def predict_files(predictor: Predictor, meta: DatasetMeta, files: Sequence[Path]
 
 
 __all__ = ["Predictor", "PredictionRun", "Skipped", "evaluate_dataset", "predict_files", "list_images",
-           "image_ids_from_gt", "to_tensor"]
+           "image_ids_from_gt", "to_tensor", "evaluating"]

@@ -17,7 +17,7 @@ from panoptix.data.labels import IGNORED, pseudo_label, write_categories, write_
 from panoptix.data.meta import DatasetMeta
 from panoptix.data.png import read_image
 from panoptix.engine.image_files import output_names
-from panoptix.engine.predictor import to_tensor
+from panoptix.engine.predictor import evaluating, to_tensor
 
 RECORD = "pseudo_labels.json"
 
@@ -48,9 +48,7 @@ def write_pseudo_labels(tta: Any, meta: DatasetMeta, files: Sequence[Path], out:
     (out / "images" / split).mkdir(parents=True, exist_ok=True)
     ignored = total = 0
     names, notes = output_names(files, root)
-    was_training = tta.training
-    tta.eval()   # the teacher predicts as `panoptix predict` does (BatchNorm on its running statistics)
-    try:
+    with evaluating(tta):   # the teacher predicts as `panoptix predict` does (BatchNorm on its running statistics)
         for f, name in tqdm(list(zip(files, names)), desc="pseudo-label", unit="img", disable=not progress):
             image = read_image(f)
             probabilities = tta.probabilities(to_tensor(image, device))
@@ -59,8 +57,6 @@ def write_pseudo_labels(tta: Any, meta: DatasetMeta, files: Sequence[Path], out:
             shutil.copyfile(f, out / "images" / split / f"{name}{f.suffix}")
             ignored += int((labels == IGNORED).sum())
             total += labels.size
-    finally:
-        tta.train(was_training)
     write_categories(out, meta)
     record = {"teacher": None if teacher is None else str(teacher),
               "teacher_sha256": teacher_sha,

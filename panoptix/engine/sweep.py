@@ -219,6 +219,20 @@ def summarise(variants: Sequence[Variant], seeds: Sequence[int], scores: dict[tu
     return {"base": base, "seeds": list(seeds), "keys": keys, "rows": rows}
 
 
+def _mean_cell(stat: dict[str, Any]) -> str:
+    """``mean ± sd``, or the mean alone with one seed (no sd)."""
+    return f"{stat['mean']:.1f}" + ("" if math.isnan(stat["sd"]) else f" ± {stat['sd']:.1f}")
+
+
+def _effect_cell(effect: dict[str, float] | None) -> str:
+    """``+d [low, high]``; ``+d`` with one seed (no interval); ``—`` for the base."""
+    if not effect:
+        return "—"
+    if math.isnan(effect["low"]):
+        return f"{effect['mean']:+.1f}"
+    return f"{effect['mean']:+.1f} [{effect['low']:+.1f}, {effect['high']:+.1f}]"
+
+
 def markdown(report: dict[str, Any], keys: Sequence[str] | None = None) -> str:
     """The table: mean ± sd per variant, and the paired difference to the base with its 95% interval."""
     keys = list(keys or report["keys"])
@@ -226,11 +240,8 @@ def markdown(report: dict[str, Any], keys: Sequence[str] | None = None) -> str:
     lines = ["| variant | " + " | ".join(keys) + " | " + " | ".join(f"Δ{k} vs {report['base']} (95% CI)" for k in keys)
              + " |", "|---|" + "---|" * (2 * len(keys))]
     for row in report["rows"]:
-        cells = [f"{row[k]['mean']:.1f}" + ("" if math.isnan(row[k]["sd"]) else f" ± {row[k]['sd']:.1f}")
-                 for k in keys]
-        effects = [("—" if not (e := row[k].get("effect")) else f"{e['mean']:+.1f}" if math.isnan(e["low"])
-                    else f"{e['mean']:+.1f} [{e['low']:+.1f}, {e['high']:+.1f}]") for k in keys]
-        lines.append(f"| {row['variant']} | " + " | ".join(cells + effects) + " |")
+        cells = [_mean_cell(row[k]) for k in keys] + [_effect_cell(row[k].get("effect")) for k in keys]
+        lines.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
     lines += ["", f"{n} seeds ({', '.join(map(str, report['seeds']))}) on {report.get('test_images', '?')} images of "
                   f"{report.get('test_data', '?')}; "
                   + ("± is the sd over seeds; intervals are Student's t over the per-seed differences "

@@ -103,31 +103,34 @@ def score_ensemble(folder: Path, members: Sequence[tuple[Path, float]], test: Te
     return cached_score(folder, f"{test.key()} ensemble={ensemble_spec(members)}", load, test, members[0][0])
 
 
+def end_spec(members: Sequence[tuple[Path, float]]) -> str:
+    """A two-level fusion end as `load_end` reads it: a run folder alone, or an `ensemble_spec`."""
+    return str(members[0][0]) if len(members) == 1 and members[0][1] == 1.0 else ensemble_spec(members)
+
+
 def score_two_level(folder: Path, ends: Sequence[Sequence[tuple[Path, float]]], fit: TestSet, test: TestSet,
                     device: str, batch_size: int) -> dict[str, Any]:
     """Two-level fusion of ``ends`` (each one run folder, or several weighted: an ensemble end, as
     AntVisionPS's E-UPS), its per-class choice fitted on ``fit`` as ``panoptix fit-fusion`` fits it
     (record: ``folder/two_level.json``), merged with the paper's heuristic merge, scored on ``test``."""
-    from panoptix.engine.build import load_end, load_two_level
+    from panoptix.engine.build import load_end, two_level_predictor
     from panoptix.engine.fit_fusion import fit_two_level
     from panoptix.jsonio import write_json
 
     if fit.key() == test.key():
         raise PanoptixError(f"the two-level fusion's fit set is its test set ({fit.key()}): fit it on another")
-    specs = [str(end[0][0]) if len(end) == 1 and end[0][1] == 1.0 else ensemble_spec(end) for end in ends]
+    specs = [end_spec(end) for end in ends]
     first = ends[0][0][0]
-    record = folder / "two_level.json"
 
     def load():
-        loaded = [load_end(spec, device=device) for spec in specs]
+        loaded = [load_end(spec, device=device) for spec in specs]   # loaded once: fitted, then scored
+        record = fit_two_level([m for m, *_ in loaded], specs, fit.open(first, "--fit-data"), None, loaded[0][3],
+                               batch_size=batch_size)
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(record, fit_two_level([m for m, *_ in loaded], specs, fit.open(first, "--fit-data"), None,
-                                         loaded[0][3], batch_size=batch_size))
-        return load_two_level(record, batch_size=batch_size, device=device)
+        write_json(folder / "two_level.json", record)
+        return two_level_predictor(loaded, record, batch_size=batch_size)
 
     return cached_score(folder, f"{test.key()} two_level={'+'.join(specs)} fit={fit.key()}", load, test, first)
-
-
 
 
 def score_variant(variant: Any, seed: int, out: Path, base: str, ensembles: dict[str, Any], test: TestSet,
@@ -149,5 +152,5 @@ def score_variant(variant: Any, seed: int, out: Path, base: str, ensembles: dict
     return score_run(run(variant.name), test, device, batch_size)
 
 
-__all__ = ["TestSet", "cached_score", "ensemble_spec", "score_ensemble", "score_run", "score_two_level",
-           "score_variant"]
+__all__ = ["TestSet", "cached_score", "end_spec", "ensemble_spec", "score_ensemble", "score_run",
+           "score_two_level", "score_variant"]
