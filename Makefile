@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CRF_STAMP := $(VENV)/.crf
+PNGRUNS_STAMP := $(VENV)/.pngruns
 DEMO_DIR ?= runs/demo
 
 .PHONY: demo test install clean bench
@@ -36,12 +37,18 @@ $(CRF_STAMP): $(STAMP)
 	-$(BIN)/pip install -q -c constraints.txt -e '.[crf]'
 	touch $(CRF_STAMP)
 
+# The compiled PNG path for `panoptix evaluate` (extras/pngruns, a few seconds to build); where it
+# cannot build, evaluation decodes with libspng and tests/test_png_runs.py skips and says so.
+$(PNGRUNS_STAMP): $(STAMP) extras/pngruns/src/panoptix_pngruns/_pngruns.c extras/pngruns/src/panoptix_pngruns/__init__.py
+	-$(BIN)/pip install -q -c constraints.txt ./extras/pngruns
+	touch $(PNGRUNS_STAMP)
+
 # ruff (config in pyproject.toml: line length, import order, pyupgrade) first: a lint error fails fast.
-test: $(STAMP) $(CRF_STAMP)
-	$(BIN)/ruff check panoptix tests bench
+test: $(STAMP) $(CRF_STAMP) $(PNGRUNS_STAMP)
+	$(BIN)/ruff check panoptix tests bench extras
 	$(BIN)/python -m pytest -q tests
 
-bench: $(STAMP)
+bench: $(STAMP) $(PNGRUNS_STAMP)
 	$(BIN)/pip install -q -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/pq_speed.py
 	$(BIN)/python bench/latency.py

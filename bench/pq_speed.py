@@ -67,7 +67,20 @@ print(repr(float(r["All"]["pq"])))
 """
 
 
-def _panoptix_command() -> list[str]:
+# `panoptix evaluate` with the compiled PNG path switched off: decoding with libspng, as without the extra
+_WITHOUT_PNGRUNS = """
+import sys
+from panoptix.evaluation import png_runs
+png_runs.panoptix_pngruns = None
+from panoptix.cli import main
+sys.argv[0] = "panoptix"
+main()
+"""
+
+
+def _panoptix_command(compiled: bool = True) -> list[str]:
+    if not compiled:
+        return [sys.executable, "-c", _WITHOUT_PNGRUNS]
     script = Path(sys.executable).with_name("panoptix")
     return [str(script)] if script.is_file() else [sys.executable, "-m", "panoptix.cli"]
 
@@ -76,10 +89,10 @@ def run_process(name: str, d: dict[str, Path], workers: int, tmp: Path) -> tuple
     """Wall seconds of one whole process, and the PQ it reports."""
     files = [str(d[k]) for k in ("gt_json", "pred_json", "gt_dir", "pred_dir")]
     env = dict(os.environ)
-    if name == "panoptix":
+    if name.startswith("panoptix"):
         out = tmp / "pq.json"
-        cmd = [*_panoptix_command(), "evaluate", "--gt-json", files[0], "--pred-json", files[1], "--gt-dir", files[2],
-               "--pred-dir", files[3], "--workers", str(workers), "--out", str(out)]
+        cmd = [*_panoptix_command(name == "panoptix"), "evaluate", "--gt-json", files[0], "--pred-json", files[1],
+               "--gt-dir", files[2], "--pred-dir", files[3], "--workers", str(workers), "--out", str(out)]
     elif name == "panopticapi":
         cmd = [sys.executable, "-c", _PANOPTICAPI, *files, str(workers)]
     else:
@@ -90,12 +103,19 @@ def run_process(name: str, d: dict[str, Path], workers: int, tmp: Path) -> tuple
     seconds = time.perf_counter() - t
     if proc.returncode:
         raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
-    pq = json.loads(out.read_text())["All"]["pq"] if name == "panoptix" else float(proc.stdout.split()[-1])
+    pq = json.loads(out.read_text())["All"]["pq"] if name.startswith("panoptix") else float(proc.stdout.split()[-1])
     return seconds, pq
 
 
 def whole_process_table(d: dict[str, Path], n: int, repeat: int, tmp: Path) -> list[dict]:
+    from panoptix.evaluation.png_runs import available
+
     names = ["panoptix", "panopticapi"]
+    if available():
+        names.insert(1, "panoptix-spng")
+        print("panoptix: the compiled PNG path (extras/pngruns); panoptix-spng: the same without it (libspng)")
+    else:
+        print("panoptix decodes with libspng: the compiled PNG path is not installed (pip install ./extras/pngruns)")
     try:
         import hotcoco  # noqa: F401
         names.append("hotcoco")
@@ -113,13 +133,13 @@ def whole_process_table(d: dict[str, Path], n: int, repeat: int, tmp: Path) -> l
     rows.sort(key=lambda r: (r["workers"], names.index(r["evaluator"])))
     print(f"\nWhole process (start-up, imports, JSON, PNGs), {n} images 640x480, "
           f"{os.cpu_count()} CPU cores, best of {repeat}")
-    print(f"{'evaluator':12s} {'workers':>7s} {'seconds':>8s} {'images/s':>9s} {'vs panopticapi':>15s} "
+    print(f"{'evaluator':14s} {'workers':>7s} {'seconds':>8s} {'images/s':>9s} {'vs panopticapi':>15s} "
           f"{'vs hotcoco':>11s} {'PQ':>10s}")
     for r in rows:
         base = best["panopticapi", r["workers"]][0]
         hot = best.get(("hotcoco", r["workers"]), (float("nan"),))[0]
         r["vs_panopticapi"], r["vs_hotcoco"] = base / r["seconds"], hot / r["seconds"]
-        print(f"{r['evaluator']:12s} {r['workers']:7d} {r['seconds']:8.2f} {r['images_per_s']:9.1f} "
+        print(f"{r['evaluator']:14s} {r['workers']:7d} {r['seconds']:8.2f} {r['images_per_s']:9.1f} "
               f"{r['vs_panopticapi']:14.2f}x {r['vs_hotcoco']:10.2f}x {r['pq']:10.6f}")
     pqs = {round(r["pq"], 12) for r in rows}
     print("all evaluators agree on PQ" if len(pqs) == 1 else f"PQ DIFFERS: {sorted(pqs)}")
@@ -202,6 +222,8 @@ def profile_table(d: dict[str, Path]) -> dict:
              (panoptic, "read_id_png", timed(panoptic, "read_id_png", "read + decode + ids (2 PNGs)")),
              (pq_core, "pair_runs", timed(pq_core, "pair_runs", "run-length pairs")),
              (panoptic, "image_pq_stats", timed(panoptic, "image_pq_stats", "PQ core (runs included)")),
+             (panoptic, "file_pair_counts", timed(panoptic, "file_pair_counts", "compiled: read + pair counts")),
+             (panoptic, "pairs_pq_stats", timed(panoptic, "pairs_pq_stats", "PQ core (from pixel pairs)")),
              (panoptic, "segment_table", timed(panoptic, "segment_table", "segments_info -> tables"))]
     t = time.perf_counter()
     res = panoptic.evaluate_coco_panoptic(d["gt_json"], d["pred_json"], d["gt_dir"], d["pred_dir"], workers=1)

@@ -36,7 +36,8 @@ from panoptix.evaluation.coco_inputs import (
     segment_table,
 )
 from panoptix.evaluation.findings import Finding, raise_on_errors
-from panoptix.evaluation.pq_core import SegmentTable, image_pq_stats
+from panoptix.evaluation.png_runs import file_pair_counts
+from panoptix.evaluation.pq_core import SegmentTable, image_pq_stats, pairs_pq_stats
 
 if TYPE_CHECKING:
     from panoptix.structures import PanopticResult
@@ -183,11 +184,15 @@ def _evaluate_pair(files: _FileSet, pair: ImagePair) -> tuple[np.ndarray | None,
     gt_png = png_path(files.gt_dir, pair.gt.get("file_name"), gt_where, findings)
     pred_png = png_path(files.pred_dir, pair.pred.get("file_name"), pred_where, findings)
     labels = {"gt": f"{gt_png} (image {pair.image_id!r})", "pred": f"{pred_png} (image {pair.image_id!r})"}
-    gt_map = _decode(gt_png, labels["gt"], findings)
-    pred_map = _decode(pred_png, labels["pred"], findings)
-    if gt is None or pred is None or gt_map is None or pred_map is None:
-        return None, findings
-    stats, core = image_pq_stats(gt_map, gt, pred_map, pred, files.meta.num_classes)
+    counts = file_pair_counts(gt_png, pred_png) if gt is not None and pred is not None and gt_png and pred_png else None
+    if counts is not None:
+        stats, core = pairs_pq_stats(*counts, gt, pred, files.meta.num_classes)
+    else:
+        gt_map = _decode(gt_png, labels["gt"], findings)
+        pred_map = _decode(pred_png, labels["pred"], findings)
+        if gt is None or pred is None or gt_map is None or pred_map is None:
+            return None, findings
+        stats, core = image_pq_stats(gt_map, gt, pred_map, pred, files.meta.num_classes)
     findings += [Finding(sev, labels[side], text) for sev, side, text in core]
     return (None if any(f.severity == "error" for f in findings) else stats), findings
 

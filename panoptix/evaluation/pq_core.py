@@ -146,7 +146,7 @@ def image_pq_stats(gt_map: np.ndarray, gt: SegmentTable, pred_map: np.ndarray, p
         a JSON segment and the reverse (panopticapi's checks); warnings for the ground-truth
         oddities panopticapi tolerates. All checks run whatever the others find.
     """
-    G, P = len(gt.ids), len(pred.ids)
+    P = len(pred.ids)
     gt_rows = _gt_rows(gt)
     if gt_map.shape != pred_map.shape:
         size = ("error", "pred", f"prediction is {pred_map.shape[1]}x{pred_map.shape[0]} (WxH), ground truth "
@@ -155,7 +155,16 @@ def image_pq_stats(gt_map: np.ndarray, gt: SegmentTable, pred_map: np.ndarray, p
         p_counts, p_stray = _counts(*np.unique(pred_map, return_counts=True), pred.ids)
         return None, [size, *_side_checks(gt, g_counts[gt_rows], g_stray, pred, p_counts[1:P + 1], p_stray)]
 
-    run_gt, run_pred, run_len = pair_runs(gt_map, pred_map)
+    return pairs_pq_stats(*pair_runs(gt_map, pred_map), gt, pred, num_categories)
+
+
+def pairs_pq_stats(run_gt: np.ndarray, run_pred: np.ndarray, run_len: np.ndarray, gt: SegmentTable,
+                   pred: SegmentTable, num_categories: int) -> tuple[np.ndarray | None, list[CoreFinding]]:
+    """`image_pq_stats` from (R,) (gt id, pred id) pixel pairs of two maps of the same size and
+    their (R,) pixel counts. A pair may come more than once: the runs of `pair_runs`, or the
+    distinct pairs that the compiled PNG path counts without decoding the maps."""
+    G, P = len(gt.ids), len(pred.ids)
+    gt_rows = _gt_rows(gt)
     gi, pi = index_of(run_gt, _gt_keys(gt)), index_of(run_pred, pred.ids)
     M = np.bincount(gi * (P + 2) + pi, weights=run_len, minlength=(G + 2) * (P + 2))
     M = M.astype(np.int64).reshape(G + 2, P + 2)
