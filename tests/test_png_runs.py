@@ -207,3 +207,16 @@ def perturbed_copy(synth_val, tmp_path):
     from conftest import perturbed
 
     return perturbed(tmp_path, synth_val["gt_json"], synth_val["gt_dir"], seed=2)
+
+
+def test_evaluate_says_which_png_path_it_took(synth_val, tmp_path, monkeypatch, capsys):
+    from panoptix.cli import main
+
+    pred_json, pred_dir = perturbed_copy(synth_val, tmp_path)
+    args = ["evaluate", "--gt-json", str(synth_val["gt_json"]), "--pred-json", str(pred_json),
+            "--pred-dir", str(pred_dir), "--out", str(tmp_path / "r.json")]
+    assert main(args) == 0
+    assert "(compiled PNG path)" in capsys.readouterr().out
+    monkeypatch.setattr(png_runs, "panoptix_pngruns", None)
+    assert main(args) == 0
+    assert "(libspng decoding; pip install ./extras/pngruns is faster)" in capsys.readouterr().out

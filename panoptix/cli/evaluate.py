@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise PanoptixError("name --gt-json and --pred-json (panoptic), or --gt-labels and --pred-labels (label PNGs)")
     from panoptix.evaluation.allocator import keep_freed_memory
     from panoptix.evaluation.panoptic import evaluate_coco_panoptic, format_per_class, format_table
+    from panoptix.evaluation.png_runs import available
 
     keep_freed_memory()
     t0 = time.time()
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_per_class(results))
     print()
     print(format_table(results))
-    print(f"{results['num_images']} images in {seconds:.2f} s"
+    png_path = "compiled PNG path" if available() else "libspng decoding; pip install ./extras/pngruns is faster"
+    print(f"{results['num_images']} images in {seconds:.2f} s ({png_path})"
           + (f"; {results['num_warnings']} warning(s), evaluated as panopticapi does (--strict refuses them)"
              if results["num_warnings"] else ""))
     write_json(out, {**results, "seconds": seconds})
