@@ -1,4 +1,4 @@
-"""What the claims table's diagnostic scripts share (`srm_conflicts.py`, `context_share.py`,
+"""What the claims table's diagnostic scripts share (`srm_conflicts.py`, `context_share.py`, `ciae_oracle.py`,
 `pseudo_label_quality.py`): the command line over trained checkpoints and a held-out set, and the
 JSON written beside the printed table."""
 
