@@ -23,11 +23,10 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from diagnostics import checkpoint_arguments, write_results  # noqa: E402
+from diagnostics import checkpoint_arguments, rows_per_checkpoint, write_results  # noqa: E402
 
 from panoptix.data.datasets import PanopticDataset  # noqa: E402
 from panoptix.data.targets import build_targets  # noqa: E402
-from panoptix.engine.build import load_model  # noqa: E402
 from panoptix.evaluation.panoptic import PanopticEvaluator, percent_row  # noqa: E402
 from panoptix.models.systems.ciae import QUERY_FIELD, RawEmbedding  # noqa: E402
 from panoptix.structures import Instances  # noqa: E402
@@ -76,12 +75,7 @@ def score(model, dataset: PanopticDataset, images: int) -> dict[str, float]:
 
 def main() -> None:
     args = checkpoint_arguments(__doc__, "CIAE run folders or checkpoints", 300, "bench/out/ciae_oracle.json")
-    dataset = PanopticDataset.synthetic(args.data, args.split)
-    rows = []
-    with torch.inference_mode():
-        for weights in args.weights:
-            model = load_model(weights, device="cpu")[0]   # in eval mode
-            rows.append({"weights": weights, **score(model, dataset, args.images)})
+    dataset, rows = rows_per_checkpoint(args, lambda model, data: score(model, data, args.images))
     print(f"\n{min(args.images, len(dataset))} images of {args.data} ({args.split})")
     print(f"{'weights':48s} {'PQ':>6s} {'PQ_th':>6s} {'PQ_st':>6s} | oracle {'PQ':>6s} {'PQ_th':>6s} {'PQ_st':>6s}")
     for r in rows:

@@ -20,10 +20,9 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from diagnostics import checkpoint_arguments, write_results  # noqa: E402
+from diagnostics import checkpoint_arguments, rows_per_checkpoint, write_results  # noqa: E402
 
 from panoptix.data.datasets import PanopticDataset  # noqa: E402
-from panoptix.engine.build import load_model  # noqa: E402
 
 BRANCHES = ("pam", "cam")  # DANet's position and channel attention modules
 
@@ -56,11 +55,7 @@ def branch_changes(model, dataset: PanopticDataset, images: int) -> dict[str, fl
 def main() -> int:
     args = checkpoint_arguments(__doc__, "checkpoints or run folders of a DANet scene parser", 50,
                                 "runs/bench/context_share.json")
-    dataset = PanopticDataset.synthetic(args.data, args.split)   # COCO's layout
-    rows = []
-    for weights in args.weights:
-        model = load_model(weights, device="cpu")[0]   # in eval mode
-        rows.append({"weights": weights, **branch_changes(model, dataset, args.images)})
+    dataset, rows = rows_per_checkpoint(args, lambda model, data: branch_changes(model, data, args.images))
     print(f"DANet's branches on {min(args.images, len(dataset))} images of {args.data}:")
     print(f"{'weights':48s} {'gamma PAM':>10s} {'gamma CAM':>10s} {'PAM change':>11s} {'CAM change':>11s}")
     for r in rows:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +28,22 @@ def write_results(out: str | Path, payload: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1))
     print(f"results: {out}")
+
+
+def rows_per_checkpoint(args: argparse.Namespace, measure: Callable[[Any, Any], dict[str, Any]]
+                        ) -> tuple[Any, list[dict[str, Any]]]:
+    """The held-out set of ``args`` (COCO's layout) and one row per ``--weights`` entry,
+    ``{"weights": w, **measure(model, dataset)}``, each model loaded on the CPU in eval mode and
+    measured without gradients."""
+    import torch
+
+    from panoptix.data.datasets import PanopticDataset
+    from panoptix.engine.build import load_model
+
+    dataset = PanopticDataset.synthetic(args.data, args.split)
+    rows = []
+    for weights in args.weights:
+        model = load_model(weights, device="cpu")[0]   # in eval mode
+        with torch.no_grad():
+            rows.append({"weights": weights, **measure(model, dataset)})
+    return dataset, rows

@@ -28,12 +28,11 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from diagnostics import checkpoint_arguments, write_results  # noqa: E402
+from diagnostics import checkpoint_arguments, rows_per_checkpoint, write_results  # noqa: E402
 
 from panoptix.data.datasets import PanopticDataset  # noqa: E402
 from panoptix.data.meta import IGNORE_INDEX  # noqa: E402
 from panoptix.data.targets import build_targets  # noqa: E402
-from panoptix.engine.build import load_model  # noqa: E402
 from panoptix.fusion.ranking import RANK_FIELD  # noqa: E402
 
 
@@ -114,14 +113,12 @@ def conflicts(model, dataset: PanopticDataset, images: int) -> dict[str, float]:
 def main() -> int:
     args = checkpoint_arguments(__doc__, "checkpoints (or run folders) with a ranking head", 300,
                                 "runs/bench/srm_conflicts.json")
-    dataset = PanopticDataset.synthetic(args.data, args.split)   # COCO's layout
-    rows = []
-    for weights in args.weights:
-        model = load_model(weights, device="cpu")[0]   # in eval mode
+    def measure(model, dataset):
         if model.ranking_head is None:
-            raise SystemExit(f"{weights}: no ranking head")
-        with torch.no_grad():
-            rows.append({"weights": weights, **conflicts(model, dataset, args.images)})
+            raise SystemExit(f"a checkpoint of {args.weights} has no ranking head")
+        return conflicts(model, dataset, args.images)
+
+    _, rows = rows_per_checkpoint(args, measure)
     print(f"{'checkpoint':50s} {'conflict px':>11s} {'rank acc':>9s} {'score acc':>9s} {'differ':>7s}")
     for r in rows:
         print(f"{r['weights']:50s} {r['conflict_pixels']:11d} {r['rank_accuracy']:9.3f} {r['score_accuracy']:9.3f} "
