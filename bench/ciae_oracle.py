@@ -4,9 +4,9 @@ ground-truth boxes and classes as its detections (the oracle of CIAE, Gao et al.
 CoordConv, the box embedding and the box filter (Tables VI and VIII) act on the embeddings and on
 the merge, not on FCOS's classes. Where a tiny detector misclassifies most things, their effect on
 PQ can drown; the oracle shows it on its own. Per image, the network runs once; the oracle replaces
-the detections by the ground-truth instances, each with its query embedding read at the mask pixel
-nearest the mask's centroid (a location inside the object, where FCOS's centre sampling puts its
-positives), score 1, and the same merge (`CIAEPanoptic.fuse`) runs on both.
+the detections by the ground-truth instances (boxes and classes, score 1), each with the paper's
+oracle query: the mean of the predicted pixel embeddings within its ground-truth mask, L2-normalised.
+The same merge (`CIAEPanoptic.fuse`) runs on both.
 
     python bench/ciae_oracle.py --weights runs/sweeps/ciae/ciae/seed_0 runs/sweeps/ciae/no_filter/seed_0 \\
         --data runs/held --images 300
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,24 +33,13 @@ from panoptix.models.systems.ciae import QUERY_FIELD, RawEmbedding  # noqa: E402
 from panoptix.structures import Instances  # noqa: E402
 
 
-def inner_points(masks: torch.Tensor) -> torch.Tensor:
-    """(N, H, W) bool masks -> (N, 2) (y, x) of each mask's pixel nearest its centroid."""
-    h, w = masks.shape[-2:]
-    ys = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w)
-    xs = torch.arange(w, dtype=torch.float32)[None, :].expand(h, w)
-    m = masks.float()
-    area = m.sum((1, 2)).clamp(min=1)
-    cy, cx = (m * ys).sum((1, 2)) / area, (m * xs).sum((1, 2)) / area
-    dist = (ys[None] - cy[:, None, None]) ** 2 + (xs[None] - cx[:, None, None]) ** 2
-    flat = torch.where(masks, dist, torch.full_like(dist, float("inf"))).flatten(1).argmin(1)
-    return torch.stack([flat // w, flat % w], 1)
-
-
 def oracle_raw(raw: RawEmbedding, targets: dict[str, torch.Tensor]) -> RawEmbedding:
-    """``raw`` with the ground-truth things as its detections."""
-    points = inner_points(targets["masks"].bool())
-    queries = raw.embeddings[:, points[:, 0], points[:, 1]].T
-    n = len(points)
+    """``raw`` with the ground-truth things as its detections; each query is the unit mean of the
+    (E, H, W) embeddings within its mask (CIAE, Table V)."""
+    masks = targets["masks"].float()                                     # (N, H, W)
+    sums = torch.einsum("nhw,ehw->ne", masks, raw.embeddings.float())
+    queries = F.normalize(sums, dim=1)
+    n = len(masks)
     inst = Instances(boxes=targets["boxes"].float(), scores=torch.ones(n), labels=targets["labels"].long(),
                      image_size=tuple(raw.embeddings.shape[-2:]), extra={QUERY_FIELD: queries})
     return RawEmbedding(inst, raw.embeddings)
