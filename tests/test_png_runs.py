@@ -19,6 +19,8 @@ from panoptix.evaluation import png_runs
 from panoptix.evaluation.panoptic import evaluate_coco_panoptic
 from panoptix.evaluation.pq_core import pair_runs
 
+from conftest import perturbed
+
 pngruns = pytest.importorskip("panoptix_pngruns", reason="the compiled extra is not installed "
                                                          "(pip install ./extras/pngruns; needs a C compiler)")
 
@@ -180,8 +182,6 @@ def _split_idat_around_text(data: bytes) -> bytes:
 
 # --------------------------------------------------------------------------- the evaluation, with and without
 def test_evaluation_is_the_same_without_the_compiled_path(synth_val, tmp_path, monkeypatch):
-    from conftest import perturbed
-
     pred_json, pred_dir = perturbed(tmp_path, synth_val["gt_json"], synth_val["gt_dir"], seed=4)
     fast = evaluate_coco_panoptic(synth_val["gt_json"], pred_json, synth_val["gt_dir"], pred_dir)
     calls, original = [], pngruns.pair_counts
@@ -195,7 +195,7 @@ def test_evaluation_is_the_same_without_the_compiled_path(synth_val, tmp_path, m
 def test_a_file_it_refuses_is_reported_by_the_decoder(synth_val, tmp_path):
     from panoptix.evaluation.findings import PanopticInputError
 
-    pred_json, pred_dir = perturbed_copy(synth_val, tmp_path)
+    pred_json, pred_dir = perturbed(tmp_path, synth_val["gt_json"], synth_val["gt_dir"], seed=2)
     first = json.loads(pred_json.read_text())["annotations"][0]["file_name"]
     png = pred_dir / first
     png.write_bytes(png.read_bytes()[:-40])                            # truncated: refused, then decoded
@@ -203,16 +203,10 @@ def test_a_file_it_refuses_is_reported_by_the_decoder(synth_val, tmp_path):
         evaluate_coco_panoptic(synth_val["gt_json"], pred_json, synth_val["gt_dir"], pred_dir)
 
 
-def perturbed_copy(synth_val, tmp_path):
-    from conftest import perturbed
-
-    return perturbed(tmp_path, synth_val["gt_json"], synth_val["gt_dir"], seed=2)
-
-
 def test_evaluate_says_which_png_path_it_took(synth_val, tmp_path, monkeypatch, capsys):
     from panoptix.cli import main
 
-    pred_json, pred_dir = perturbed_copy(synth_val, tmp_path)
+    pred_json, pred_dir = perturbed(tmp_path, synth_val["gt_json"], synth_val["gt_dir"], seed=2)
     args = ["evaluate", "--gt-json", str(synth_val["gt_json"]), "--pred-json", str(pred_json),
             "--pred-dir", str(pred_dir), "--out", str(tmp_path / "r.json")]
     assert main(args) == 0

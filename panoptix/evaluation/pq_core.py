@@ -146,9 +146,8 @@ def image_pq_stats(gt_map: np.ndarray, gt: SegmentTable, pred_map: np.ndarray, p
         a JSON segment and the reverse (panopticapi's checks); warnings for the ground-truth
         oddities panopticapi tolerates. All checks run whatever the others find.
     """
-    P = len(pred.ids)
-    gt_rows = _gt_rows(gt)
     if gt_map.shape != pred_map.shape:
+        P, gt_rows = len(pred.ids), _gt_rows(gt)
         size = ("error", "pred", f"prediction is {pred_map.shape[1]}x{pred_map.shape[0]} (WxH), ground truth "
                                  f"{gt_map.shape[1]}x{gt_map.shape[0]}")
         g_counts, g_stray = _counts(*np.unique(gt_map, return_counts=True), _gt_keys(gt))

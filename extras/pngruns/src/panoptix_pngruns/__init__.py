@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import NamedTuple
 
 import deflate
 import numpy as np
@@ -31,17 +32,19 @@ _MISSING = 0xFFFFFFFF                # palette slots the PLTE chunk does not fil
 _MAX_RATIO = 1032                    # deflate's largest expansion (258-byte matches in about 2 bits)
 
 
-class _Image:
+class _Image(NamedTuple):
     """One PNG's inflated scanlines: ``raw`` (h rows of 1 + w * channels bytes) and its palette."""
 
-    __slots__ = ("width", "height", "channels", "raw", "palette")
-
-    def __init__(self, width: int, height: int, channels: int, raw: bytes, palette: bytes) -> None:
-        self.width, self.height, self.channels, self.raw, self.palette = width, height, channels, raw, palette
+    width: int
+    height: int
+    channels: int
+    raw: bytes
+    palette: bytes
 
 
 def _chunks(data: bytes):
-    """(type, payload) of each chunk, or None at the first bad length or checksum of a critical chunk."""
+    """(type, payload) of each chunk; it stops at a length past the end, and yields (None, b"") for a
+    critical chunk whose checksum is wrong."""
     pos, n = 8, len(data)
     while pos + 12 <= n:
         length = int.from_bytes(data[pos:pos + 4], "big")
