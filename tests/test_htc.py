@@ -8,6 +8,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+import torchvision
 from torchvision.models.detection.image_list import ImageList
 
 from panoptix.config import load_config
@@ -69,6 +70,28 @@ def test_semantic_feature_is_added_to_box_and_mask_rois():
     assert torch.allclose(box - plain_box, torch.full_like(box, 2.0), atol=1e-5)
     with pytest.raises(ValueError, match="semantic head's feature"):
         head.eval()(ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)]), feats)
+
+
+@pytest.mark.parametrize("kernel", ["torchvision", "matmul", "sparse"])
+def test_semantic_rois_pool_with_the_heads_kernel_and_torchvisions_numbers(kernel):
+    torch.manual_seed(0)
+    head = HybridTaskCascade(8, 2, **tiny(), roi_align=kernel)
+    semantic = torch.randn(2, 8, 8, 8, requires_grad=True)
+    boxes = [torch.tensor([[3.0, 5.0, 40.0, 24.0], [0.0, 0.0, 63.0, 63.0]]), torch.tensor([[10.0, 12.0, 30.5, 50.0]])]
+    grad = torch.randn(3, 8, 14, 14)
+    reference = torchvision.ops.roi_align(semantic, boxes, 14, 1 / 8, 2)
+    (expected_grad,) = torch.autograd.grad((reference * grad).sum(), semantic)
+    pooled = head.semantic_roi(semantic, boxes)
+    (pooled_grad,) = torch.autograd.grad((pooled * grad).sum(), semantic)
+    assert torch.allclose(pooled, reference, atol=1e-5)
+    assert torch.allclose(pooled_grad, expected_grad, atol=1e-5)
+    # it pools through the mask pooler's kernel (torchvision's kernel has none)
+    calls = []
+    if kernel != "torchvision":
+        own = head.mask_pool.pool_level
+        head.mask_pool.pool_level = lambda *a: calls.append(1) or own(*a)
+        head.semantic_roi(semantic, boxes)
+    assert len(calls) == (kernel != "torchvision")
 
 
 def test_interleaved_training_resamples_the_refined_boxes(monkeypatch):

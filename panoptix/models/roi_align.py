@@ -17,6 +17,7 @@ is the CPU default of the RoI heads (`SparseMultiScaleRoIAlign`, torchvision's k
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -145,6 +146,19 @@ def roi_align_sparse(features: Tensor, boxes: Tensor, batch_index: Tensor, outpu
     return pooled.to(features.dtype)
 
 
+def roi_align_per_image(features: Tensor, boxes: list[Tensor], output_size: tuple[int, int], spatial_scale: float,
+                        sampling_ratio: int = 2, kernel: Callable[..., Tensor] | None = None) -> Tensor:
+    """RoIAlign of one (B, C, H, W) map over per-image box lists ((N_i, 4) xyxy in image pixels) with
+    ``kernel`` (`roi_align_matmul` or `roi_align_sparse`; None: torchvision's) -> (sum N_i, C, *output_size).
+    A pooler's kernel is its ``pool_level`` (`MatmulMultiScaleRoIAlign`, `SparseMultiScaleRoIAlign`), so a
+    single-map RoIAlign beside an FPN pooler computes as the pooler does."""
+    boxes = [b.to(features.dtype) for b in boxes]
+    if kernel is None:
+        return roi_align(features, boxes, output_size, spatial_scale, sampling_ratio)
+    rois = _convert_to_roi_format(boxes)  # (K, 5): image index, x1, y1, x2, y2
+    return kernel(features, rois[:, 1:], rois[:, 0].long(), output_size, spatial_scale, sampling_ratio)
+
+
 class MatmulMultiScaleRoIAlign(MultiScaleRoIAlign):
     """torchvision's `MultiScaleRoIAlign` (same level mapping and scales) pooling with
     `roi_align_matmul`. Forward: (features dict, boxes per image (N_i, 4), image sizes) ->
@@ -175,4 +189,5 @@ class SparseMultiScaleRoIAlign(MatmulMultiScaleRoIAlign):
     pool_level = staticmethod(roi_align_sparse)
 
 
-__all__ = ["roi_align_matmul", "roi_align_sparse", "MatmulMultiScaleRoIAlign", "SparseMultiScaleRoIAlign"]
+__all__ = ["roi_align_matmul", "roi_align_sparse", "roi_align_per_image", "MatmulMultiScaleRoIAlign",
+           "SparseMultiScaleRoIAlign"]
