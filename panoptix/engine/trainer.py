@@ -34,6 +34,7 @@ from panoptix.engine.checkpoint import (
 )
 from panoptix.engine.logger import MetricsLogger, plot_curves
 from panoptix.engine.optim import build_optimizer, prepare_norms
+from panoptix.engine.precision import guard_bfloat16_convolutions, precision_note, training_autocast
 from panoptix.engine.predictor import Predictor, evaluate_dataset
 from panoptix.engine.sampler import MixedStream, TrainingStream, stream_loader
 from panoptix.engine.settings import DataSettings, EngineSettings, SolverSettings
@@ -112,8 +113,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(it, solver.warmup_iters, solver.warmup_factor, solver.steps,
                                                  solver.gamma, solver.lr_schedule, solver.max_iter, solver.poly_power))
-        self.amp = bool(solver.amp) and self.device.type == "cuda"
-        self.amp_dtype = getattr(torch, solver.amp_dtype)
+        self.amp, self.amp_dtype = training_autocast(solver, self.device)
+        if self.amp and self.device.type == "cpu":
+            guard_bfloat16_convolutions(self.model)
         # Where small collective tensors live: the GPU under NCCL, the CPU (None) under gloo.
         self.comm_device = self.device if self.device.type == "cuda" else None
         # bfloat16 has float32's range: no loss scaling.
@@ -196,8 +198,8 @@ class Trainer:
             seed_all_rng(e.seed + self.rank)
             if e.init_weights:  # a fresh run that starts from trained weights (fine-tuning)
                 load_model_weights(self.model, e.init_weights)
-            note = s.schedule_note() if main else None
-            if note:  # said once, when the run starts
+            notes = [s.schedule_note(), precision_note(s, self.device)] if main else []
+            for note in filter(None, notes):  # said once, when the run starts
                 print(f"panoptix train: note: {note}", file=sys.stderr)
         start = self.iteration
         logger = self.logger = MetricsLogger(self.out, e.tensorboard, start) if main else None
@@ -277,7 +279,7 @@ class Trainer:
             return None
         n = len(self.val_set) if not limit else min(limit, len(self.val_set))
         predictor = Predictor(self.model, self.device, batch_size=max(1, self.batch_per_rank), amp=self.amp,
-                              amp_dtype=self.solver.amp_dtype)
+                              amp_dtype=str(self.amp_dtype).removeprefix("torch."))
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             result = evaluate_dataset(predictor, self.val_set, range(n), progress=False)
         row = {**self.task.headline(result), "images": n}
