@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from panoptix.cli import main
+from panoptix.engine.precision import cpu_has_native_bfloat16
 
 from conftest import REPO
 
@@ -39,6 +40,7 @@ _HEAVY = ("torch", "torchvision", "timm", "matplotlib", "tensorboard", "panoptix
 _RUN_AND_LIST_MODULES = """
 import sys
 from panoptix.cli import main
+from panoptix.engine.precision import cpu_has_native_bfloat16
 rc = main(sys.argv[1:])
 print("RC", rc, "HEAVY", [m for m in {heavy!r} if m in sys.modules])
 """
@@ -161,3 +163,17 @@ def test_demo_runs_end_to_end_and_reports_its_phases(tmp_path, capsys):
     pq = json.loads((out / "pq_results.json").read_text())
     assert summary["pq"]["All"] == pq["All"] and "wall time (s): data" in text
     assert len(list((out / "overlays").glob("*.png"))) == 2
+    # --precision auto: bfloat16 autocast exactly where the CPU computes it natively
+    trained = json.loads((out / "train" / "config.json").read_text())
+    assert summary["cpu_bfloat16"] == trained["solver"]["cpu_amp"] == cpu_has_native_bfloat16()
+
+
+@pytest.mark.parametrize("precision,cpu_amp", [("float32", False), ("bfloat16", True)])
+def test_demo_precision_sets_cpu_amp_before_the_users_overrides(tmp_path, monkeypatch, precision, cpu_amp):
+    from panoptix.cli import train
+
+    seen = {}
+    monkeypatch.setattr(train, "run", lambda args: seen.setdefault("overrides", args.overrides) and 7)
+    assert main(["demo", "--out", str(tmp_path), "--train", "2", "--val", "2", "--size", "64",
+                 "--precision", precision, "engine.seed=3"]) == 7  # the training's exit code ends the demo
+    assert seen["overrides"][-2:] == [f"solver.cpu_amp={str(cpu_amp).lower()}", "engine.seed=3"]

@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="the synthetic set's seed")
     p.add_argument("--overlays", type=int, default=16, help="overlays to draw")
     p.add_argument("--ranks", type=int, default=1, help="CPU training processes (as panoptix train --ranks)")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="CPU training precision: bfloat16 autocast (solver.cpu_amp) where the CPU computes "
+                        "bfloat16 natively (auto), or as given")
     add_import(p)
 
 
@@ -43,6 +46,7 @@ class PhaseClock:
 def run(args: argparse.Namespace) -> int:
     from panoptix.data.synthetic import synthetic_paths
     from panoptix.engine.checkpoint import last_checkpoint
+    from panoptix.engine.precision import cpu_has_native_bfloat16
     from panoptix.evaluation.panoptic import evaluate_coco_panoptic, format_table
 
     out = Path(args.out)
@@ -55,8 +59,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"[1/5] synthetic dataset present: {data}")
     clock.lap("data")
-    print(f"[2/5] training {args.config} on CPU-sized settings (resumes if interrupted): {train_dir}")
-    overrides = [f"data.train.root={data}", f"data.val.root={data}", f"engine.output_dir={train_dir}", *args.overrides]
+    bfloat16 = args.precision == "bfloat16" or (args.precision == "auto" and cpu_has_native_bfloat16())
+    print(f"[2/5] training {args.config} on CPU-sized settings{' in bfloat16 autocast' if bfloat16 else ''} "
+          f"(resumes if interrupted): {train_dir}")
+    overrides = [f"data.train.root={data}", f"data.val.root={data}", f"engine.output_dir={train_dir}",
+                 f"solver.cpu_amp={str(bfloat16).lower()}", *args.overrides]
     code = train.run(namespace(train, config=args.config, overrides=overrides, imports=args.imports, ranks=args.ranks))
     if code:
         return code
@@ -74,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     viz.run(namespace(viz, gt_json=str(val["gt_json"]), images=str(val["image_dir"]), pred_json=str(pred_json),
                       out=str(out / "overlays"), limit=args.overlays))
     clock.lap("overlays")
-    write_json(out / "demo_summary.json", {"config": args.config, "seconds": clock.laps,
+    write_json(out / "demo_summary.json", {"config": args.config, "cpu_bfloat16": bfloat16, "seconds": clock.laps,
                                            "pq": {k: results[k] for k in ("All", "Things", "Stuff")}})
     print()
     print(format_table(results))
