@@ -173,7 +173,12 @@ def test_demo_precision_sets_cpu_amp_before_the_users_overrides(tmp_path, monkey
     from panoptix.cli import train
 
     seen = {}
-    monkeypatch.setattr(train, "run", lambda args: seen.setdefault("overrides", args.overrides) and 7)
+    monkeypatch.setattr(train, "run", lambda args: seen.update(vars(args)) or 7)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert main(["demo", "--out", str(tmp_path), "--train", "2", "--val", "2", "--size", "64",
                  "--precision", precision, "engine.seed=3"]) == 7  # the training's exit code ends the demo
     assert seen["overrides"][-2:] == [f"solver.cpu_amp={str(cpu_amp).lower()}", "engine.seed=3"]
+    assert seen["ranks"] == 2  # on a CPU-only machine
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert main(["demo", "--out", str(tmp_path), "--precision", precision]) == 7
+    assert seen["ranks"] == 1  # where a GPU is visible: one process, on the GPU

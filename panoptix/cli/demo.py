@@ -23,7 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=128, help="synthetic image size")
     p.add_argument("--seed", type=int, default=0, help="the synthetic set's seed")
     p.add_argument("--overlays", type=int, default=16, help="overlays to draw")
-    p.add_argument("--ranks", type=int, default=1, help="CPU training processes (as panoptix train --ranks)")
+    p.add_argument("--ranks", type=int, default=None,
+                   help="CPU training processes, as panoptix train --ranks (default: 1 where a GPU is visible, "
+                        "else 2: two 1-thread ranks train about 10%% more images per second than one 2-thread "
+                        "process on a 2-core CPU)")
     p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="CPU training precision: bfloat16 autocast (solver.cpu_amp) where the CPU computes "
                         "bfloat16 natively (auto), or as given")
@@ -44,6 +47,8 @@ class PhaseClock:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from panoptix.data.synthetic import synthetic_paths
     from panoptix.engine.checkpoint import last_checkpoint
     from panoptix.engine.precision import cpu_has_native_bfloat16
@@ -64,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
           f"(resumes if interrupted): {train_dir}")
     overrides = [f"data.train.root={data}", f"data.val.root={data}", f"engine.output_dir={train_dir}",
                  f"solver.cpu_amp={str(bfloat16).lower()}", *args.overrides]
-    code = train.run(namespace(train, config=args.config, overrides=overrides, imports=args.imports, ranks=args.ranks))
+    ranks = args.ranks or (1 if torch.cuda.is_available() else 2)
+    code = train.run(namespace(train, config=args.config, overrides=overrides, imports=args.imports, ranks=ranks))
     if code:
         return code
     clock.lap("training")
