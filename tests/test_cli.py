@@ -40,7 +40,6 @@ _HEAVY = ("torch", "torchvision", "timm", "matplotlib", "tensorboard", "panoptix
 _RUN_AND_LIST_MODULES = """
 import sys
 from panoptix.cli import main
-from panoptix.engine.precision import cpu_has_native_bfloat16
 rc = main(sys.argv[1:])
 print("RC", rc, "HEAVY", [m for m in {heavy!r} if m in sys.modules])
 """
