@@ -15,10 +15,27 @@ from safetensors.torch import save_file
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from panoptix.engine.checkpoint import CheckpointError
-from panoptix.models.backbones import KNOWN_BACKBONES, BackboneWeightsError, TimmBackbone
+from panoptix.models.backbones import KNOWN_BACKBONES, BackboneWeightsError, StemWidthError, TimmBackbone
 
-TINY = dict(channels=(16, 32, 64, 128), stem_width=16)
+TINY = dict(channels=(16, 32, 64, 128))
 RANDOM_OK = dict(TINY, allow_frozen_without_weights=True)
+
+
+def test_stem_width_timm_would_ignore_is_refused():
+    """timm builds resnet18's 7x7 stem 64 wide whatever stem_width says; the deep stem takes it."""
+    with pytest.raises(StemWidthError, match="stem_width=24 has no effect.*64 channels"):
+        TimmBackbone("resnet18", norm="gn", freeze_at=0, stem_width=24, **TINY)
+    deep = TimmBackbone("resnet18d", norm="gn", freeze_at=0, stem_width=8, **TINY)
+    assert [m.out_channels for m in deep.body.conv1 if isinstance(m, torch.nn.Conv2d)] == [8, 8, 16]
+
+
+def test_checkpoint_config_with_an_ignored_stem_width_still_builds():
+    """Checkpoints written before the check carry stem_width: their weights are timm's 64-wide stem."""
+    cfg = dict(arch="resnet18", norm="gn", freeze_at=0, stem_width=24, channels=[16, 32, 64, 128])
+    b = TimmBackbone.from_config(cfg, weights_from_checkpoint=True)
+    assert b.body.conv1.out_channels == 64
+    with pytest.raises(StemWidthError):
+        TimmBackbone.from_config(cfg)
 
 
 def test_tiny_backbone_shapes_and_strides():

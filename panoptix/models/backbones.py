@@ -36,6 +36,21 @@ class BackboneWeightsError(PanoptixError, ValueError):
     """A backbone weights file is missing, unreadable, cannot be fetched, or does not fit the network."""
 
 
+class StemWidthError(ConfigError):
+    """``stem_width`` was set for an architecture whose stem timm builds at a fixed width."""
+
+
+def check_stem_width(body: nn.Module, arch: str, stem_width: int | None) -> None:
+    """timm's ResNets take ``stem_width`` but apply it to deep stems only (``resnet18d``, ``resnet50c``...):
+    a plain ResNet keeps its single 7x7 conv at 64 channels whatever is asked. Refuse the ignored
+    setting rather than build a stem of another width than the config says."""
+    stem = getattr(body, "conv1", None)
+    if stem_width is not None and isinstance(stem, nn.Conv2d) and stem.out_channels != stem_width:
+        raise StemWidthError(f"backbone {arch!r}: stem_width={stem_width} has no effect, its single 7x7 stem conv is "
+                             f"{stem.out_channels} channels wide in timm (stem_width applies to deep stems, e.g. "
+                             f"'{arch}d'); remove stem_width or choose a deep-stem architecture")
+
+
 def is_hub_weights(weights: str | Path | None) -> bool:
     """Whether ``weights`` asks timm to fetch them (``"timm"`` or an ``"hf-hub:"`` name)."""
     return isinstance(weights, str) and (weights == "timm" or weights.startswith("hf-hub:"))
@@ -91,6 +106,7 @@ class TimmBackbone(Configurable, nn.Module):
         if norm == "gn":
             kwargs["norm_layer"] = partial(_GroupNorm)
         body = _create(arch, weights, kwargs)
+        check_stem_width(body, arch, stem_width)
         self.arch = arch
         if weights is not None and not is_hub_weights(weights):
             load_backbone_weights(body, weights)
@@ -114,6 +130,10 @@ class TimmBackbone(Configurable, nn.Module):
         """``weights_from_checkpoint``: a checkpoint will overwrite every weight, so none are loaded."""
         if weights_from_checkpoint:
             cfg = {**cfg, "weights": None, "allow_frozen_without_weights": True}
+            try:
+                return cls(**cfg)
+            except StemWidthError:  # written before the check: the weights are those of timm's own stem
+                return cls(**{**cfg, "stem_width": None})
         return cls(**cfg)
 
     def _freeze(self, freeze_at: int) -> None:
@@ -217,4 +237,5 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     body.load_state_dict(state, strict=False)
 
 
-__all__ = ["TimmBackbone", "BackboneWeightsError", "load_backbone_weights", "read_state_dict", "KNOWN_BACKBONES"]
+__all__ = ["TimmBackbone", "BackboneWeightsError", "StemWidthError", "check_stem_width", "load_backbone_weights",
+           "read_state_dict", "KNOWN_BACKBONES"]
