@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+CORE_STAMP := $(VENV)/.core
 STAMP := $(VENV)/.installed
 CRF_STAMP := $(VENV)/.crf
 PNGRUNS_STAMP := $(VENV)/.pngruns
@@ -14,21 +15,25 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+# What `make demo` needs: panoptix and its dependencies, nothing for tests.
+$(CORE_STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -q -c constraints.txt -e .
+	touch $(CORE_STAMP)
+
+# The tests' tools, and the reference implementations they compare with. Installed without their
+# dependencies: panopticapi-lite's metadata pins numpy<2 but its evaluation module needs only numpy
+# and Pillow; cityscapesscripts' (the tests' Cityscapes fixture) pulls in the `typing` backport and
+# requests, where its converter needs only numpy, Pillow and pyquaternion; mit-semseg's
+# intersectionAndUnion (the ADE20K benchmark's mIoU) needs only numpy.
+$(STAMP): $(CORE_STAMP)
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
-	# The reference evaluator for tests: its metadata pins numpy<2 but its evaluation module needs
-	# only numpy and Pillow, so it is installed without dependencies.
-	$(BIN)/pip install -q --no-deps panopticapi-lite==0.2.0
-	# Cityscapes' official converter makes the tests' Cityscapes fixture. Its metadata pulls in the
-	# `typing` backport and requests; the converter needs only numpy, Pillow and pyquaternion.
-	$(BIN)/pip install -q --no-deps cityscapesscripts==2.3.0 pyquaternion==0.9.9
-	# mit-semseg's intersectionAndUnion is the ADE20K benchmark's mIoU; its utils need only numpy.
-	$(BIN)/pip install -q --no-deps mit-semseg==1.0.0
+	$(BIN)/pip install -q --no-deps panopticapi-lite==0.2.0 cityscapesscripts==2.3.0 pyquaternion==0.9.9 \
+		mit-semseg==1.0.0
 	touch $(STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(CORE_STAMP)
 	$(BIN)/panoptix demo --out $(DEMO_DIR)
 
 # The crf extra compiles pydensecrf2 (about a minute); where that fails, the one test that compares
