@@ -61,3 +61,31 @@ def test_a_loop_optimizer_state_resumes_into_a_fused_one() -> None:
     fused.load_state_dict(loop.state_dict())
     _train(model, fused, 2)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_fused_step_under_a_grad_scaler_with_unscale_and_clipping(name: str) -> None:
+    """The trainer's float16 path (GradScaler, unscale_ before clipping) with the fused step gives the
+    unscaled loop's update; run with the CPU scaler, the same code as CUDA's. SGD is the case that
+    would show a scale applied twice or not at all (Adam's step is nearly scale-invariant)."""
+    scaled_model, plain_model = _model(), _model()
+    fused = build_optimizer(scaled_model, _solver(name))
+    groups = parameter_groups(plain_model, 0.05)
+    plain = (torch.optim.SGD(groups, lr=1e-2, momentum=0.9) if name == "sgd"
+             else torch.optim.AdamW(groups, lr=1e-2))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        x = torch.randn(2, 3, 8, 8, generator=gen)
+        fused.zero_grad()
+        scaler.scale(scaled_model(x).square().mean()).backward()
+        scaler.unscale_(fused)
+        nn.utils.clip_grad_norm_(scaled_model.parameters(), 10.0)
+        scaler.step(fused)
+        scaler.update()
+        plain.zero_grad()
+        plain_model(x).square().mean().backward()
+        nn.utils.clip_grad_norm_(plain_model.parameters(), 10.0)
+        plain.step()
+    for a, b in zip(scaled_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
