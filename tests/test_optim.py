@@ -21,6 +21,12 @@ def _model(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
 
 
+def _loop_optimizer(model: nn.Module, name: str) -> torch.optim.Optimizer:
+    """PyTorch's per-parameter loop, the reference the fused step is compared with."""
+    groups = parameter_groups(model, 0.05)
+    return torch.optim.SGD(groups, lr=1e-2, momentum=0.9) if name == "sgd" else torch.optim.AdamW(groups, lr=1e-2)
+
+
 def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 5) -> None:
     gen = torch.Generator().manual_seed(1)
     for _ in range(steps):
@@ -34,9 +40,7 @@ def test_cpu_optimizer_is_fused_and_matches_the_loop(name: str) -> None:
     fused_model, loop_model = _model(), _model()
     fused = build_optimizer(fused_model, _solver(name))
     assert all(g["fused"] is True for g in fused.param_groups)
-    groups = parameter_groups(loop_model, 0.05)
-    loop = (torch.optim.SGD(groups, lr=1e-2, momentum=0.9) if name == "sgd"
-            else torch.optim.AdamW(groups, lr=1e-2))
+    loop = _loop_optimizer(loop_model, name)
     _train(fused_model, fused)
     _train(loop_model, loop)
     moved = max((a - b).abs().max().item() for a, b in zip(fused_model.parameters(), _model().parameters()))
@@ -46,8 +50,7 @@ def test_cpu_optimizer_is_fused_and_matches_the_loop(name: str) -> None:
 
 
 def test_not_fused_where_unsupported() -> None:
-    assert not fused_supported([{"params": [nn.Parameter(torch.zeros(2, dtype=torch.float64), requires_grad=True)
-                                            .to("meta")]}])
+    assert not fused_supported([{"params": [nn.Parameter(torch.zeros(2, device="meta"))]}])
     assert not fused_supported([{"params": []}])
     assert fused_supported([{"params": [nn.Parameter(torch.zeros(2))]}])
 
@@ -55,7 +58,7 @@ def test_not_fused_where_unsupported() -> None:
 def test_a_loop_optimizer_state_resumes_into_a_fused_one() -> None:
     """Checkpoints written before the fused step (``fused: None`` in their groups) still resume."""
     model = _model()
-    loop = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-2)
+    loop = _loop_optimizer(model, "adamw")
     _train(model, loop, 2)
     fused = build_optimizer(model, _solver("adamw"))
     fused.load_state_dict(loop.state_dict())
@@ -70,9 +73,7 @@ def test_fused_step_under_a_grad_scaler_with_unscale_and_clipping(name: str) -> 
     would show a scale applied twice or not at all (Adam's step is nearly scale-invariant)."""
     scaled_model, plain_model = _model(), _model()
     fused = build_optimizer(scaled_model, _solver(name))
-    groups = parameter_groups(plain_model, 0.05)
-    plain = (torch.optim.SGD(groups, lr=1e-2, momentum=0.9) if name == "sgd"
-             else torch.optim.AdamW(groups, lr=1e-2))
+    plain = _loop_optimizer(plain_model, name)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     gen = torch.Generator().manual_seed(2)
     for _ in range(3):
