@@ -165,6 +165,8 @@ def test_demo_runs_end_to_end_and_reports_its_phases(tmp_path, capsys):
     # --precision auto: bfloat16 autocast exactly where the CPU computes it natively
     trained = json.loads((out / "train" / "config.json").read_text())
     assert summary["cpu_bfloat16"] == trained["solver"]["cpu_amp"] == cpu_has_native_bfloat16()
+    # the training skips its own final evaluation: the demo's prediction step scores the same split
+    assert json.loads((out / "train" / "train_summary.json").read_text())["final_eval"] is None
 
 
 @pytest.mark.parametrize("precision,cpu_amp", [("float32", False), ("bfloat16", True)])
@@ -176,7 +178,8 @@ def test_demo_precision_sets_cpu_amp_before_the_users_overrides(tmp_path, monkey
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert main(["demo", "--out", str(tmp_path), "--train", "2", "--val", "2", "--size", "64",
                  "--precision", precision, "engine.seed=3"]) == 7  # the training's exit code ends the demo
-    assert seen["overrides"][-2:] == [f"solver.cpu_amp={str(cpu_amp).lower()}", "engine.seed=3"]
+    assert seen["overrides"][-3:] == [f"solver.cpu_amp={str(cpu_amp).lower()}", "engine.final_eval=false",
+                                      "engine.seed=3"]
     assert seen["ranks"] == 2  # on a CPU-only machine
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     assert main(["demo", "--out", str(tmp_path), "--precision", precision]) == 7

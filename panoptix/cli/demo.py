@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"[2/5] training {args.config} on CPU-sized settings{' in bfloat16 autocast' if bfloat16 else ''} "
           f"(resumes if interrupted): {train_dir}")
     overrides = [f"data.train.root={data}", f"data.val.root={data}", f"engine.output_dir={train_dir}",
-                 f"solver.cpu_amp={str(bfloat16).lower()}", *args.overrides]
+                 f"solver.cpu_amp={str(bfloat16).lower()}", "engine.final_eval=false", *args.overrides]
     ranks = args.ranks or (1 if torch.cuda.is_available() else 2)
     code = train.run(namespace(train, config=args.config, overrides=overrides, imports=args.imports, ranks=ranks))
     if code:

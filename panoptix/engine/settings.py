@@ -110,12 +110,15 @@ class EngineSettings:
 
     ``init_weights``: a checkpoint whose model weights a fresh run starts from (fine-tuning; the
     optimizer and schedule start anew); a run that resumes from its own folder ignores it.
+    ``final_eval``: evaluate the whole val split after the last iteration (into ``train_summary.json``);
+    ``panoptix demo`` turns it off because its own prediction step scores the same split.
     """
 
     output_dir: str = "runs/train"
     seed: int = 0
     eval_period: int = 0
     eval_images: int = 0
+    final_eval: bool = True
     checkpoint_period: int = 5000
     log_period: int = 20
     resume: bool = True

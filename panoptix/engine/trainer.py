@@ -80,7 +80,7 @@ class Trainer:
             not the trainer, decides what its targets are.
         train_set: training split (images are needed).
         data, solver, engine: settings (`panoptix.engine.settings`).
-        val_set: evaluated every ``engine.eval_period`` iterations and at the end (PQ).
+        val_set: evaluated every ``engine.eval_period`` iterations and at the end (PQ; ``engine.final_eval``).
         config: stored in the output folder for ``panoptix predict``.
         progress: show a progress bar.
         pseudo_set: pseudo-labelled images (a teacher's labels): each batch then takes
@@ -235,7 +235,7 @@ class Trainer:
             atomic_save({"model": self.model.state_dict(), "meta": self.stream.dataset.meta.to_json(),
                          "config": self.config, "iteration": self.iteration}, self.out / FINAL)
         in_sync = dist.replicas_in_sync(self.model, self.comm_device)
-        final = self._evaluate(logger, 0)
+        final = self._evaluate(logger, 0) if self.engine.final_eval else None
         summary = {"iterations": self.iteration, "started_at": start, "seconds": round(seconds, 1),
                    "images_per_second": round((self.iteration - start) * s.batch_size / max(seconds, 1e-9), 2),
                    "world_size": self.world, "device": str(self.device), "replicas_in_sync": in_sync,
