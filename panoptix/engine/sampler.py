@@ -15,7 +15,8 @@ landscape.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from torch.utils.data import Dataset, Sampler
 from panoptix.data.datasets import PanopticDataset
 from panoptix.data.sample import PanopticSample
 from panoptix.data.transforms import TrainTransform
+from panoptix.engine.batch_transport import UnpackedBatches, pack_tensors
 from panoptix.image_input import to_chw
 
 
@@ -144,11 +146,20 @@ def collate_list(batch: list) -> tuple[list, list]:
     return list(images), list(targets)
 
 
+def collate_packed(batch: list) -> Any:
+    """`collate_list`, with the tensors packed for the trip out of a worker (`batch_transport`)."""
+    return pack_tensors(collate_list(batch))
+
+
 def stream_loader(stream: TrainingStream, batch_size: int, start: int, stop: int, rank: int, world_size: int,
-                  num_workers: int, seed: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader over the stream. Its own generator keeps it from drawing on the global RNG."""
+                  num_workers: int, seed: int, pin_memory: bool = False) -> Iterable[tuple[list, list]]:
+    """A DataLoader over the stream, yielding ``(images, targets)`` lists. Its own generator keeps it
+    from drawing on the global RNG. Workers of a loader that does not pin memory send their batches
+    as pickled arrays, which a CPU step receives faster than shared-memory tensors."""
     gen: torch.Generator | None = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(
+    packed = num_workers > 0 and not pin_memory
+    loader = torch.utils.data.DataLoader(
         stream, batch_sampler=StreamBatchSampler(batch_size, start, stop, rank, world_size),
-        num_workers=num_workers, collate_fn=collate_list, generator=gen, pin_memory=pin_memory,
-        persistent_workers=False)
+        num_workers=num_workers, collate_fn=collate_packed if packed else collate_list, generator=gen,
+        pin_memory=pin_memory, persistent_workers=False)
+    return UnpackedBatches(loader) if packed else loader
