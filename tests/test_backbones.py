@@ -38,6 +38,17 @@ def test_checkpoint_config_with_an_ignored_stem_width_still_builds():
         TimmBackbone.from_config(cfg)
 
 
+def test_config_check_refuses_an_ignored_stem_width_before_any_data():
+    """`check_model_config` (run before the data is read) is a config check, not a checkpoint load."""
+    from panoptix.config import load_config
+    from panoptix.engine.build import check_model_config
+
+    with pytest.raises(StemWidthError, match="stem_width=24 has no effect"):
+        check_model_config(load_config("panoptic_fpn_tiny", ["model.backbone.stem_width=24"]))
+    check_model_config(load_config("panoptic_fpn_tiny", ["model.backbone.stem_width=24",
+                                                         "model.backbone.arch=resnet18d"]))
+
+
 def test_tiny_backbone_shapes_and_strides():
     b = TimmBackbone("resnet18", norm="gn", freeze_at=0, **TINY)
     feats = b(torch.rand(2, 3, 64, 96))

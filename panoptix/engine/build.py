@@ -34,7 +34,7 @@ def check_model_config(cfg: dict[str, Any]) -> None:
     from panoptix.data.synthetic import synthetic_meta
 
     with torch.device("meta"):
-        build_model(cfg, synthetic_meta(), weights_from_checkpoint=True)
+        build_model(cfg, synthetic_meta(), weights_from_checkpoint=True, config_check=True)
 
 
 def build_dataset(spec: dict[str, Any], load_images: bool = True, where: str = "data"):

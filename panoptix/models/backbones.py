@@ -126,13 +126,18 @@ class TimmBackbone(Configurable, nn.Module):
                               f" (timm {timm.__version__}; timm.list_models() lists them)")
 
     @classmethod
-    def from_config(cls, cfg: dict, weights_from_checkpoint: bool = False, **context: object) -> TimmBackbone:
-        """``weights_from_checkpoint``: a checkpoint will overwrite every weight, so none are loaded."""
+    def from_config(cls, cfg: dict, weights_from_checkpoint: bool = False, config_check: bool = False,
+                    **context: object) -> TimmBackbone:
+        """``weights_from_checkpoint``: a checkpoint will overwrite every weight, so none are loaded.
+        ``config_check``: a dry build that validates a config (`check_model_config`), which refuses an
+        ignored ``stem_width`` where a checkpoint written before that check is let through."""
         if weights_from_checkpoint:
             cfg = {**cfg, "weights": None, "allow_frozen_without_weights": True}
             try:
                 return cls(**cfg)
             except StemWidthError:  # written before the check: the weights are those of timm's own stem
+                if config_check:
+                    raise
                 return cls(**{**cfg, "stem_width": None})
         return cls(**cfg)
 
