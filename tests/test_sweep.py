@@ -19,6 +19,7 @@ from panoptix.engine.sweep import (
     t_quantile,
     train_command,
 )
+from panoptix.engine.sweep_configs import config_changes
 from panoptix.errors import PanoptixError
 
 from conftest import tiny_overrides
@@ -143,3 +144,22 @@ def test_two_variants_two_seeds_table_json_and_resume(synth_root, tmp_path, caps
     assert again["rows"][0]["PQ"]["effect"]["mean"] == pytest.approx(-other["PQ"]["effect"]["mean"])
     assert main([*args, "--baseline", "nope"]) == 2
     assert "--baseline 'nope' names no --variant or --eval-variant" in capsys.readouterr().err
+    # a variant changed since its runs were trained: refused, not reported under its new settings
+    changed = [a.replace("loss_weight=1.0", "loss_weight=2.0") for a in args]
+    assert main(changed) == 2
+    assert ("run lambda1 seed 0" in (err := capsys.readouterr().err)
+            and "model.semantic_head.loss_weight: 1.0 -> 2.0" in err)
+    accepted = ["sweep", "--accept-config-change", "model.semantic_head.loss_weight", *changed[1:]]
+    assert main([*accepted, "data.num_workers=1"]) == 0
+    assert "4 finished, 0 to train" in capsys.readouterr().out   # the loader's workers leave weights alone
+
+
+def test_config_changes_compare_training_settings_only():
+    saved = {"model": {"backbone": {"arch": "resnet18", "stem_width": 24}, "sizes": (1, 2)},
+             "engine": {"output_dir": "a", "seed": 0}, "data": {"num_workers": 1, "val": {"root": "x"}}}
+    planned = {"model": {"backbone": {"arch": "resnet18"}, "sizes": [1, 2]},
+               "engine": {"output_dir": "b", "seed": 0}, "data": {"num_workers": 0, "val": {"root": "y"}}}
+    assert config_changes(saved, planned) == ['model.backbone.stem_width: 24 -> "(absent)"']
+    assert config_changes(saved, planned, accepted=["model.backbone.stem_width"]) == []
+    planned["engine"]["seed"] = 1
+    assert config_changes(saved, planned, accepted=["model.backbone"]) == ["engine.seed: 0 -> 1"]

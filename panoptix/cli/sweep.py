@@ -40,6 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fit-data", default=None, metavar="ROOT",
                    help="held-out set (COCO layout) the two-level fusions are fitted on: not --test-data")
     p.add_argument("--fit-split", default="val", help="the split of --fit-data")
+    p.add_argument("--accept-config-change", action="append", default=[], metavar="KEY",
+                   help="a setting (dotted key) whose change since a run was trained leaves its weights as they "
+                        "are, e.g. model.backbone.stem_width where timm ignored it; repeatable (an existing run "
+                        "trained with other settings is otherwise refused)")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once, the CPU threads split between them")
     p.add_argument("--out", required=True, help="folder of the runs (VARIANT/seed_S), sweep.json and sweep.md")
     p.add_argument("--device", default="auto", help="device of the evaluation: cpu, cuda, cuda:N or auto")
@@ -59,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
         plan_runs,
         summarise,
         train_command,
+        train_overrides,
         train_runs,
     )
+    from panoptix.engine.sweep_configs import check_existing_runs
     from panoptix.engine.sweep_eval import TestSet, score_variant
 
     variants = [Variant.parse(v) for v in args.variant]
@@ -80,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
     max_iter = {v.name: load_config(v.config or args.config, [*args.overrides, *v.overrides],
                                     args.imports)["solver"]["max_iter"]
                 for v in variants}  # every variant's config is checked before anything trains
+    check_existing_runs(
+        runs, lambda r: load_config(r.variant.config or args.config, train_overrides(r, args.overrides), args.imports),
+        lambda saved: load_config(str(saved), [], args.imports), args.accept_config_change)
     todo = [r for r in runs if not r.finished(max_iter[r.variant.name])]
     print(f"sweep: {len(variants)} variant(s) x {len(seeds)} seed(s) = {len(runs)} runs in {out}; "
           f"{len(runs) - len(todo)} finished, {len(todo)} to train with {args.jobs} job(s)")

@@ -8,7 +8,8 @@ the same models, as ``panoptix ablate`` compares them on one.
 
 Runs live in ``OUT/VARIANT/seed_S``, each an ordinary training folder: a re-run skips the finished
 ones (``model_final.pth`` and ``train_summary.json`` at ``max_iter``) and resumes the others from
-their checkpoints. ``jobs`` trainings run at once as separate processes, the CPU threads split
+their checkpoints, after checking that each existing run was trained with the settings it would be
+trained with now (`sweep_configs`). ``jobs`` trainings run at once as separate processes, the CPU threads split
 between them (two 1-thread runs gave about 25% more throughput than one 2-thread run on 2 cores).
 """
 
@@ -168,13 +169,16 @@ def seeded(overrides: Sequence[str], seed: int) -> list[str]:
     return [o.replace("{seed}", str(seed)) for o in overrides]
 
 
-def train_command(config: str, run: Run, overrides: Sequence[str], imports: Sequence[str]) -> list[str]:
-    """The ``panoptix train`` process of one run (later overrides win: the variant's, then seed and folder);
-    ``config`` unless the variant names its own."""
-    return [sys.executable, "-m", "panoptix.cli", "train", "--config", run.variant.config or config,
-            *[f"--import={m}" for m in imports],
-            *seeded(overrides, run.seed), *seeded(run.variant.overrides, run.seed), f"engine.seed={run.seed}",
+def train_overrides(run: Run, overrides: Sequence[str]) -> list[str]:
+    """One run's overrides of its config: the sweep's, then the variant's, then seed and folder (later win)."""
+    return [*seeded(overrides, run.seed), *seeded(run.variant.overrides, run.seed), f"engine.seed={run.seed}",
             f"engine.output_dir={run.folder}"]
+
+
+def train_command(config: str, run: Run, overrides: Sequence[str], imports: Sequence[str]) -> list[str]:
+    """The ``panoptix train`` process of one run; ``config`` unless the variant names its own."""
+    return [sys.executable, "-m", "panoptix.cli", "train", "--config", run.variant.config or config,
+            *[f"--import={m}" for m in imports], *train_overrides(run, overrides)]
 
 
 def train_runs(runs: Sequence[Run], commands: Sequence[list[str]], jobs: int, on_done: Any = None) -> None:
