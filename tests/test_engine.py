@@ -92,7 +92,7 @@ def test_crafted_pickle_checkpoint_is_refused(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_resume_is_exact(synth_root, tmp_path):
+def test_resume_is_exact(synth_root, tmp_path, capsys):
     common = dict(solver__max_iter=200, solver__steps="[150]", solver__warmup_iters=20, data__num_workers=1,
                   data__min_size_train="[48, 64]", engine__checkpoint_period=0, engine__log_period=50)
     straight = tiny_trainer(synth_root, tmp_path / "straight", **common)
@@ -101,7 +101,12 @@ def test_resume_is_exact(synth_root, tmp_path):
     first.train()
     assert last_checkpoint(tmp_path / "split").name == "model_0000100.pth"
     second = tiny_trainer(synth_root, tmp_path / "split", **common)  # a fresh process would build exactly this
+    capsys.readouterr()
     summary = second.train()
+    # the longer schedule is said, and nothing else (the folders differ, but not what trains)
+    notes = capsys.readouterr().err
+    assert ("settings changed since model_0000100.pth: solver.max_iter: 100 -> 200; "
+            "solver.schedule_iters: 100 -> 200; the run goes on" in notes) and notes.count(" -> ") == 2
     assert summary["started_at"] == 100 and summary["iterations"] == 200
     a, b = straight.model.state_dict(), second.model.state_dict()
     assert a.keys() == b.keys()

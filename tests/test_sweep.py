@@ -9,6 +9,7 @@ import math
 import pytest
 
 from panoptix.cli import main
+from panoptix.engine.config_changes import config_changes
 from panoptix.engine.sweep import (
     Run,
     Variant,
@@ -19,7 +20,6 @@ from panoptix.engine.sweep import (
     t_quantile,
     train_command,
 )
-from panoptix.engine.sweep_configs import config_changes
 from panoptix.errors import PanoptixError
 
 from conftest import tiny_overrides

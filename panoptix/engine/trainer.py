@@ -32,6 +32,7 @@ from panoptix.engine.checkpoint import (
     restore_rng,
     seed_all_rng,
 )
+from panoptix.engine.config_changes import config_changes
 from panoptix.engine.logger import MetricsLogger, plot_curves
 from panoptix.engine.optim import build_optimizer, prepare_norms
 from panoptix.engine.precision import guard_bfloat16_convolutions, precision_note, training_autocast
@@ -166,7 +167,8 @@ class Trainer:
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Restore ``path``, or the newest readable checkpoint of the output folder (saying so in one
-        line when that is not the one ``last_checkpoint`` names). False when the folder has none;
+        line when that is not the one ``last_checkpoint`` names, and naming the training settings that
+        differ from the checkpoint's). False when the folder has none;
         `CheckpointError` when it has some but none can be read (see `find_resume_checkpoint`)."""
         loaded = None
         if not path:
@@ -176,6 +178,10 @@ class Trainer:
             if note and dist.is_main():
                 tqdm.write(f"resume: {note}", file=sys.stderr)
         ckpt = load_model_weights(self.model, path, loaded)
+        changes = config_changes(ckpt["config"], self.config) if ckpt.get("config") and self.config else []
+        if changes and dist.is_main():  # a longer schedule is the usual one; none passes unsaid
+            tqdm.write(f"resume: settings changed since {Path(path).name}: {'; '.join(changes)}; the run goes "
+                       f"on with the new ones", file=sys.stderr)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
