@@ -83,13 +83,12 @@ def run(args: argparse.Namespace) -> int:
     check_references(variants, eval_variants, args.fit_data)
     if args.baseline is not None and args.baseline not in {v.name for v in [*variants, *eval_variants]}:
         raise PanoptixError(f"--baseline {args.baseline!r} names no --variant or --eval-variant")
-    max_iter = {v.name: load_config(v.config or args.config, [*args.overrides, *v.overrides],
-                                    args.imports)["solver"]["max_iter"]
-                for v in variants}  # every variant's config is checked before anything trains
-    check_existing_runs(
-        runs, lambda r: load_config(r.variant.config or args.config, train_overrides(r, args.overrides), args.imports),
-        lambda saved: load_config(str(saved), [], args.imports), args.accept_config_change)
-    todo = [r for r in runs if not r.finished(max_iter[r.variant.name])]
+    # every run's config, loaded once: checked before anything trains, and against what a run trained with
+    planned = {r.folder: load_config(r.variant.config or args.config, train_overrides(r, args.overrides), args.imports)
+               for r in runs}
+    check_existing_runs(runs, lambda r: planned[r.folder], lambda saved: load_config(str(saved), [], args.imports),
+                        args.accept_config_change)
+    todo = [r for r in runs if not r.finished(planned[r.folder]["solver"]["max_iter"])]
     print(f"sweep: {len(variants)} variant(s) x {len(seeds)} seed(s) = {len(runs)} runs in {out}; "
           f"{len(runs) - len(todo)} finished, {len(todo)} to train with {args.jobs} job(s)")
     t0 = time.time()
