@@ -111,3 +111,30 @@ def test_kill_9_then_resume_keeps_every_log_row_once(synth_root, tmp_path):
     target = killed_at + 4
     subprocess.run([*args, f"solver.max_iter={target}"], env=env, check=True, capture_output=True, timeout=300)
     assert _iterations(out / "train_log.csv") == list(range(1, target + 1))
+
+
+def test_resume_false_into_a_run_folder_refuses_and_keeps_its_weights(synth_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    tiny_trainer(synth_root, out, solver__max_iter=2, engine__checkpoint_period=1).train()
+    before = {p.name: p.read_bytes() for p in out.glob("model_*.pth")}
+    config_before = (out / "config.json").read_text()
+    capsys.readouterr()
+    assert main(["train", "--config", "panoptic_fpn_tiny",
+                 *tiny_overrides(synth_root, out, engine__resume="false", model__fusion__score_thresh=0.3)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model_final.pth" in err[0] and "engine.resume=true" in err[0]
+    assert {p.name: p.read_bytes() for p in out.glob("model_*.pth")} == before
+    assert (out / "config.json").read_text() == config_before     # the run's own config is kept too
+
+
+def test_logs_of_a_run_stopped_before_its_first_checkpoint_are_replaced_saying_so(synth_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    tiny_trainer(synth_root, out, solver__max_iter=3).train()
+    for p in [*out.glob("model_*.pth"), out / LAST]:              # as if killed before any checkpoint
+        p.unlink()
+    capsys.readouterr()
+    summary = tiny_trainer(synth_root, out, solver__max_iter=2).train()
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if "no checkpoint to resume from" in ln]
+    assert summary["started_at"] == 0
+    assert len(notes) == 1 and "3 rows of train_log.csv" in notes[0] and "starts at iteration 0" in notes[0]
+    assert _iterations(out / "train_log.csv") == [1, 2]

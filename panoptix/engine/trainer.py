@@ -33,6 +33,7 @@ from panoptix.engine.checkpoint import (
     seed_all_rng,
 )
 from panoptix.engine.config_changes import config_changes
+from panoptix.engine.fresh_start import fresh_start_note
 from panoptix.engine.logger import MetricsLogger, plot_curves
 from panoptix.engine.optim import build_optimizer, prepare_norms
 from panoptix.engine.precision import guard_bfloat16_convolutions, precision_note, training_autocast
@@ -196,17 +197,18 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         s, e = self.solver, self.engine
         main = dist.is_main()
+        if not (e.resume and self.resume()):
+            fresh = fresh_start_note(self.out, e.resume)  # refuses to overwrite saved weights
+            seed_all_rng(e.seed + self.rank)
+            if e.init_weights:  # a fresh run that starts from trained weights (fine-tuning)
+                load_model_weights(self.model, e.init_weights)
+            notes = [fresh, s.schedule_note(), precision_note(s, self.device)] if main else []
+            for note in filter(None, notes):  # said once, when the run starts
+                print(f"panoptix train: note: {note}", file=sys.stderr)
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             if self.config is not None:
                 write_json(self.out / "config.json", self.config)
-        if not (e.resume and self.resume()):
-            seed_all_rng(e.seed + self.rank)
-            if e.init_weights:  # a fresh run that starts from trained weights (fine-tuning)
-                load_model_weights(self.model, e.init_weights)
-            notes = [s.schedule_note(), precision_note(s, self.device)] if main else []
-            for note in filter(None, notes):  # said once, when the run starts
-                print(f"panoptix train: note: {note}", file=sys.stderr)
         start = self.iteration
         logger = self.logger = MetricsLogger(self.out, e.tensorboard, start) if main else None
         loader = stream_loader(self.stream, self.batch_per_rank, start, s.max_iter, self.rank, self.world,
