@@ -85,6 +85,23 @@ def test_one_seed_prints_means_without_nan_spreads():
     assert "| b | 53.5 ± 1.4 | +3.0 [-3.4, +9.4] |" in markdown(summarise([Variant("a"), Variant("b")], [0, 1], two))
 
 
+def test_best_of_baseline_compares_each_seed_with_its_better_variant():
+    """AntVisionPS's "better end": per seed, the higher PQ of the named variants; all keys from it."""
+    scores = {("a", 0): {"PQ": 68.0, "PQ_st": 85.0}, ("b", 0): {"PQ": 67.0, "PQ_st": 90.0},
+              ("a", 1): {"PQ": 68.0, "PQ_st": 85.0}, ("b", 1): {"PQ": 68.5, "PQ_st": 89.0},
+              ("f", 0): {"PQ": 69.5, "PQ_st": 89.0}, ("f", 1): {"PQ": 70.5, "PQ_st": 88.0}}
+    report = summarise([Variant("a"), Variant("b"), Variant("f")], [0, 1], scores, "best:a,b")
+    assert report["base_per_seed"] == {"0": "a", "1": "b"}
+    fused = next(r for r in report["rows"] if r["variant"] == "f")
+    assert fused["PQ"]["effect"]["mean"] == pytest.approx(1.75)        # (69.5 - 68) and (70.5 - 68.5)
+    assert fused["PQ_st"]["effect"]["mean"] == pytest.approx(1.5)      # (89 - 85) and (88 - 89)
+    assert next(r for r in report["rows"] if r["variant"] == "a")["PQ"]["effect"]["mean"] == pytest.approx(-0.25)
+    table = markdown(report, ["PQ"])
+    assert "ΔPQ vs best:a,b" in table and "best:a,b per seed: seed 0 a, seed 1 b" in table
+    with pytest.raises(PanoptixError, match="best: needs variant names"):
+        summarise([Variant("a")], [0], {("a", 0): {"PQ": 1.0}}, "best:")
+
+
 def test_side_by_side_jobs_split_the_cpus_this_process_may_use(monkeypatch):
     from panoptix.engine import distributed
 
@@ -143,7 +160,13 @@ def test_two_variants_two_seeds_table_json_and_resume(synth_root, tmp_path, caps
     assert again["base"] == "lambda1" and "effect" not in again["rows"][1]["PQ"]
     assert again["rows"][0]["PQ"]["effect"]["mean"] == pytest.approx(-other["PQ"]["effect"]["mean"])
     assert main([*args, "--baseline", "nope"]) == 2
-    assert "--baseline 'nope' names no --variant or --eval-variant" in capsys.readouterr().err
+    assert "--baseline 'nope': 'nope' is no --variant or --eval-* name" in capsys.readouterr().err
+    assert main([*args, "--baseline", "best:base,nope"]) == 2
+    assert "'nope' is no --variant" in capsys.readouterr().err
+    assert main([*args, "--baseline", "best:base,lambda1"]) == 0          # each seed against its better run
+    best = json.loads((out / "sweep.json").read_text())
+    assert set(best["base_per_seed"].values()) <= {"base", "lambda1"}
+    assert all(best["rows"][i]["PQ"]["effect"]["mean"] <= 0 for i in (0, 1))
     # a variant changed since its runs were trained: refused, not reported under its new settings
     changed = [a.replace("loss_weight=1.0", "loss_weight=2.0") for a in args]
     assert main(changed) == 2

@@ -32,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="AntVisionPS's two-level fusion of two ends (trained variants or --eval-ensemble names), "
                         "its per-class choice fitted per seed on --fit-data, as fit-fusion fits it; repeatable")
     p.add_argument("--baseline", default=None, metavar="NAME",
-                   help="the variant the paired differences are taken against (default: the first --variant)")
+                   help="the variant the paired differences are taken against (default: the first --variant); "
+                        "best:A,B,... takes, on each seed, whichever of those has the higher PQ (AntVisionPS's "
+                        "\"better end\", \"best member\")")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated engine.seed values, the same for every variant")
     p.add_argument("--test-data", default=None, metavar="ROOT",
                    help="held-out set in COCO's layout (at least 1000 images for claims); default: each run's data.val")
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from panoptix.config import load_config
     from panoptix.engine.sweep import (
         Variant,
+        baseline_names,
         check_references,
         markdown,
         plan_runs,
@@ -81,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     runs = plan_runs(variants, seeds, out)
     check_references(variants, eval_variants, args.fit_data)
-    if args.baseline is not None and args.baseline not in {v.name for v in [*variants, *eval_variants]}:
-        raise PanoptixError(f"--baseline {args.baseline!r} names no --variant or --eval-variant")
+    for name in baseline_names(args.baseline) if args.baseline is not None else []:
+        if name not in {v.name for v in [*variants, *eval_variants]}:
+            raise PanoptixError(f"--baseline {args.baseline!r}: {name!r} is no --variant or --eval-* name")
     # every run's config, loaded once: checked before anything trains, and against what a run trained with
     planned = {r.folder: load_config(r.variant.config or args.config, train_overrides(r, args.overrides), args.imports)
                for r in runs}

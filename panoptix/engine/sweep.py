@@ -204,12 +204,35 @@ def train_runs(runs: Sequence[Run], commands: Sequence[list[str]], jobs: int, on
         list(pool.map(one, zip(runs, commands)))
 
 
+BEST_OF = "best:"
+
+
+def baseline_names(base: str) -> list[str]:
+    """The variants a ``--baseline`` names: one name, or ``best:a,b,...``."""
+    if not base.startswith(BEST_OF):
+        return [base]
+    names = [n.strip() for n in base.removeprefix(BEST_OF).split(",") if n.strip()]
+    if not names:
+        raise PanoptixError(f"--baseline {base!r}: best: needs variant names, e.g. best:eups_ens,lwl")
+    return names
+
+
+def base_per_seed(base: str, seeds: Sequence[int], scores: dict[tuple[str, int], dict[str, float]],
+                  key: str) -> dict[int, str]:
+    """The variant each seed's runs are compared with: ``base``, or for ``best:a,b,...`` the one of
+    those with the highest ``key`` (the headline, PQ or mIoU) on that seed, ties to the first named:
+    AntVisionPS's "better end" and "best member" are per model, so per seed here."""
+    names = baseline_names(base)
+    return {s: max(names, key=lambda n: (scores[(n, s)][key], -names.index(n))) for s in seeds}
+
+
 def summarise(variants: Sequence[Variant], seeds: Sequence[int], scores: dict[tuple[str, int], dict[str, float]],
               base: str | None = None) -> dict[str, Any]:
     """Per variant: each key's mean and sd over seeds, and its paired effect against ``base`` (a
-    variant's name; default the first variant)."""
+    variant's name, or ``best:a,b,...`` for the best of those on each seed; default the first variant)."""
     base = base or variants[0].name
     keys = list(next(iter(scores.values())))
+    chosen = base_per_seed(base, seeds, scores, keys[0])
     rows = []
     for v in variants:
         row: dict[str, Any] = {"variant": v.name, "overrides": v.overrides, "per_seed": {}}
@@ -218,9 +241,10 @@ def summarise(variants: Sequence[Variant], seeds: Sequence[int], scores: dict[tu
             mean, sd = mean_sd(values)
             row[key] = {"mean": mean, "sd": sd, "values": values}
             if v.name != base:
-                row[key]["effect"] = paired_effect(values, [scores[(base, s)][key] for s in seeds])
+                row[key]["effect"] = paired_effect(values, [scores[(chosen[s], s)][key] for s in seeds])
         rows.append(row)
-    return {"base": base, "seeds": list(seeds), "keys": keys, "rows": rows}
+    return {"base": base, "base_per_seed": {str(s): n for s, n in chosen.items()}, "seeds": list(seeds),
+            "keys": keys, "rows": rows}
 
 
 def _mean_cell(stat: dict[str, Any]) -> str:
@@ -250,6 +274,9 @@ def markdown(report: dict[str, Any], keys: Sequence[str] | None = None) -> str:
                   f"{report.get('test_data', '?')}; "
                   + ("± is the sd over seeds; intervals are Student's t over the per-seed differences "
                      f"(df {n - 1})." if n > 1 else "one seed: no spread or interval (use 3 or more to compare).")]
+    if report["base"].startswith(BEST_OF):
+        per_seed = report.get("base_per_seed", {})
+        lines.append(f"{report['base']} per seed: " + ", ".join(f"seed {s} {name}" for s, name in per_seed.items()))
     return "\n".join(lines)
 
 
