@@ -84,9 +84,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     runs = plan_runs(variants, seeds, out)
     check_references(variants, eval_variants, args.fit_data)
-    for name in baseline_names(args.baseline) if args.baseline is not None else []:
-        if name not in {v.name for v in [*variants, *eval_variants]}:
-            raise PanoptixError(f"--baseline {args.baseline!r}: {name!r} is no --variant or --eval-* name")
+    known = {v.name for v in [*variants, *eval_variants]}
+    unknown = [n for n in baseline_names(args.baseline) if n not in known] if args.baseline is not None else []
+    if unknown:
+        raise PanoptixError(f"--baseline {args.baseline!r}: {unknown[0]!r} is no --variant or --eval-* name")
     # every run's config, loaded once: checked before anything trains, and against what a run trained with
     planned = {r.folder: load_config(r.variant.config or args.config, train_overrides(r, args.overrides), args.imports)
                for r in runs}

@@ -12,19 +12,10 @@ starts afresh instead, the folder is checked first:
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from panoptix.engine.checkpoint import CheckpointError
-from panoptix.engine.logger import LOGS
-
-
-def logged_rows(path: Path) -> int:
-    """The number of data rows of a CSV log (0 when there is none)."""
-    if not path.is_file():
-        return 0
-    with open(path, newline="") as f:
-        return max(0, sum(1 for _ in csv.reader(f)) - 1)
+from panoptix.engine.logger import LOGS, logged_rows
 
 
 def fresh_start_note(output_dir: str | Path, resume: bool) -> str | None:

@@ -90,6 +90,14 @@ class MetricsLogger:
             self.writer.close()
 
 
+def logged_rows(path: Path) -> int:
+    """The number of data rows of a CSV log (0 when there is none)."""
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as f:
+        return max(0, sum(1 for _ in csv.reader(f)) - 1)
+
+
 def truncate_rows(path: Path, last_iteration: int) -> None:
     """Drop the rows of a CSV log whose ``iteration`` is above ``last_iteration`` (and a half-written
     last line), atomically; the file is left alone when nothing is dropped."""
