@@ -223,7 +223,7 @@ def base_per_seed(base: str, seeds: Sequence[int], scores: dict[tuple[str, int],
     those with the highest ``key`` (the headline, PQ or mIoU) on that seed, ties to the first named:
     AntVisionPS's "better end" and "best member" are per model, so per seed here."""
     names = baseline_names(base)
-    return {s: max(names, key=lambda n: (scores[(n, s)][key], -names.index(n))) for s in seeds}
+    return {s: max(names, key=lambda n: scores[(n, s)][key]) for s in seeds}  # max keeps the first of ties
 
 
 def summarise(variants: Sequence[Variant], seeds: Sequence[int], scores: dict[tuple[str, int], dict[str, float]],
@@ -275,8 +275,8 @@ def markdown(report: dict[str, Any], keys: Sequence[str] | None = None) -> str:
                   + ("± is the sd over seeds; intervals are Student's t over the per-seed differences "
                      f"(df {n - 1})." if n > 1 else "one seed: no spread or interval (use 3 or more to compare).")]
     if report["base"].startswith(BEST_OF):
-        per_seed = report.get("base_per_seed", {})
-        lines.append(f"{report['base']} per seed: " + ", ".join(f"seed {s} {name}" for s, name in per_seed.items()))
+        lines.append(f"{report['base']} per seed: "
+                     + ", ".join(f"seed {s} {name}" for s, name in report["base_per_seed"].items()))
     return "\n".join(lines)
 
 
